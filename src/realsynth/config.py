@@ -1,0 +1,375 @@
+"""Typed run configuration: dataclass schema, YAML files, ``KEY=VALUE`` overrides, validation.
+
+The schema keeps the keys of the original design note (``DATASETS.MULTI_DATASET.*``) and
+detectron2's solver names (``SOLVER.BASE_LR``, ``SOLVER.MAX_ITER``, ...), so existing YAML files
+work unchanged.
+
+Sources: ``DATASETS.SOURCES`` lists any number of sources. ``DATASETS.MULTI_DATASET`` supplies the
+defaults for every source that leaves ``RATIO`` or ``LOSS_WEIGHT`` unset: real sources share
+``REAL_SAMPLING_RATIO`` equally, synthetic sources share the rest, and the loss weight follows the
+source's ``TYPE``. A value written on a source always wins over ``MULTI_DATASET``. With ``SOURCES``
+empty the run uses the embedded procedural demo data (``DATASETS.DEMO``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+
+class ConfigError(ValueError):
+    """A configuration value a user can fix; the message names the key and where it came from."""
+
+    def __init__(self, message: str, key: str = "") -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def _origin_of(key: str, config_file: str | Path | None, overrides: list[str]) -> str:
+    """Where a bad value came from: the command line if an override set it, else the file."""
+    base = key.split("[")[0]
+    if any(base.startswith(item.split("=", 1)[0]) for item in overrides):
+        return "command line"
+    return str(config_file) if config_file is not None else "defaults"
+
+
+@dataclass
+class MultiDatasetConfig:
+    ENABLED: bool = True
+    REAL_SAMPLING_RATIO: float = 0.7
+    REAL_LOSS_WEIGHT: float = 1.0
+    SYNTHETIC_LOSS_WEIGHT: float = 0.5
+    # Naive concatenation baseline: every source's share is its size / total size.
+    RATIO_BY_SIZE: bool = False
+
+
+@dataclass
+class SourceConfig:
+    NAME: str = "???"
+    TYPE: str = "real"  # real | synthetic
+    FORMAT: str = "relcoco"  # relcoco | vg150
+    # relcoco: the train annotation JSON; vg150: the folder with the h5, dicts and image_data files.
+    PATH: str = "???"
+    # relcoco: the validation annotation JSON ("" = none); vg150: ignored, VAL_SPLIT is used.
+    VAL_PATH: str = ""
+    VAL_SPLIT: str = "val"
+    # relcoco: defaults to images/ beside each JSON; vg150: defaults to PATH/VG_100K.
+    IMAGE_ROOT: str = ""
+    RATIO: float | None = None
+    LOSS_WEIGHT: float | None = None
+    # Predicate names swapped by a horizontal flip, e.g. {"left of": "right of"}.
+    PREDICATE_FLIP_MAP: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class DemoConfig:
+    ROOT: str = ""  # "" = $XDG_CACHE_HOME/realsynth/demo (or ~/.cache/...)
+    SEED: int = 0
+    REAL_TRAIN: int = 300
+    REAL_VAL: int = 100
+    SYNTHETIC_TRAIN: int = 3000
+    SYNTHETIC_VAL: int = 100
+    LABEL_NOISE: float = 0.1
+
+
+@dataclass
+class DatasetsConfig:
+    MULTI_DATASET: MultiDatasetConfig = field(default_factory=MultiDatasetConfig)
+    SOURCES: list[SourceConfig] = field(default_factory=list)
+    DEMO: DemoConfig = field(default_factory=DemoConfig)
+
+
+@dataclass
+class CriterionConfig:
+    CE_SCOPE: str = "all"  # all | matched
+    NORMALIZATION: str = "count"  # count | weight
+    ON_INVALID_WEIGHT: str = "error"  # error | fallback
+    EMPTY_WEIGHT: float = 0.1
+    EMPTY_REL_WEIGHT: float = 0.1
+    CLASS_WEIGHT: float = 1.0
+    L1_WEIGHT: float = 5.0
+    GIOU_WEIGHT: float = 2.0
+    COST_CLASS: float = 1.0
+    COST_BBOX: float = 5.0
+    COST_GIOU: float = 2.0
+
+
+@dataclass
+class ModelConfig:
+    PRESET: str = "tiny"  # tiny | base
+    DEVICE: str = "auto"  # auto | cpu | cuda | cuda:N
+    NUM_QUERIES: int | None = None
+    D_MODEL: int | None = None
+    ENC_LAYERS: int | None = None
+    DEC_LAYERS: int | None = None
+    CRITERION: CriterionConfig = field(default_factory=CriterionConfig)
+
+
+@dataclass
+class SolverConfig:
+    BASE_LR: float = 1e-3
+    WEIGHT_DECAY: float = 1e-4
+    BACKBONE_LR_MULTIPLIER: float = 1.0
+    MAX_ITER: int = 3000
+    IMS_PER_BATCH: int = 16
+    WARMUP_ITERS: int = 100
+    LR_SCHEDULE: str = "cosine"  # cosine | constant
+    CLIP_GRAD_NORM: float = 0.1
+    CHECKPOINT_PERIOD: int = 500
+    AMP: bool = True  # bf16 autocast, on CUDA only
+
+
+@dataclass
+class TestConfig:
+    EVAL_PERIOD: int = 1000
+    TOP_K: int = 100
+    IMS_PER_BATCH: int = 32
+
+
+@dataclass
+class InputConfig:
+    # Empty = keep the images at their native size (the demo data is already small).
+    MIN_SIZE_TRAIN: list[int] = field(default_factory=list)
+    MAX_SIZE_TRAIN: int = 1333
+    MIN_SIZE_TEST: int = 0
+    MAX_SIZE_TEST: int = 1333
+    FLIP_PROB: float = 0.5
+    NORMALIZE: bool = True
+
+
+@dataclass
+class DataLoaderConfig:
+    NUM_WORKERS: int = 0
+    SKIP_BAD_SAMPLES: bool = False
+    REPLACEMENT: bool = False
+
+
+@dataclass
+class RunConfig:
+    SEED: int = 0
+    OUTPUT_DIR: str = "runs/default"
+    DATASETS: DatasetsConfig = field(default_factory=DatasetsConfig)
+    MODEL: ModelConfig = field(default_factory=ModelConfig)
+    SOLVER: SolverConfig = field(default_factory=SolverConfig)
+    TEST: TestConfig = field(default_factory=TestConfig)
+    INPUT: InputConfig = field(default_factory=InputConfig)
+    DATALOADER: DataLoaderConfig = field(default_factory=DataLoaderConfig)
+
+
+_CHOICES = {
+    "MODEL.PRESET": ("tiny", "base"),
+    "MODEL.CRITERION.CE_SCOPE": ("all", "matched"),
+    "MODEL.CRITERION.NORMALIZATION": ("count", "weight"),
+    "MODEL.CRITERION.ON_INVALID_WEIGHT": ("error", "fallback"),
+    "SOLVER.LR_SCHEDULE": ("cosine", "constant"),
+}
+
+
+def load_config(config_file: str | Path | None = None, overrides: list[str] = ()) -> DictConfig:
+    """Resolve the run configuration: schema defaults <- YAML file <- ``KEY=VALUE`` overrides.
+
+    Args:
+        config_file: optional YAML file.
+        overrides: ``KEY=VALUE`` strings (dotted keys, YAML values).
+
+    Returns:
+        A read-only, validated ``DictConfig`` with the ``RunConfig`` schema.
+
+    Raises:
+        ConfigError: unknown key (with a suggestion), wrong type or an invalid value; the message
+            names the key and the file or "command line".
+    """
+    cfg = OmegaConf.structured(RunConfig)
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            loaded = OmegaConf.load(path)
+        except Exception as exc:  # yaml parse errors come in several types
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        cfg = _merge(cfg, loaded, origin=str(path))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"command line: override {item!r} is not KEY=VALUE")
+        cfg = _merge(cfg, OmegaConf.from_dotlist([item]), origin="command line")
+    try:
+        validate(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{_origin_of(exc.key, config_file, overrides)}: {exc}") from None
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def _merge(cfg: DictConfig, other: Any, *, origin: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(cfg, other)
+    except ConfigKeyError as exc:
+        key = _full_key(exc)
+        raise ConfigError(f"{origin}: unknown key {key}{_suggestion(key)}") from None
+    except ValidationError as exc:
+        raise ConfigError(f"{origin}: key {_full_key(exc)}: {exc.msg.splitlines()[0]}") from None
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{origin}: {str(exc).splitlines()[0]}") from None
+
+
+def _full_key(exc: OmegaConfBaseException) -> str:
+    return str(getattr(exc, "full_key", None) or getattr(exc, "key", "?"))
+
+
+def _all_keys(node: Any, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in node.items() if isinstance(node, dict) else []:
+        full = f"{prefix}{key}"
+        keys.append(full)
+        keys.extend(_all_keys(value, f"{full}."))
+    return keys
+
+
+def _suggestion(key: str) -> str:
+    known = _all_keys(OmegaConf.to_container(OmegaConf.structured(RunConfig)))
+    known += [f"DATASETS.SOURCES.{k}" for k in _all_keys(OmegaConf.to_container(_source_node()))]
+    # Compare within the same parent first so "SOLVER.BASE_LRR" suggests "SOLVER.BASE_LR".
+    normalized = ".".join(p for p in key.split(".") if not p.isdigit())
+    match = difflib.get_close_matches(normalized, known, n=1, cutoff=0.6)
+    if not match:
+        match = difflib.get_close_matches(key.split(".")[-1], [k.split(".")[-1] for k in known], 1)
+    return f" (did you mean {match[0]}?)" if match else ""
+
+
+def _source_node() -> DictConfig:
+    return OmegaConf.structured(SourceConfig)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check values the schema's types cannot express. Raises ConfigError naming the key."""
+    for key, choices in _CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in choices:
+            raise ConfigError(f"{key} must be one of {choices}, got {value!r}", key)
+    md = cfg.DATASETS.MULTI_DATASET
+    _check_ratio(md.REAL_SAMPLING_RATIO, "DATASETS.MULTI_DATASET.REAL_SAMPLING_RATIO")
+    for name in ("REAL_LOSS_WEIGHT", "SYNTHETIC_LOSS_WEIGHT"):
+        _check_weight(md[name], f"DATASETS.MULTI_DATASET.{name}")
+    _check_positive(cfg.SOLVER.IMS_PER_BATCH, "SOLVER.IMS_PER_BATCH")
+    _check_positive(cfg.SOLVER.MAX_ITER, "SOLVER.MAX_ITER")
+    _check_positive(cfg.SOLVER.CHECKPOINT_PERIOD, "SOLVER.CHECKPOINT_PERIOD")
+    _check_positive(cfg.TEST.EVAL_PERIOD, "TEST.EVAL_PERIOD")
+    _check_ratio(cfg.INPUT.FLIP_PROB, "INPUT.FLIP_PROB")
+    _check_ratio(cfg.DATASETS.DEMO.LABEL_NOISE, "DATASETS.DEMO.LABEL_NOISE")
+    _validate_sources(cfg)
+
+
+def _validate_sources(cfg: DictConfig) -> None:
+    seen: set[str] = set()
+    for i, src in enumerate(cfg.DATASETS.SOURCES):
+        key = f"DATASETS.SOURCES[{i}]"
+        for required in ("NAME", "PATH"):
+            if OmegaConf.is_missing(src, required):
+                raise ConfigError(f"{key}.{required} is required", key)
+        if src.NAME in seen:
+            raise ConfigError(f"{key}.NAME: duplicate source name {src.NAME!r}", key)
+        seen.add(src.NAME)
+        if src.TYPE not in ("real", "synthetic"):
+            raise ConfigError(f"{key}.TYPE must be 'real' or 'synthetic', got {src.TYPE!r}", key)
+        if src.FORMAT not in ("relcoco", "vg150"):
+            raise ConfigError(f"{key}.FORMAT must be 'relcoco' or 'vg150', got {src.FORMAT!r}", key)
+        if src.RATIO is not None:
+            _check_ratio(src.RATIO, f"{key}.RATIO")
+        if src.LOSS_WEIGHT is not None:
+            _check_weight(src.LOSS_WEIGHT, f"{key}.LOSS_WEIGHT")
+    explicit = [s.RATIO for s in cfg.DATASETS.SOURCES if s.RATIO is not None]
+    if len(explicit) == len(cfg.DATASETS.SOURCES) and explicit and abs(sum(explicit) - 1) > 1e-6:
+        raise ConfigError(
+            f"DATASETS.SOURCES[*].RATIO must sum to 1, got {sum(explicit):.6g} "
+            f"({', '.join(f'{s.NAME}={s.RATIO}' for s in cfg.DATASETS.SOURCES)})",
+            "DATASETS.SOURCES",
+        )
+
+
+def _check_ratio(value: float, key: str) -> None:
+    if not (0.0 <= value <= 1.0):
+        raise ConfigError(f"{key} must be in [0, 1], got {value}", key)
+
+
+def _check_weight(value: float, key: str) -> None:
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{key} must be a finite number >= 0, got {value}", key)
+
+
+def _check_positive(value: int, key: str) -> None:
+    if value <= 0:
+        raise ConfigError(f"{key} must be > 0, got {value}", key)
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    """The resolved config as YAML text (what ``config show`` prints and a run folder keeps)."""
+    return OmegaConf.to_yaml(cfg)
+
+
+@dataclass(frozen=True)
+class SourceMix:
+    """One source's resolved share of every batch and loss weight."""
+
+    name: str
+    kind: str
+    ratio: float
+    loss_weight: float
+
+
+def resolve_mix(cfg: DictConfig, sizes: list[int]) -> list[SourceMix]:
+    """Resolve every source's batch share and loss weight (see the module docstring for precedence).
+
+    Args:
+        cfg: the run config; its ``DATASETS.SOURCES`` are the sources, in order.
+        sizes: number of training items of each source, same order.
+
+    Returns:
+        One ``SourceMix`` per source; with ``MULTI_DATASET.ENABLED: false`` synthetic sources get a
+        zero share and every weight is 1.0 (plain training on the real data).
+
+    Raises:
+        ConfigError: the resolved shares do not sum to 1 or a source with a share has no items.
+    """
+    md = cfg.DATASETS.MULTI_DATASET
+    sources = list(cfg.DATASETS.SOURCES)
+    kinds = [s.TYPE for s in sources]
+    if not md.ENABLED:
+        real_total = sum(n for n, k in zip(sizes, kinds) if k == "real")
+        ratios = [
+            n / real_total if k == "real" and real_total else 0.0 for n, k in zip(sizes, kinds)
+        ]
+        return [SourceMix(s.NAME, s.TYPE, r, 1.0) for s, r in zip(sources, ratios)]
+    ratios = []
+    for src, size in zip(sources, sizes):
+        if src.RATIO is not None:
+            ratios.append(src.RATIO)
+        elif md.RATIO_BY_SIZE:
+            ratios.append(size / max(1, sum(sizes)))
+        else:
+            share = md.REAL_SAMPLING_RATIO if src.TYPE == "real" else 1 - md.REAL_SAMPLING_RATIO
+            ratios.append(share / kinds.count(src.TYPE))
+    if abs(sum(ratios) - 1.0) > 1e-6:
+        listing = ", ".join(f"{s.NAME}={r:.4g}" for s, r in zip(sources, ratios))
+        raise ConfigError(
+            f"DATASETS.SOURCES: resolved sampling ratios sum to {sum(ratios):.6g}, "
+            f"not 1 ({listing}); set RATIO on every source or on none"
+        )
+    for src, size, ratio in zip(sources, sizes, ratios):
+        if ratio > 0 and size == 0:
+            raise ConfigError(
+                f"DATASETS.SOURCES: source {src.NAME!r} has ratio {ratio:.4g} but no items"
+            )
+    weights = [
+        src.LOSS_WEIGHT
+        if src.LOSS_WEIGHT is not None
+        else (md.REAL_LOSS_WEIGHT if src.TYPE == "real" else md.SYNTHETIC_LOSS_WEIGHT)
+        for src in sources
+    ]
+    return [SourceMix(s.NAME, s.TYPE, r, w) for s, r, w in zip(sources, ratios, weights)]

@@ -1,0 +1,246 @@
+"""RelationCriterion: the weighted set loss of a DETR-style relation detector.
+
+Per-image ``loss_weight`` scales every matched prediction's loss, for every term and every
+auxiliary decoder layer (the design note's IterativeRelationCriterion, without its mistakes: the
+no-relation CE term stays, class-weighted CE keeps PyTorch's normalization, diagnostics are
+detached and never summed into the optimized loss, and there are no per-layer host syncs).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from realsynth.modeling.matcher import HungarianMatcher, foreground_classes
+from realsynth.modeling.set_losses import (
+    BatchContext,
+    box_denominator,
+    box_losses,
+    classification_loss,
+    matched_pairs,
+)
+from realsynth.modeling.set_targets import ENTITY_HEADS, RELATION_HEADS, HeadSpec, flatten_targets
+from realsynth.modeling.weighting import Normalization, OnInvalid, image_weights
+
+DEFAULT_COEFFICIENTS: dict[str, float] = {
+    **{term: 1.0 for term in RELATION_HEADS.class_terms + ENTITY_HEADS.class_terms},
+    **{term: 5.0 for term in RELATION_HEADS.bbox_terms + ENTITY_HEADS.bbox_terms},
+    **{term: 2.0 for term in RELATION_HEADS.giou_terms + ENTITY_HEADS.giou_terms},
+}
+_AUX_KEY = re.compile(r"^(?P<base>.+)_(?P<layer>\d+)$")
+
+
+def _class_weight_vector(size: int, empty: float, foreground: Tensor | None, name: str) -> Tensor:
+    """[size + 1] CE class weights: foreground (default ones) then the background's ``empty``."""
+    if foreground is None:
+        foreground = torch.ones(size)
+    foreground = torch.as_tensor(foreground, dtype=torch.float32)
+    if foreground.shape != (size,):
+        raise ValueError(f"{name}: expected shape ({size},), got {tuple(foreground.shape)}")
+    weights = torch.cat((foreground, torch.tensor([float(empty)])))
+    if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
+        raise ValueError(f"{name} (with its empty weight {empty}) must be finite and >= 0")
+    return weights
+
+
+class RelationCriterion(nn.Module):
+    """Hungarian-matched, per-image weighted set loss for relation (and entity) predictions.
+
+    Outputs (DESIGN.md): relation mode uses ``relation_logits`` [B, Q, R+1],
+    ``relation_subject_logits`` / ``relation_object_logits`` [B, Q, C+1] and
+    ``relation_subject_boxes`` / ``relation_object_boxes`` [B, Q, 4] (cxcywh in [0, 1]); entity
+    predictions ``pred_logits`` [B, Qe, C+1] / ``pred_boxes`` [B, Qe, 4] add DETR's terms;
+    ``aux_outputs`` repeats the same keys per earlier decoder layer. Background is the last index.
+
+    Args:
+        num_classes: C, foreground entity classes.
+        num_predicates: R, foreground predicates.
+        matcher: assignment of queries to targets (default ``HungarianMatcher()``).
+        empty_weight: CE weight of the no-object class (DETR's eos_coef).
+        empty_rel_weight: CE weight of the no-relation class.
+        predicate_class_weights: [R] CE weights of the foreground predicates (default ones).
+        loss_coefficients: overrides of :data:`DEFAULT_COEFFICIENTS` by base term name.
+        ce_scope: ``"all"`` queries (unmatched ones target the background) or ``"matched"`` only.
+        normalization: ``"count"`` or ``"weight"`` (see ``weighting``).
+        on_invalid_weight: ``"error"`` or ``"fallback"`` for NaN/inf/negative ``loss_weight``.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        num_predicates: int,
+        *,
+        matcher: HungarianMatcher | None = None,
+        empty_weight: float = 0.1,
+        empty_rel_weight: float = 0.1,
+        predicate_class_weights: Tensor | None = None,
+        loss_coefficients: dict[str, float] | None = None,
+        ce_scope: Literal["all", "matched"] = "all",
+        normalization: Normalization = "count",
+        on_invalid_weight: OnInvalid = "error",
+    ):
+        super().__init__()
+        if num_classes < 1 or num_predicates < 1:
+            raise ValueError(
+                f"num_classes and num_predicates must be >= 1, got {num_classes}, {num_predicates}"
+            )
+        for name, value, allowed in (
+            ("ce_scope", ce_scope, ("all", "matched")),
+            ("normalization", normalization, ("count", "weight")),
+            ("on_invalid_weight", on_invalid_weight, ("error", "fallback")),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        unknown = sorted(set(loss_coefficients or {}) - set(DEFAULT_COEFFICIENTS))
+        if unknown:
+            raise ValueError(
+                f"loss_coefficients: unknown terms {unknown}; known: {sorted(DEFAULT_COEFFICIENTS)}"
+            )
+        self.num_classes = num_classes
+        self.num_predicates = num_predicates
+        self.matcher = matcher if matcher is not None else HungarianMatcher()
+        self.ce_scope = ce_scope
+        self.normalization = normalization
+        self.on_invalid_weight = on_invalid_weight
+        self.weight_dict: dict[str, float] = {**DEFAULT_COEFFICIENTS, **(loss_coefficients or {})}
+        self.register_buffer(
+            "entity_class_weights",
+            _class_weight_vector(num_classes, empty_weight, None, "entity class weights"),
+        )
+        self.register_buffer(
+            "predicate_class_weights",
+            _class_weight_vector(
+                num_predicates, empty_rel_weight, predicate_class_weights, "predicate_class_weights"
+            ),
+        )
+
+    def _class_weights(self, spec: HeadSpec) -> tuple[Tensor, ...]:
+        if spec is RELATION_HEADS:
+            return (
+                self.predicate_class_weights,
+                self.entity_class_weights,
+                self.entity_class_weights,
+            )
+        return (self.entity_class_weights,)
+
+    def _check_widths(self, layer: dict[str, Tensor], spec: HeadSpec, where: str) -> None:
+        expected = [self.num_classes + 1] * len(spec.class_keys)
+        if spec is RELATION_HEADS:
+            expected[0] = self.num_predicates + 1
+        for key, width in zip(spec.class_keys, expected):
+            if layer[key].shape[-1] != width:
+                raise ValueError(
+                    f"{where}[{key!r}] has {layer[key].shape[-1]} classes, expected {width} "
+                    f"(foreground + background, last)"
+                )
+
+    def _layer_losses(
+        self,
+        layer: dict[str, Tensor],
+        flat: Any,
+        spec: HeadSpec,
+        ctx: BatchContext,
+        diagnostics: bool,
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Loss terms of one decoder layer and, with ``diagnostics``, per-source [S] tensors."""
+        matched = matched_pairs(self.matcher.assign(layer, flat, spec), flat, ctx.source_ids.device)
+        terms: dict[str, Tensor] = {}
+        diag: dict[str, Tensor] = {}
+        for key, term, classes, weights in zip(
+            spec.class_keys, spec.class_terms, flat.classes, self._class_weights(spec)
+        ):
+            terms[term], per_source = classification_loss(
+                layer[key], classes, matched, weights, ctx, diagnostics=diagnostics
+            )
+            if per_source is not None:
+                diag[term] = per_source
+        for key, l1_term, giou_term, boxes in zip(
+            spec.box_keys, spec.bbox_terms, spec.giou_terms, flat.boxes
+        ):
+            terms[l1_term], terms[giou_term], per_source = box_losses(
+                layer[key], boxes, matched, ctx, diagnostics=diagnostics
+            )
+            if per_source is not None:
+                diag[l1_term], diag[giou_term] = per_source.unbind(1)
+        return terms, diag
+
+    def forward(
+        self, outputs: dict[str, Any], targets: Sequence[dict[str, Any]]
+    ) -> dict[str, Tensor]:
+        """Compute every loss term of the final and auxiliary layers.
+
+        Args:
+            outputs: model outputs (see the class docstring), optionally with ``aux_outputs``.
+            targets: one dict per image (DESIGN.md targets; ``loss_weight`` defaults to 1.0).
+
+        Returns:
+            Loss terms (keys of ``weight_dict``; auxiliary layer i as ``<term>_{i}``) and detached
+            per-source unweighted losses of the final layer as ``diag/<term>/<source>``.
+        """
+        specs = [s for s in (RELATION_HEADS, ENTITY_HEADS) if s.class_keys[0] in outputs]
+        if not specs:
+            raise ValueError(
+                f"outputs need 'relation_logits' and/or 'pred_logits', got keys {sorted(outputs)}"
+            )
+        if len(targets) != outputs[specs[0].class_keys[0]].shape[0]:
+            raise ValueError(
+                f"{len(targets)} targets for a batch of {outputs[specs[0].class_keys[0]].shape[0]}"
+            )
+        device = outputs[specs[0].class_keys[0]].device
+        weights = image_weights(targets, device=device, on_invalid=self.on_invalid_weight)
+        names = [str(t.get("source", "unknown")) for t in targets]
+        sources = list(dict.fromkeys(names))
+        source_ids = torch.tensor([sources.index(n) for n in names], dtype=torch.int64)
+        source_ids = source_ids.to(device, non_blocking=True)
+        layers = [("", outputs)] + [
+            (f"_{i}", aux) for i, aux in enumerate(outputs.get("aux_outputs", []))
+        ]
+        losses: dict[str, Tensor] = {}
+        for spec in specs:
+            flat = flatten_targets(targets, spec, foreground_classes(outputs, spec), device=device)
+            ctx = BatchContext(
+                image_weights=weights,
+                source_ids=source_ids,
+                num_sources=len(sources),
+                box_denominator=box_denominator(flat, weights, self.normalization),
+                normalization=self.normalization,
+                ce_scope=self.ce_scope,
+            )
+            for suffix, layer in layers:
+                if spec.class_keys[0] not in layer:
+                    continue
+                where = "outputs" if not suffix else f"outputs['aux_outputs'][{suffix[1:]}]"
+                self._check_widths(layer, spec, where)
+                terms, diag = self._layer_losses(layer, flat, spec, ctx, diagnostics=not suffix)
+                for term, value in terms.items():
+                    losses[term + suffix] = value
+                    self.weight_dict.setdefault(term + suffix, self.weight_dict[term])
+                for term, per_source in diag.items():
+                    for name, value in zip(sources, per_source.unbind(0)):
+                        losses[f"diag/{term}/{name}"] = value
+        return losses
+
+    def coefficient(self, key: str) -> float | None:
+        """Coefficient of a loss key (aux ``<term>_{i}`` takes its base term's), or None."""
+        if key in self.weight_dict:
+            return self.weight_dict[key]
+        match = _AUX_KEY.match(key)
+        if match and match["base"] in self.weight_dict:
+            return self.weight_dict[match["base"]]
+        return None
+
+    def total_loss(self, losses: dict[str, Tensor]) -> Tensor:
+        """Sum of ``coefficient * loss`` over the loss terms (``diag/...`` keys never count)."""
+        total = None
+        for key, value in losses.items():
+            coefficient = self.coefficient(key)
+            if coefficient is None:
+                continue
+            total = coefficient * value if total is None else total + coefficient * value
+        if total is None:
+            raise ValueError(f"no loss terms among keys {sorted(losses)}")
+        return total

@@ -1,0 +1,162 @@
+"""Hungarian matching of predictions to targets, for relation triplets and for entities.
+
+Matching never sees the per-image loss weights: weights change how much a matched pair counts,
+not which query is matched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor, nn
+
+from realsynth.modeling.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
+from realsynth.modeling.set_targets import (
+    ENTITY_HEADS,
+    PROBLEM_NAMES,
+    RELATION_HEADS,
+    FlatTargets,
+    HeadSpec,
+    flatten_targets,
+)
+
+Assignment = list[tuple[np.ndarray, np.ndarray]]
+
+
+def heads_for(outputs: dict[str, Any]) -> HeadSpec:
+    """Relation heads when ``outputs`` has ``relation_logits``, else entity heads."""
+    if "relation_logits" in outputs:
+        return RELATION_HEADS
+    if "pred_logits" in outputs:
+        return ENTITY_HEADS
+    raise ValueError(
+        f"outputs need 'relation_logits' (relation mode) or 'pred_logits' (entity mode), "
+        f"got keys {sorted(outputs)}"
+    )
+
+
+def foreground_classes(outputs: dict[str, Any], spec: HeadSpec) -> list[int]:
+    """Foreground class count of each class head (logit width minus the last, background, index)."""
+    return [int(outputs[key].shape[-1]) - 1 for key in spec.class_keys]
+
+
+class HungarianMatcher(nn.Module):
+    """One-to-one assignment between queries and targets minimizing DETR's matching cost.
+
+    Cost of query q against target t: ``cost_class * sum_h -softmax(logits_h)[q, class_h(t)]``
+    over the class heads (relation: predicate, subject, object; entity: class), plus
+    ``cost_bbox * sum_h L1(box_h(q), box_h(t))`` and ``cost_giou * sum_h -GIoU(box_h(q), box_h(t))``
+    over the box heads (relation: subject, object; entity: box). Boxes are cxcywh in [0, 1].
+
+    The cost of every image is built in one batched pass over targets padded to the largest image,
+    moved to the host once, then solved per image with ``scipy.optimize.linear_sum_assignment``.
+
+    Args:
+        cost_class: weight of the classification cost.
+        cost_bbox: weight of the L1 box cost.
+        cost_giou: weight of the GIoU cost.
+    """
+
+    def __init__(self, cost_class: float = 1.0, cost_bbox: float = 5.0, cost_giou: float = 2.0):
+        super().__init__()
+        if cost_class == 0 and cost_bbox == 0 and cost_giou == 0:
+            raise ValueError("HungarianMatcher: all costs are 0, matching would be arbitrary")
+        self.cost_class = cost_class
+        self.cost_bbox = cost_bbox
+        self.cost_giou = cost_giou
+
+    def cost_matrix(self, outputs: dict[str, Tensor], flat: FlatTargets, spec: HeadSpec) -> Tensor:
+        """Matching cost [B, Q, max(sizes)]; column j of image b is its target j (padding after)."""
+        index = flat.padded_index
+        batch, queries = outputs[spec.class_keys[0]].shape[:2]
+        cost = None
+        for key, classes in zip(spec.class_keys, flat.classes):
+            prob = outputs[key].float().softmax(-1)
+            columns = classes[index][:, None, :].expand(batch, queries, -1)
+            term = prob.gather(2, columns)
+            cost = term if cost is None else cost + term
+        cost = -self.cost_class * cost
+        for key, boxes in zip(spec.box_keys, flat.boxes):
+            pred = outputs[key].float()
+            tgt = boxes[index]
+            l1 = torch.cdist(pred, tgt, p=1)
+            giou = generalized_box_iou(
+                box_cxcywh_to_xyxy(pred), box_cxcywh_to_xyxy(tgt), check=False
+            )
+            cost = cost + self.cost_bbox * l1 - self.cost_giou * giou
+        return cost
+
+    @torch.no_grad()
+    def assign(self, outputs: dict[str, Tensor], flat: FlatTargets, spec: HeadSpec) -> Assignment:
+        """Match with pre-flattened targets; returns per image (query indices, target indices).
+
+        Raises:
+            ValueError: an image has more targets than queries, a target is invalid (see
+                ``set_targets.PROBLEM_NAMES``), or the predictions hold NaN/inf.
+        """
+        queries = outputs[spec.class_keys[0]].shape[1]
+        too_many = [b for b, n in enumerate(flat.sizes) if n > queries]
+        if too_many:
+            raise ValueError(
+                f"images {too_many} have {[flat.sizes[b] for b in too_many]} {spec.mode} targets "
+                f"but the model has only {queries} queries per image"
+            )
+        empty = np.zeros(0, dtype=np.int64)
+        if flat.total == 0:
+            return [(empty, empty) for _ in flat.sizes]
+        cost = self.cost_matrix(outputs, flat, spec)
+        packed = torch.cat((cost.reshape(-1), flat.problems.to(cost.dtype))).cpu().numpy()
+        cost_np = packed[: cost.numel()].reshape(cost.shape)
+        self._raise_on_problems(packed[cost.numel() :].astype(np.int64), flat, spec)
+        result: Assignment = []
+        for b, size in enumerate(flat.sizes):
+            block = cost_np[b, :, :size]
+            if not np.isfinite(block).all():
+                raise ValueError(
+                    f"matcher: NaN or inf in the {spec.mode} predictions of image {b} "
+                    f"(keys {spec.class_keys + spec.box_keys})"
+                )
+            rows, cols = linear_sum_assignment(block) if size else (empty, empty)
+            result.append((rows.astype(np.int64), cols.astype(np.int64)))
+        return result
+
+    @staticmethod
+    def _raise_on_problems(problems: np.ndarray, flat: FlatTargets, spec: HeadSpec) -> None:
+        bad = np.flatnonzero(problems)
+        if bad.size == 0:
+            return
+        image_of = np.repeat(np.arange(len(flat.sizes)), flat.sizes)
+        starts = np.concatenate(([0], np.cumsum(flat.sizes)[:-1]))
+        details = []
+        for i in bad[:10]:
+            what = [name for bit, name in PROBLEM_NAMES.items() if problems[i] & bit]
+            b = int(image_of[i])
+            details.append(f"image {b} {spec.mode} target {int(i - starts[b])}: {', '.join(what)}")
+        more = f" (and {bad.size - 10} more)" if bad.size > 10 else ""
+        raise ValueError("invalid targets: " + "; ".join(details) + more)
+
+    def forward(
+        self, outputs: dict[str, Tensor], targets: Sequence[dict[str, Any]]
+    ) -> list[tuple[Tensor, Tensor]]:
+        """Match a batch.
+
+        Args:
+            outputs: model outputs (DESIGN.md keys); relation mode when ``relation_logits`` is
+                present, else entity mode with ``pred_logits`` [B, Q, C+1] and ``pred_boxes``
+                [B, Q, 4].
+            targets: one dict per image (``boxes`` cxcywh normalized, ``labels``, ``relations``).
+
+        Returns:
+            Per image, (query_idx, target_idx) int64 CPU tensors of equal length min(Q, T_b);
+            target_idx indexes the image's relation rows (relation mode) or boxes (entity mode).
+        """
+        spec = heads_for(outputs)
+        device = outputs[spec.class_keys[0]].device
+        flat = flatten_targets(targets, spec, foreground_classes(outputs, spec), device=device)
+        return [
+            (torch.from_numpy(q), torch.from_numpy(t)) for q, t in self.assign(outputs, flat, spec)
+        ]

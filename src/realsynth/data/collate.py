@@ -1,0 +1,70 @@
+"""Batch collation for relation datasets: padded images, a padding mask and target dicts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def collate_relations(items: list[dict[str, Any] | None]) -> dict[str, Any]:
+    """Collates dataset items into a batch (use as a DataLoader's ``collate_fn``).
+
+    ``None`` items (bad samples skipped by a dataset with ``skip_bad_samples=True``) are dropped
+    and counted in ``num_skipped``.
+
+    Args:
+        items: dicts with ``image`` float [3, H_i, W_i] and target keys (``boxes`` cxcywh
+            normalized, ``labels``, ``relations``, ``image_id``, ``orig_size``, ...); optional
+            ``loss_weight`` (default 1.0), ``source_id`` (default 0), ``dataset_type`` (default
+            "real") and ``source`` (default "").
+
+    Returns:
+        ``images`` float [B, 3, H, W] zero-padded at the bottom/right to the largest item;
+        ``pixel_mask`` bool [B, H, W], True on padding; ``targets`` list of B dicts holding every
+        key but ``image`` (with the defaults above filled in); ``loss_weights`` float32 [B];
+        ``source_ids`` int64 [B]; ``num_skipped`` int.
+    """
+    kept = [item for item in items if item is not None]
+    num_skipped = len(items) - len(kept)
+    if not kept:
+        return {
+            "images": torch.zeros(0, 3, 0, 0),
+            "pixel_mask": torch.zeros(0, 0, 0, dtype=torch.bool),
+            "targets": [],
+            "loss_weights": torch.zeros(0),
+            "source_ids": torch.zeros(0, dtype=torch.int64),
+            "num_skipped": num_skipped,
+        }
+    for i, item in enumerate(kept):
+        image = item.get("image")
+        if not isinstance(image, torch.Tensor) or image.dim() != 3 or image.shape[0] != 3:
+            shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+            raise ValueError(
+                f"collate_relations: item {i} 'image' must be a [3, H, W] tensor, got {shape}"
+            )
+    height = max(int(item["image"].shape[1]) for item in kept)
+    width = max(int(item["image"].shape[2]) for item in kept)
+    images = torch.zeros(len(kept), 3, height, width, dtype=kept[0]["image"].dtype)
+    pixel_mask = torch.ones(len(kept), height, width, dtype=torch.bool)
+    targets = []
+    for i, item in enumerate(kept):
+        h, w = item["image"].shape[1:]
+        images[i, :, :h, :w] = item["image"]
+        pixel_mask[i, :h, :w] = False
+        target = {k: v for k, v in item.items() if k != "image"}
+        target.setdefault("loss_weight", 1.0)
+        target.setdefault("source_id", 0)
+        target.setdefault("dataset_type", "real")
+        target.setdefault("source", "")
+        targets.append(target)
+    return {
+        "images": images,
+        "pixel_mask": pixel_mask,
+        "targets": targets,
+        "loss_weights": torch.tensor(
+            [float(t["loss_weight"]) for t in targets], dtype=torch.float32
+        ),
+        "source_ids": torch.tensor([int(t["source_id"]) for t in targets], dtype=torch.int64),
+        "num_skipped": num_skipped,
+    }

@@ -1,0 +1,215 @@
+"""Procedural demo data: shapes with spatial and appearance relations, in a "real" and a
+"synthetic" domain, written as relcoco (``OUT/{real,synthetic}/{train,val}/annotations.json`` with
+PNGs in ``images/`` beside each file).
+
+Scenes are built for learnability: 2-4 shapes (3 classes, 4 colors) that never overlap, each at
+least ~19% of the image side. Every ordered pair (subject, object) gets at most one predicate:
+"same color as" when the two share a palette color, otherwise a spatial predicate when one axis
+clearly dominates the displacement (|d_major| >= 1.5 |d_minor|), otherwise none; at most
+``MAX_RELATIONS`` per image. "left of" means the subject's center is left of the object's.
+
+The synthetic domain carries label noise: each object class and each predicate is replaced by a
+different, uniformly drawn one with probability ``label_noise``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from realsynth.data.demo_render import PALETTE, SHAPES, DemoObject, render_real, render_synthetic
+from realsynth.data.formats.relcoco import write_relcoco
+
+DEMO_CLASSES = SHAPES
+DEMO_PREDICATES = ("left of", "right of", "above", "below", "same color as")
+DOMAINS = ("real", "synthetic")
+SPLITS = ("train", "val")
+MAX_RELATIONS = 8
+DOMINANCE = 1.5
+
+
+def demo_predicate_flip_map() -> dict[str, str]:
+    """Predicate names swapped by a horizontal flip (for ``predicate_flip_indices``)."""
+    return {"left of": "right of", "right of": "left of"}
+
+
+def sample_objects(image_size: int, rng: np.random.Generator) -> list[DemoObject]:
+    """2-4 non-overlapping shapes (2 px apart at least) with random class and color."""
+    low, high = max(4, round(0.19 * image_size)), max(5, round(0.28 * image_size))
+    wanted = int(rng.integers(2, 5))
+    objects: list[DemoObject] = []
+    for _ in range(wanted * 20):
+        if len(objects) == wanted:
+            break
+        size = int(rng.integers(low, high + 1))
+        x0, y0 = (int(v) for v in rng.integers(1, image_size - size, size=2))
+        clear = all(
+            x0 + size + 2 <= o.x0
+            or o.x0 + o.size + 2 <= x0
+            or y0 + size + 2 <= o.y0
+            or o.y0 + o.size + 2 <= y0
+            for o in objects
+        )
+        if clear:
+            shape, color = int(rng.integers(len(SHAPES))), int(rng.integers(len(PALETTE)))
+            objects.append(DemoObject(shape, color, x0, y0, size))
+    return objects
+
+
+def pair_predicate(subject: DemoObject, obj: DemoObject) -> int | None:
+    """0-based predicate of (subject, object) or None when no relation is annotated."""
+    if subject.color == obj.color:
+        return DEMO_PREDICATES.index("same color as")
+    dx = (obj.x0 + obj.size / 2) - (subject.x0 + subject.size / 2)
+    dy = (obj.y0 + obj.size / 2) - (subject.y0 + subject.size / 2)
+    if abs(dx) >= DOMINANCE * abs(dy):
+        return DEMO_PREDICATES.index("left of" if dx > 0 else "right of")
+    if abs(dy) >= DOMINANCE * abs(dx):
+        return DEMO_PREDICATES.index("above" if dy > 0 else "below")
+    return None
+
+
+def scene_relations(objects: list[DemoObject], rng: np.random.Generator) -> np.ndarray:
+    """int64 [M, 3] (subject, object, predicate), M <= MAX_RELATIONS, in pair order."""
+    rels = [
+        (i, j, p)
+        for i, a in enumerate(objects)
+        for j, b in enumerate(objects)
+        if i != j and (p := pair_predicate(a, b)) is not None
+    ]
+    if len(rels) > MAX_RELATIONS:
+        keep = np.sort(rng.choice(len(rels), size=MAX_RELATIONS, replace=False))
+        rels = [rels[k] for k in keep]
+    return np.array(rels, dtype=np.int64).reshape(-1, 3)
+
+
+def _corrupt(
+    values: np.ndarray, num_values: int, rate: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Replaces each value, with probability ``rate``, by a different uniformly drawn one."""
+    flip = rng.random(len(values)) < rate
+    shift = rng.integers(1, num_values, size=len(values))
+    return np.where(flip, (values + shift) % num_values, values)
+
+
+def make_scene(
+    domain: str, image_size: int, label_noise: float, rng: np.random.Generator
+) -> tuple[Any, dict[str, Any]]:
+    """Renders one scene. Returns (PIL image, annotation with xyxy pixel boxes, 0-based labels
+    and relations) ready for :func:`write_relcoco`."""
+    objects = sample_objects(image_size, rng)
+    while len(objects) < 2:
+        objects = sample_objects(image_size, rng)
+    relations = scene_relations(objects, rng)
+    labels = np.array([o.shape for o in objects], dtype=np.int64)
+    if domain == "real":
+        image = render_real(objects, image_size, rng)
+    else:
+        image = render_synthetic(objects, image_size)
+        labels = _corrupt(labels, len(DEMO_CLASSES), label_noise, rng)
+        relations[:, 2] = _corrupt(relations[:, 2], len(DEMO_PREDICATES), label_noise, rng)
+    ann = {
+        "width": image_size,
+        "height": image_size,
+        "boxes": np.array([o.box for o in objects], dtype=np.int64),
+        "labels": labels,
+        "relations": relations,
+    }
+    return image, ann
+
+
+def _write_split(
+    folder: Path,
+    domain: str,
+    split: str,
+    count: int,
+    *,
+    seed: int,
+    image_size: int,
+    label_noise: float,
+) -> Path:
+    """Writes one split into a temporary sibling folder, then moves it into place."""
+    if folder.exists() and not (folder / "annotations.json").is_file():
+        raise ValueError(
+            f"{folder} exists and is not a demo split (no annotations.json); refusing to replace it"
+        )
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        (tmp / "images").mkdir()
+        records = []
+        for k in range(count):
+            rng = np.random.default_rng([seed, DOMAINS.index(domain), SPLITS.index(split), k])
+            image, ann = make_scene(domain, image_size, label_noise, rng)
+            ann["file_name"] = f"{k:06d}.png"
+            image.save(tmp / "images" / ann["file_name"], format="PNG", compress_level=6)
+            records.append(ann)
+        write_relcoco(
+            tmp / "annotations.json",
+            classes=DEMO_CLASSES,
+            predicates=DEMO_PREDICATES,
+            images=records,
+        )
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.replace(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder / "annotations.json"
+
+
+def generate_demo(
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    real_train: int = 300,
+    real_val: int = 100,
+    synthetic_train: int = 3000,
+    synthetic_val: int = 100,
+    label_noise: float = 0.1,
+    image_size: int = 64,
+) -> dict[str, Path]:
+    """Writes the demo data set; the same arguments give byte-identical files.
+
+    Args:
+        out_dir: output folder (``real/`` and ``synthetic/`` are created or replaced in it).
+        seed: base seed; image k of (domain, split) uses ``default_rng([seed, d, s, k])``.
+        real_train, real_val, synthetic_train, synthetic_val: image counts (>= 0).
+        label_noise: synthetic class/predicate noise rate in [0, 1].
+        image_size: square image side in pixels (>= 24).
+
+    Returns:
+        ``{"real/train": path to annotations.json, "real/val": ..., "synthetic/train": ...,
+        "synthetic/val": ...}``.
+    """
+    counts = {
+        ("real", "train"): real_train,
+        ("real", "val"): real_val,
+        ("synthetic", "train"): synthetic_train,
+        ("synthetic", "val"): synthetic_val,
+    }
+    for (domain, split), n in counts.items():
+        if int(n) < 0:
+            raise ValueError(f"{domain}_{split} must be >= 0, got {n}")
+    if not 0.0 <= label_noise <= 1.0:
+        raise ValueError(f"label_noise must be in [0, 1], got {label_noise}")
+    if image_size < 24:
+        raise ValueError(f"image_size must be >= 24 pixels, got {image_size}")
+    out = Path(out_dir)
+    return {
+        f"{domain}/{split}": _write_split(
+            out / domain / split,
+            domain,
+            split,
+            int(n),
+            seed=seed,
+            image_size=image_size,
+            label_noise=label_noise,
+        )
+        for (domain, split), n in counts.items()
+    }

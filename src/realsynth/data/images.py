@@ -1,0 +1,132 @@
+"""Image loading with clear errors, and the dataset base class shared by every format.
+
+A format (relcoco, VG150) only says where an item's image is and what its annotation is
+(:meth:`RelationDataset.annotation`); this base turns that into a dataset item: it loads the image,
+applies the seeded transforms and converts boxes to the contract (cxcywh normalized to [0, 1]).
+
+Bad samples: a missing or corrupt image raises :class:`BadSampleError` naming the file and the
+source. With ``skip_bad_samples=True`` the dataset returns ``None`` for such an item instead;
+:func:`realsynth.data.collate.collate_relations` drops ``None`` items and counts them in the batch's
+``num_skipped`` so the trainer can report the total at the end.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from realsynth.data.transforms import Transform, finalize_item, item_rng
+
+
+class BadSampleError(ValueError):
+    """An item whose image is missing, unreadable or inconsistent with its annotation."""
+
+
+def load_image(path: str | Path, *, source: str) -> Image.Image:
+    """Opens an image file as RGB.
+
+    Raises:
+        BadSampleError: the file is missing or cannot be decoded; names the file and source.
+    """
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except FileNotFoundError as exc:
+        raise BadSampleError(f"source '{source}': image file not found: {path}") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise BadSampleError(f"source '{source}': cannot read image {path}: {exc}") from exc
+
+
+class RelationDataset(torch.utils.data.Dataset):
+    """Base of the relation datasets: seeded per-item transforms and bad-sample handling.
+
+    Args:
+        source: name used in error messages and in the items' ``source`` field.
+        transforms: called as ``t(image, target, rng)``; None keeps the image as is.
+        seed: base of the per-item generator ``item_rng(seed, epoch, index)``.
+        skip_bad_samples: return None for an item whose image is bad instead of raising.
+    """
+
+    #: When the file's size differs from the annotated one: False raises, True rescales the boxes
+    #: (Scene-Graph-Benchmark's VG behaviour, whose image_data.json has a few wrong sizes).
+    rescale_on_size_mismatch = False
+
+    def __init__(
+        self,
+        *,
+        source: str,
+        transforms: Transform | None,
+        seed: int,
+        skip_bad_samples: bool,
+    ) -> None:
+        self.source = source
+        self.transforms = transforms
+        self.seed = int(seed)
+        self.epoch = 0
+        self.skip_bad_samples = skip_bad_samples
+
+    def set_epoch(self, epoch: int) -> None:
+        """Selects the epoch whose augmentations ``__getitem__`` draws."""
+        self.epoch = int(epoch)
+
+    def image_path(self, index: int) -> Path:
+        raise NotImplementedError
+
+    def annotation(self, index: int) -> dict[str, Any]:
+        """Annotation of one image without reading pixels.
+
+        Returns:
+            ``boxes`` float32 [N, 4] xyxy in pixels of the annotated size, ``labels`` int64 [N]
+            (0-based), ``relations`` int64 [M, 3] (subject, object, 0-based predicate),
+            ``image_id``, ``orig_size`` int64 [2] annotated (h, w), ``file_name``, ``source``.
+        """
+        raise NotImplementedError
+
+    def sample_annotation(self, target: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        """Per-item random choices on the annotation itself (none by default)."""
+        return target
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        return self.get_item(index, item_rng(self.seed, self.epoch, index))
+
+    def get_item(self, index: int, rng: np.random.Generator) -> dict[str, Any] | None:
+        """Loads item ``index`` using ``rng`` for its augmentation (a mixing dataset passes one
+        derived from its global index).
+
+        Returns:
+            ``image`` float [3, H, W] (in [0, 1] unless the transforms normalize), ``boxes`` float
+            [N, 4] cxcywh normalized, ``labels``, ``relations``, ``image_id``, ``orig_size`` (h, w)
+            of the file, ``size`` (h, w) after transforms, ``file_name``, ``source``; or None for
+            a bad sample when ``skip_bad_samples`` is on.
+        """
+        try:
+            image, target = self._load(index)
+        except BadSampleError:
+            if self.skip_bad_samples:
+                return None
+            raise
+        target = self.sample_annotation(target, rng)
+        if self.transforms is not None:
+            image, target = self.transforms(image, target, rng)
+        return finalize_item(image, target)
+
+    def _load(self, index: int) -> tuple[Image.Image, dict[str, Any]]:
+        target = self.annotation(index)
+        path = self.image_path(index)
+        image = load_image(path, source=self.source)
+        width, height = image.size
+        ann_h, ann_w = (int(v) for v in target["orig_size"])
+        if (ann_h, ann_w) != (height, width):
+            if not self.rescale_on_size_mismatch:
+                raise BadSampleError(
+                    f"source '{self.source}': image {path} is {width}x{height} (w x h) but its "
+                    f"annotation says {ann_w}x{ann_h}"
+                )
+            scale = torch.tensor([width / ann_w, height / ann_h] * 2, dtype=torch.float32)
+            target["boxes"] = target["boxes"] * scale
+        target["orig_size"] = torch.tensor([height, width], dtype=torch.int64)
+        return image, target

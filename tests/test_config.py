@@ -105,7 +105,7 @@ def test_source_list_errors(tmp_path):
 
 def test_resolve_mix_precedence(tmp_path):
     cfg = load_config(write(tmp_path, SOURCES))
-    mix = resolve_mix(cfg, [100, 1000, 500])
+    mix = resolve_mix(cfg.DATASETS.SOURCES, cfg.DATASETS.MULTI_DATASET, [100, 1000, 500])
     # Real gets REAL_SAMPLING_RATIO, the synthetic sources share the rest equally.
     assert [m.ratio for m in mix] == pytest.approx([0.7, 0.15, 0.15])
     # A source's own LOSS_WEIGHT wins over MULTI_DATASET's.
@@ -115,9 +115,12 @@ def test_resolve_mix_precedence(tmp_path):
 def test_resolve_mix_naive_concatenation_and_disabled(tmp_path):
     path = write(tmp_path, SOURCES)
     naive = load_config(path, ["DATASETS.MULTI_DATASET.RATIO_BY_SIZE=true"])
-    assert [m.ratio for m in resolve_mix(naive, [100, 600, 300])] == pytest.approx([0.1, 0.6, 0.3])
+    assert [
+        m.ratio
+        for m in resolve_mix(naive.DATASETS.SOURCES, naive.DATASETS.MULTI_DATASET, [100, 600, 300])
+    ] == pytest.approx([0.1, 0.6, 0.3])
     off = load_config(path, ["DATASETS.MULTI_DATASET.ENABLED=false"])
-    mix = resolve_mix(off, [100, 600, 300])
+    mix = resolve_mix(off.DATASETS.SOURCES, off.DATASETS.MULTI_DATASET, [100, 600, 300])
     assert [m.ratio for m in mix] == [1.0, 0.0, 0.0]
     assert [m.loss_weight for m in mix] == [1.0, 1.0, 1.0]
 
@@ -126,7 +129,7 @@ def test_resolve_mix_rejects_partial_ratios_that_do_not_sum_and_empty_sources(tm
     partial = SOURCES.replace("PATH: /data/vg}", "PATH: /data/vg, RATIO: 0.5}")
     cfg = load_config(write(tmp_path, partial))
     with pytest.raises(ConfigError, match=r"sum to 0\.8.*vg=0\.5, render=0\.15, gen=0\.15"):
-        resolve_mix(cfg, [1, 1, 1])
+        resolve_mix(cfg.DATASETS.SOURCES, cfg.DATASETS.MULTI_DATASET, [1, 1, 1])
     cfg = load_config(write(tmp_path, SOURCES))
     with pytest.raises(ConfigError, match="source 'render' has ratio 0.15 but no items"):
-        resolve_mix(cfg, [10, 0, 5])
+        resolve_mix(cfg.DATASETS.SOURCES, cfg.DATASETS.MULTI_DATASET, [10, 0, 5])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -323,11 +324,14 @@ class SourceMix:
     loss_weight: float
 
 
-def resolve_mix(cfg: DictConfig, sizes: list[int]) -> list[SourceMix]:
+def resolve_mix(
+    sources: Sequence[Any], multi_dataset: Any, sizes: Sequence[int]
+) -> list[SourceMix]:
     """Resolve every source's batch share and loss weight (see the module docstring for precedence).
 
     Args:
-        cfg: the run config; its ``DATASETS.SOURCES`` are the sources, in order.
+        sources: ``SourceConfig`` nodes (``DATASETS.SOURCES``), in order.
+        multi_dataset: the ``DATASETS.MULTI_DATASET`` node.
         sizes: number of training items of each source, same order.
 
     Returns:
@@ -337,8 +341,7 @@ def resolve_mix(cfg: DictConfig, sizes: list[int]) -> list[SourceMix]:
     Raises:
         ConfigError: the resolved shares do not sum to 1 or a source with a share has no items.
     """
-    md = cfg.DATASETS.MULTI_DATASET
-    sources = list(cfg.DATASETS.SOURCES)
+    md, sources = multi_dataset, list(sources)
     kinds = [s.TYPE for s in sources]
     if not md.ENABLED:
         real_total = sum(n for n, k in zip(sizes, kinds) if k == "real")

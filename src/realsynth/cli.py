@@ -1,0 +1,156 @@
+"""The ``realsynth`` command: train, eval, compare, config show, data check, data demo.
+
+Heavy modules are imported inside each command so that ``realsynth --help`` and ``config show``
+answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from realsynth.config import ConfigError, load_config, to_yaml
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config-file", type=Path, default=None, help="YAML config file")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="realsynth",
+        description="Train relation detectors on an exact real/synthetic mix with weighted losses.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train (default: the demo data) and evaluate")
+    _add_config_args(train)
+    train.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR exactly where its checkpoint stopped",
+    )
+
+    evaluate = commands.add_parser("eval", help="evaluate a run folder or checkpoint")
+    evaluate.add_argument("checkpoint", type=Path, metavar="RUN_DIR|CHECKPOINT")
+    evaluate.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        metavar="CONFIG",
+        help="config whose validation sources to use (default: the run's own)",
+    )
+    evaluate.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+
+    compare = commands.add_parser(
+        "compare", help="real only vs naive concatenation vs the note's mix, same budget"
+    )
+    _add_config_args(compare)
+
+    config = commands.add_parser("config", help="configuration tools")
+    config_cmds = config.add_subparsers(dest="config_command", required=True)
+    _add_config_args(config_cmds.add_parser("show", help="print the resolved config"))
+
+    data = commands.add_parser("data", help="dataset tools")
+    data_cmds = data.add_subparsers(dest="data_command", required=True)
+    check = data_cmds.add_parser("check", help="validate a dataset and summarize it")
+    check.add_argument("path", type=Path)
+    check.add_argument("--format", choices=("relcoco", "vg150"), default=None)
+    check.add_argument("--image-root", type=Path, default=None)
+    check.add_argument("--json", type=Path, default=None, metavar="REPORT")
+    demo = data_cmds.add_parser("demo", help="write the procedural demo dataset")
+    demo.add_argument("out", type=Path)
+    demo.add_argument("--seed", type=int, default=0)
+    for name, default in (
+        ("real-train", 300),
+        ("real-val", 100),
+        ("synthetic-train", 3000),
+        ("synthetic-val", 100),
+    ):
+        demo.add_argument(f"--{name}", type=int, default=default)
+    demo.add_argument("--label-noise", type=float, default=0.1)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``realsynth`` console script; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        if os.environ.get("REALSYNTH_DEBUG"):
+            raise
+        print(f"realsynth: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "config":
+        print(to_yaml(load_config(args.config_file, args.overrides)), end="")
+        return 0
+    if args.command == "data":
+        return _data(args)
+    if args.command == "train":
+        return _train(args)
+    if args.command == "eval":
+        from realsynth.engine.inference import evaluate_checkpoint
+
+        evaluate_checkpoint(args.checkpoint, data_config=args.data, overrides=args.overrides)
+        return 0
+    from realsynth.engine.compare import compare
+
+    compare(load_config(args.config_file, args.overrides))
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from realsynth.engine.launch import shutdown_distributed
+    from realsynth.engine.train import TrainingInterrupted, train
+
+    if args.resume is not None:
+        saved = args.resume / "config.yaml"
+        if not saved.is_file():
+            raise FileNotFoundError(f"--resume {args.resume}: no config.yaml in that run folder")
+        overrides = [*args.overrides, f"OUTPUT_DIR={args.resume}"]
+        cfg = load_config(args.config_file or saved, overrides)
+    else:
+        cfg = load_config(args.config_file, args.overrides)
+    try:
+        train(cfg, resume=args.resume is not None)
+    except TrainingInterrupted as exc:
+        print(f"\nrealsynth: {exc}", file=sys.stderr)
+        return 130
+    finally:
+        shutdown_distributed()
+    return 0
+
+
+def _data(args: argparse.Namespace) -> int:
+    if args.data_command == "demo":
+        from realsynth.data.demo import generate_demo
+
+        paths = generate_demo(
+            args.out,
+            seed=args.seed,
+            real_train=args.real_train,
+            real_val=args.real_val,
+            synthetic_train=args.synthetic_train,
+            synthetic_val=args.synthetic_val,
+            label_noise=args.label_noise,
+        )
+        for name, path in paths.items():
+            print(f"{name}: {path}")
+        return 0
+    from realsynth.data.check import check_dataset
+    from realsynth.utils.atomic import atomic_write_json
+
+    report = check_dataset(args.path, format=args.format, image_root=args.image_root)
+    print(report.format_text())
+    if args.json is not None:
+        atomic_write_json(args.json, report.to_dict())
+    return report.exit_code

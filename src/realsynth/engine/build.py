@@ -1,0 +1,144 @@
+"""Config -> objects: the one place where config keys become constructor keywords."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from realsynth.data.collate import collate_relations
+from realsynth.data.mixed import Source, build_mixed_loader
+from realsynth.engine.data_setup import RunData, build_data
+from realsynth.engine.distributed import get_rank, get_world_size, is_dist_avail_and_initialized
+from realsynth.modeling.criterion import RelationCriterion
+from realsynth.modeling.matcher import HungarianMatcher
+from realsynth.modeling.model import build_model
+
+__all__ = [
+    "build_data",
+    "build_model_and_criterion",
+    "build_optimizer",
+    "build_scheduler",
+    "build_train_loader",
+    "wrap_distributed",
+    "print_run_summary",
+]
+
+
+def build_model_and_criterion(
+    cfg: DictConfig, data: RunData, device: torch.device
+) -> tuple[nn.Module, RelationCriterion]:
+    """The relation transformer (``MODEL.PRESET`` + overrides) and its weighted set criterion."""
+    overrides = {
+        key.lower(): cfg.MODEL[key]
+        for key in ("NUM_QUERIES", "D_MODEL", "ENC_LAYERS", "DEC_LAYERS")
+        if cfg.MODEL[key] is not None
+    }
+    model = build_model(cfg.MODEL.PRESET, len(data.classes), len(data.predicates), **overrides)
+    crit = cfg.MODEL.CRITERION
+    criterion = RelationCriterion(
+        len(data.classes),
+        len(data.predicates),
+        matcher=HungarianMatcher(
+            cost_class=crit.COST_CLASS, cost_bbox=crit.COST_BBOX, cost_giou=crit.COST_GIOU
+        ),
+        empty_weight=crit.EMPTY_WEIGHT,
+        empty_rel_weight=crit.EMPTY_REL_WEIGHT,
+        loss_coefficients={
+            "class": crit.CLASS_WEIGHT,
+            "bbox": crit.L1_WEIGHT,
+            "giou": crit.GIOU_WEIGHT,
+        },
+        ce_scope=crit.CE_SCOPE,
+        normalization=crit.NORMALIZATION,
+        on_invalid_weight=crit.ON_INVALID_WEIGHT,
+    )
+    return model.to(device), criterion.to(device)
+
+
+def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """AdamW; backbone parameters get ``BASE_LR * BACKBONE_LR_MULTIPLIER``."""
+    backbone, rest = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (backbone if name.startswith("backbone.") else rest).append(param)
+    solver = cfg.SOLVER
+    groups = [{"params": rest, "lr": solver.BASE_LR}]
+    if backbone:
+        groups.append({"params": backbone, "lr": solver.BASE_LR * solver.BACKBONE_LR_MULTIPLIER})
+    return torch.optim.AdamW(groups, lr=solver.BASE_LR, weight_decay=solver.WEIGHT_DECAY)
+
+
+def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer) -> Any:
+    """Linear warmup over ``WARMUP_ITERS``, then cosine decay to 0 at ``MAX_ITER`` (or constant)."""
+    solver = cfg.SOLVER
+    warmup, total, cosine = solver.WARMUP_ITERS, solver.MAX_ITER, solver.LR_SCHEDULE == "cosine"
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if not cosine:
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def build_train_loader(cfg: DictConfig, data: RunData) -> DataLoader:
+    """The mixed loader: per-rank batches of ``IMS_PER_BATCH`` with the exact source composition.
+
+    ``SOLVER.IMS_PER_BATCH`` is the *global* batch (detectron2's convention): each of W ranks
+    loads ``IMS_PER_BATCH / W`` images.
+    """
+    world = get_world_size()
+    if cfg.SOLVER.IMS_PER_BATCH % world:
+        raise ValueError(
+            f"SOLVER.IMS_PER_BATCH={cfg.SOLVER.IMS_PER_BATCH} is not divisible by the "
+            f"{world} processes; use a multiple of {world}"
+        )
+    sources = [
+        Source(
+            name=name, dataset=dataset, kind=mix.kind, ratio=mix.ratio, loss_weight=mix.loss_weight
+        )
+        for name, dataset, mix in zip(data.names, data.train, data.mix)
+    ]
+    return build_mixed_loader(
+        sources,
+        cfg.SOLVER.IMS_PER_BATCH // world,
+        seed=cfg.SEED,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+        collate_fn=collate_relations,
+        rank=get_rank(),
+        world_size=world,
+        replacement=cfg.DATALOADER.REPLACEMENT,
+    )
+
+
+def wrap_distributed(model: nn.Module, device: torch.device) -> nn.Module:
+    """``DistributedDataParallel`` when a process group is up, else the model itself."""
+    if not is_dist_avail_and_initialized():
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
+
+
+def print_run_summary(cfg: DictConfig, data: RunData, loader: DataLoader) -> None:
+    """Global batch, per-rank batch and per-rank composition, printed once at start."""
+    world = get_world_size()
+    per_rank = cfg.SOLVER.IMS_PER_BATCH // world
+    parts = ", ".join(
+        f"{name} ({mix.kind}) {mix.ratio * per_rank:.3g}/batch weight {mix.loss_weight:g}"
+        for name, mix in zip(data.names, data.mix)
+    )
+    print(
+        f"realsynth: {world} process(es), global batch {cfg.SOLVER.IMS_PER_BATCH}, "
+        f"{per_rank} per rank: {parts}; {len(loader)} batches per rank per epoch; "
+        f"{len(data.classes)} classes, {len(data.predicates)} predicates; "
+        f"validation: {', '.join(data.val) or 'none'}; output: {cfg.OUTPUT_DIR}"
+    )

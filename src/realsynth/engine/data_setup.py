@@ -1,0 +1,225 @@
+"""Config -> datasets: every source's train and validation set, the demo cache, label spaces."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, Dataset
+
+from realsynth.config import ConfigError, SourceMix, resolve_mix
+from realsynth.data.collate import collate_relations
+from realsynth.data.demo import demo_predicate_flip_map, generate_demo
+from realsynth.data.formats.relcoco import RelCocoDataset
+from realsynth.data.formats.vg150 import VG150Dataset
+from realsynth.data.transforms import build_transforms, predicate_flip_indices
+from realsynth.engine.distributed import get_rank, get_world_size
+from realsynth.engine.launch import barrier
+
+DEMO_DONE = ".complete"
+
+
+@dataclass
+class RunData:
+    """The datasets of one run, with one shared label space.
+
+    Attributes:
+        names: source names, in config order (real sources first by convention).
+        mix: each source's resolved batch share and loss weight.
+        train: each source's training dataset.
+        val: validation datasets by source name (sources without one are absent).
+        classes / predicates: the shared label names (0-based; background is the last index).
+    """
+
+    names: list[str]
+    mix: list[SourceMix]
+    train: list[Dataset]
+    val: dict[str, Dataset]
+    classes: list[str]
+    predicates: list[str]
+    kinds: dict[str, str] = field(default_factory=dict)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose augmentations every training dataset draws."""
+        for dataset in self.train:
+            dataset.set_epoch(epoch)
+
+    def val_loaders(self, cfg: DictConfig) -> dict[str, DataLoader]:
+        """One loader per validation source; with several ranks each rank gets a disjoint shard."""
+        rank, world = get_rank(), get_world_size()
+        loaders = {}
+        for name, dataset in self.val.items():
+            shard = _Shard(dataset, range(rank, len(dataset), world))
+            loaders[name] = DataLoader(
+                shard,
+                batch_size=cfg.TEST.IMS_PER_BATCH,
+                shuffle=False,
+                num_workers=cfg.DATALOADER.NUM_WORKERS,
+                collate_fn=collate_relations,
+            )
+        return loaders
+
+
+class _Shard(Dataset):
+    """A fixed subset of a dataset, in order (evaluation sharding over ranks)."""
+
+    def __init__(self, dataset: Dataset, indices: range) -> None:
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.dataset[self.indices[i]]
+
+
+def build_data(cfg: DictConfig) -> RunData:
+    """Build every source's datasets from ``cfg.DATASETS`` (the demo data when SOURCES is empty).
+
+    Raises:
+        ConfigError: a path does not exist, or the sources disagree on class / predicate names.
+    """
+    sources = list(cfg.DATASETS.SOURCES) or _demo_sources(cfg)
+    train, val = [], {}
+    for src in sources:
+        train.append(_dataset(cfg, src, train=True))
+        if src.FORMAT == "vg150" or src.VAL_PATH:
+            val[src.NAME] = _dataset(cfg, src, train=False)
+    classes, predicates = _shared_labels(sources, train)
+    mix = resolve_mix(sources, cfg.DATASETS.MULTI_DATASET, [len(d) for d in train])
+    active = [k for k, m in enumerate(mix) if m.ratio > 0]
+    return RunData(
+        names=[sources[k].NAME for k in active],
+        mix=[mix[k] for k in active],
+        train=[train[k] for k in active],
+        val=val,
+        classes=classes,
+        predicates=predicates,
+        kinds={s.NAME: s.TYPE for s in sources},
+    )
+
+
+def _dataset(cfg: DictConfig, src: Any, *, train: bool) -> Dataset:
+    common = {
+        "transforms": _transforms(cfg, src, train=train),
+        "source": src.NAME,
+        "seed": cfg.SEED,
+        "skip_bad_samples": cfg.DATALOADER.SKIP_BAD_SAMPLES and train,
+    }
+    if src.FORMAT == "vg150":
+        folder = _existing(src.PATH, f"{src.NAME}.PATH")
+        return VG150Dataset.from_folder(
+            folder,
+            split="train" if train else src.VAL_SPLIT,
+            image_root=src.IMAGE_ROOT or None,
+            **common,
+        )
+    ann = _existing(
+        src.PATH if train else src.VAL_PATH, f"{src.NAME}.{'PATH' if train else 'VAL_PATH'}"
+    )
+    root = Path(src.IMAGE_ROOT) if src.IMAGE_ROOT else ann.parent / "images"
+    return RelCocoDataset(ann, root, **common)
+
+
+def _transforms(cfg: DictConfig, src: Any, *, train: bool) -> Any:
+    inp = cfg.INPUT
+    sizes = (
+        list(inp.MIN_SIZE_TRAIN) if train else ([inp.MIN_SIZE_TEST] if inp.MIN_SIZE_TEST else [])
+    )
+    flip_map = dict(src.PREDICATE_FLIP_MAP)
+    names = _predicate_names(cfg, src)
+    return build_transforms(
+        train=train,
+        min_sizes=sizes,
+        max_size=(inp.MAX_SIZE_TRAIN if train else inp.MAX_SIZE_TEST) if sizes else None,
+        flip_prob=inp.FLIP_PROB if flip_map or not names else 0.0,
+        predicate_flip_map=predicate_flip_indices(flip_map, names) if flip_map else None,
+        normalize=inp.NORMALIZE,
+    )
+
+
+def _predicate_names(cfg: DictConfig, src: Any) -> list[str]:
+    # Predicate names are only needed to translate a name-based flip map to indices.
+    if not src.PREDICATE_FLIP_MAP:
+        return []
+    if src.FORMAT == "vg150":
+        return VG150Dataset.predicate_names_in(Path(src.PATH))
+    return RelCocoDataset.predicate_names_in(Path(src.PATH))
+
+
+def _existing(path: str, key: str) -> Path:
+    if not path or not Path(path).exists():
+        raise ConfigError(f"DATASETS.SOURCES {key}: {path!r} does not exist")
+    return Path(path)
+
+
+def _shared_labels(sources: list[Any], datasets: list[Dataset]) -> tuple[list[str], list[str]]:
+    classes, predicates = list(datasets[0].classes), list(datasets[0].predicates)
+    for src, dataset in zip(sources[1:], datasets[1:]):
+        for what, ours in (("classes", classes), ("predicates", predicates)):
+            theirs = list(getattr(dataset, what))
+            if theirs != ours:
+                raise ConfigError(
+                    f"source {src.NAME!r} has different {what} from {sources[0].NAME!r} "
+                    f"({len(theirs)} vs {len(ours)}; first difference at index "
+                    f"{next((i for i, (a, b) in enumerate(zip(theirs, ours)) if a != b), None)}): "
+                    "map both to one label space before mixing them"
+                )
+    return classes, predicates
+
+
+def demo_root(cfg: DictConfig) -> Path:
+    """Folder holding the demo data for ``cfg.DATASETS.DEMO`` (one folder per setting)."""
+    demo = cfg.DATASETS.DEMO
+    if demo.ROOT:
+        return Path(demo.ROOT)
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "realsynth"
+    tag = (
+        f"seed{demo.SEED}-r{demo.REAL_TRAIN}-{demo.REAL_VAL}-s{demo.SYNTHETIC_TRAIN}-"
+        f"{demo.SYNTHETIC_VAL}-n{demo.LABEL_NOISE:g}"
+    )
+    return cache / "demo" / tag
+
+
+def ensure_demo_data(cfg: DictConfig) -> Path:
+    """Generate the demo data on first use (rank 0; other ranks wait) and return its folder."""
+    root, demo = demo_root(cfg), cfg.DATASETS.DEMO
+    if get_rank() == 0 and not (root / DEMO_DONE).exists():
+        print(f"Generating the demo data into {root} ...")
+        generate_demo(
+            root,
+            seed=demo.SEED,
+            real_train=demo.REAL_TRAIN,
+            real_val=demo.REAL_VAL,
+            synthetic_train=demo.SYNTHETIC_TRAIN,
+            synthetic_val=demo.SYNTHETIC_VAL,
+            label_noise=demo.LABEL_NOISE,
+        )
+        (root / DEMO_DONE).write_text("ok\n")
+    barrier()
+    return root
+
+
+def _demo_sources(cfg: DictConfig) -> list[Any]:
+    root = ensure_demo_data(cfg)
+    flip = demo_predicate_flip_map()
+    return [
+        OmegaConf.create(
+            {
+                "NAME": kind,
+                "TYPE": kind,
+                "FORMAT": "relcoco",
+                "PATH": str(root / kind / "train" / "annotations.json"),
+                "VAL_PATH": str(root / kind / "val" / "annotations.json"),
+                "VAL_SPLIT": "val",
+                "IMAGE_ROOT": "",
+                "RATIO": None,
+                "LOSS_WEIGHT": None,
+                "PREDICATE_FLIP_MAP": flip,
+            }
+        )
+        for kind in ("real", "synthetic")
+    ]

@@ -1,0 +1,61 @@
+"""Process setup shared by every command: seeding, device choice, torchrun process groups."""
+
+from __future__ import annotations
+
+import os
+import random
+from datetime import timedelta
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+def seed_all(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> the local CUDA device when one is present (per ``LOCAL_RANK``), else the CPU.
+
+    Raises:
+        ValueError: ``MODEL.DEVICE`` names CUDA on a machine without it.
+    """
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"MODEL.DEVICE={name!r} but CUDA is not available; use auto or cpu")
+    return device
+
+
+def init_distributed(device: torch.device) -> bool:
+    """Join the process group torchrun describes in the environment (``WORLD_SIZE`` > 1).
+
+    NCCL on CUDA devices, gloo on the CPU. Returns True when a process group is in use.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1 or dist.is_initialized():
+        return dist.is_initialized()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+    return True
+
+
+def shutdown_distributed() -> None:
+    """Leave the process group if this process joined one."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op without a process group)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()

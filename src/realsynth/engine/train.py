@@ -1,0 +1,204 @@
+"""The training loop: mixed batches, weighted criterion, checkpoints, periodic evaluation, logs.
+
+One process or many (``torchrun``): the loop is the same; with a process group the model is
+wrapped in ``DistributedDataParallel``, every rank draws its own batches from the
+``MixedBatchSampler`` and only rank 0 writes to the run folder.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from realsynth.config import to_yaml
+from realsynth.engine import build
+from realsynth.engine.checkpoint import load_checkpoint, restore_rng_states
+from realsynth.engine.distributed import get_rank
+from realsynth.engine.inference import evaluate_sources
+from realsynth.engine.launch import barrier, init_distributed, resolve_device, seed_all
+from realsynth.engine.records import loss_record, progress_postfix, reduce_record
+from realsynth.engine.run_log import MetricsLog
+from realsynth.engine.run_state import RunState, save_run_state, write_final_outputs
+from realsynth.utils.atomic import atomic_write_text
+
+
+class TrainingInterrupted(RuntimeError):
+    """Raised after Ctrl-C once the checkpoint of the interrupted step is safely written."""
+
+
+@dataclass
+class StepResult:
+    """What one optimizer step logs: every loss term, the total and the per-source diagnostics."""
+
+    record: dict[str, float]
+    num_skipped: int
+
+
+def train(cfg: DictConfig, *, resume: bool = False) -> dict[str, dict[str, float]]:
+    """Train with ``cfg`` into ``cfg.OUTPUT_DIR``; returns the final recall per validation source.
+
+    Args:
+        cfg: resolved run config (see :mod:`realsynth.config`).
+        resume: continue from ``OUTPUT_DIR/checkpoints/last.pt`` (model, optimizer, scheduler,
+            sampler position and RNG states), reproducing the uninterrupted run.
+
+    Raises:
+        TrainingInterrupted: on Ctrl-C, after writing the checkpoint of the last finished step.
+    """
+    device = resolve_device(cfg.MODEL.DEVICE)
+    init_distributed(device)
+    seed_all(cfg.SEED)
+    run_dir = Path(cfg.OUTPUT_DIR)
+    is_main = get_rank() == 0
+    data = build.build_data(cfg)
+    model, criterion = build.build_model_and_criterion(cfg, data, device)
+    optimizer = build.build_optimizer(cfg, model)
+    scheduler = build.build_scheduler(cfg, optimizer)
+    loader = build.build_train_loader(cfg, data)
+    state = RunState()
+    if resume:
+        state = _restore(run_dir, model, optimizer, scheduler)
+    model = build.wrap_distributed(model, device)
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
+        build.print_run_summary(cfg, data, loader)
+    log = MetricsLog(run_dir, resume_step=state.step + 1 if resume else None) if is_main else None
+    loop = _Loop(cfg, data, model, criterion, optimizer, scheduler, loader, device, log, run_dir)
+    try:
+        loop.run(state)
+        results = loop.evaluate(state.step)
+    except KeyboardInterrupt:
+        barrier()
+        loop.save(state)
+        raise TrainingInterrupted(
+            f"interrupted at step {state.step}; checkpoint saved, continue with "
+            f"`realsynth train --resume {run_dir}`"
+        ) from None
+    finally:
+        if log is not None:
+            log.close()
+    if is_main:
+        write_final_outputs(run_dir, results, state)
+    return results
+
+
+def _restore(run_dir: Path, model, optimizer, scheduler) -> RunState:
+    ckpt = load_checkpoint(run_dir, required=("model", "optimizer", "scheduler", "run_state"))
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    restore_rng_states(ckpt["rng"][min(get_rank(), len(ckpt["rng"]) - 1)])
+    return RunState.from_dict(ckpt["run_state"])
+
+
+class _Loop:
+    """Holds the pieces of one run and advances them step by step."""
+
+    def __init__(
+        self, cfg, data, model, criterion, optimizer, scheduler, loader, device, log, run_dir
+    ):
+        self.cfg, self.data, self.model, self.criterion = cfg, data, model, criterion
+        self.optimizer, self.scheduler, self.loader = optimizer, scheduler, loader
+        self.device, self.log, self.run_dir = device, log, Path(run_dir)
+        self.is_main = get_rank() == 0
+        use_bf16 = cfg.SOLVER.AMP and device.type == "cuda"
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+    def run(self, state: RunState) -> None:
+        solver, max_iter = self.cfg.SOLVER, self.cfg.SOLVER.MAX_ITER
+        bar = tqdm(total=max_iter, initial=state.step, disable=not self.is_main, dynamic_ncols=True)
+        sampler = self.loader.batch_sampler
+        while state.step < max_iter:
+            self.data.set_epoch(state.epoch)
+            sampler.set_epoch(state.epoch)
+            sampler.load_state_dict(state.sampler_state(sampler))
+            for batch in self.loader:
+                result = self.step(batch)
+                state.advance(result.num_skipped)
+                record = {"kind": "train", "step": state.step, **result.record}
+                if self.log is not None:
+                    self.log.write(record)
+                bar.update(1)
+                bar.set_postfix(progress_postfix(record, self.data.kinds), refresh=False)
+                if state.step % solver.CHECKPOINT_PERIOD == 0 or state.step == max_iter:
+                    self.save(state)
+                if state.step % self.cfg.TEST.EVAL_PERIOD == 0 and state.step < max_iter:
+                    self.evaluate(state.step)
+                if state.step >= max_iter:
+                    break
+            else:
+                state.next_epoch()
+        bar.close()
+
+    def step(self, batch: dict[str, Any]) -> StepResult:
+        self.model.train()
+        images = batch["images"].to(self.device, non_blocking=True)
+        mask = batch["pixel_mask"].to(self.device, non_blocking=True)
+        targets = [_to_device(t, self.device) for t in batch["targets"]]
+        with self.autocast:
+            outputs = self.model(images, mask)
+        outputs = _to_float(outputs)
+        losses = self.criterion(outputs, targets)
+        total = self.criterion.total_loss(losses)
+        if not math.isfinite(total.item()):
+            raise FloatingPointError(
+                f"loss is {total.item()} at step {self.scheduler.last_epoch + 1} "
+                f"({ {k: round(v.item(), 4) for k, v in losses.items()} }); lower SOLVER.BASE_LR"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if self.cfg.SOLVER.CLIP_GRAD_NORM > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.SOLVER.CLIP_GRAD_NORM)
+        self.optimizer.step()
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        record = loss_record(losses, total, self.criterion.weight_dict, self.data.names)
+        record["lr"] = lr
+        return StepResult(reduce_record(record, self.device), int(batch.get("num_skipped", 0)))
+
+    def evaluate(self, step: int) -> dict[str, dict[str, float]]:
+        model = getattr(self.model, "module", self.model)
+        results = evaluate_sources(
+            model,
+            self.data.val_loaders(self.cfg),
+            device=self.device,
+            top_k=self.cfg.TEST.TOP_K,
+            num_predicates=len(self.data.predicates),
+            autocast=self.autocast,
+        )
+        if self.log is not None:
+            flat = {f"{src}/{k}": v for src, metrics in results.items() for k, v in metrics.items()}
+            self.log.write({"kind": "eval", "step": step, **flat})
+        return results
+
+    def save(self, state: RunState) -> None:
+        save_run_state(
+            self.run_dir,
+            state,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            self.loader.batch_sampler,
+        )
+
+
+def _to_device(target: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in target.items()}
+
+
+def _to_float(outputs: Any) -> Any:
+    """Model outputs in float32 (bf16 autocast must not reach the loss and the matcher)."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs.float()
+    if isinstance(outputs, dict):
+        return {k: _to_float(v) for k, v in outputs.items()}
+    if isinstance(outputs, list):
+        return [_to_float(v) for v in outputs]
+    return outputs

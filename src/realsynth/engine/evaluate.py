@@ -1,0 +1,254 @@
+"""Scene-graph Recall@K, no-graph-constraint Recall@K, mean Recall@K and zero-shot Recall@K.
+
+Definitions follow Scene-Graph-Benchmark.pytorch (``sgg_eval.py``); matching lives in
+``realsynth.engine.sgg_metrics``. Per image with at least one ground-truth relation:
+
+- ``R@K``: share of ground-truth triplets hit by the K best predicted triplets;
+- ``ngR@K``: the same over the K best (pair, predicate) candidates, every predicate of every
+  predicted subject-object pair competing, ranked by subject x object x predicate score;
+- per predicate p present in the image: share of its ground-truth triplets hit in the top K.
+
+Dataset ``R@K`` and ``ngR@K`` are means over images with ground truth (images without are
+skipped); ``mR@K`` averages, over ALL predicates, the mean per-image recall of each predicate
+over the images containing it (a predicate absent from the whole set counts as 0, as in SGB);
+``zsR@K`` is the mean over images holding zero-shot ground truth of the share of those triplets
+hit in the top K (graph constraint).
+
+Each image becomes one row of numbers (``SceneGraphEvaluator.records``), so rows gathered from
+several processes and summarized give exactly the single-process result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from realsynth.engine.sgg_metrics import (
+    ground_truth_triplets,
+    hits_at_k,
+    match_triplets,
+    no_graph_constraint_triplets,
+    ranked_triplets,
+)
+
+METRIC_ORDER = ("R", "ngR", "mR", "zsR")
+
+
+class SceneGraphEvaluator:
+    """Accumulates per-image recall records and summarizes them.
+
+    Args:
+        num_predicates: R, predicate classes (without background).
+        ks: recall cut-offs, positive ints.
+        zero_shot_triplets: optional (subject label, predicate, object label) triplets that never
+            occur in training; enables ``zsR@K``.
+        iou_threshold: minimum subject and object IoU for a hit.
+    """
+
+    def __init__(
+        self,
+        num_predicates: int,
+        *,
+        ks: Sequence[int] = (20, 50, 100),
+        zero_shot_triplets: Iterable[Sequence[int]] | None = None,
+        iou_threshold: float = 0.5,
+    ) -> None:
+        if num_predicates < 1:
+            raise ValueError(
+                f"SceneGraphEvaluator: num_predicates must be >= 1, got {num_predicates}"
+            )
+        self.ks = tuple(int(k) for k in ks)
+        if not self.ks or min(self.ks) < 1 or len(set(self.ks)) != len(self.ks):
+            raise ValueError(f"SceneGraphEvaluator: ks must be distinct positive ints, got {ks!r}")
+        if not 0.0 < iou_threshold <= 1.0:
+            raise ValueError(
+                f"SceneGraphEvaluator: iou_threshold must be in (0, 1], got {iou_threshold}"
+            )
+        self.num_predicates = num_predicates
+        self.iou_threshold = iou_threshold
+        self.zero_shot = None
+        if zero_shot_triplets is not None:
+            zero_shot = np.asarray(list(zero_shot_triplets), dtype=np.int64).reshape(-1, 3)
+            self.zero_shot = zero_shot
+        nk, r = len(self.ks), num_predicates
+        # Row layout: num_gt | hits[k] | ng_hits[k] | gt_per_predicate[r] | predicate_hits[k, r]
+        # | zs_gt | zs_hits[k]; counts, not ratios, so gathered rows summarize exactly.
+        sizes = {"num_gt": 1, "hits": nk, "ng_hits": nk, "gt_per_predicate": r}
+        sizes.update({"predicate_hits": nk * r, "zs_gt": 1, "zs_hits": nk})
+        self._slices: dict[str, slice] = {}
+        start = 0
+        for name, size in sizes.items():
+            self._slices[name] = slice(start, start + size)
+            start += size
+        self.record_size = start
+        self._rows: list[np.ndarray] = []
+
+    @property
+    def records(self) -> np.ndarray:
+        """float64[N, record_size]: one row per image seen, images without ground truth included."""
+        if not self._rows:
+            return np.zeros((0, self.record_size))
+        return np.stack(self._rows)
+
+    def add_records(self, records: np.ndarray) -> None:
+        """Append rows produced by another evaluator with the same settings (e.g. other ranks)."""
+        records = np.asarray(records, dtype=np.float64)
+        if records.ndim != 2 or records.shape[1] != self.record_size:
+            raise ValueError(
+                f"records must be [N, {self.record_size}] for ks={self.ks} and "
+                f"num_predicates={self.num_predicates}, got shape {records.shape}"
+            )
+        self._rows.extend(records)
+
+    def merge(self, other: SceneGraphEvaluator) -> None:
+        """Append another evaluator's images (same ks, predicates and zero-shot set required)."""
+        if (other.ks, other.num_predicates, other.iou_threshold) != (
+            self.ks,
+            self.num_predicates,
+            self.iou_threshold,
+        ) or not _same_triplet_set(self.zero_shot, other.zero_shot):
+            raise ValueError("SceneGraphEvaluator.merge: the evaluators have different settings")
+        self.add_records(other.records)
+
+    def update(
+        self, predictions: Sequence[Mapping[str, Any]], ground_truths: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """Score one batch of images (formats in ``realsynth.engine.sgg_metrics``)."""
+        if len(predictions) != len(ground_truths):
+            raise ValueError(
+                f"update: {len(predictions)} predictions but {len(ground_truths)} ground truths"
+            )
+        for index, (prediction, truth) in enumerate(zip(predictions, ground_truths)):
+            try:
+                self._rows.append(self.image_record(prediction, truth))
+            except ValueError as error:
+                raise ValueError(f"image {index} of the batch: {error}") from error
+
+    def image_record(self, prediction: Mapping[str, Any], truth: Mapping[str, Any]) -> np.ndarray:
+        """float64[record_size] for one image (all zeros when it has no ground-truth relation)."""
+        row = np.zeros(self.record_size)
+        gt, gt_subject, gt_object = ground_truth_triplets(truth, self.num_predicates)
+        if len(gt) == 0:
+            return row
+        pred, pred_subject, pred_object = ranked_triplets(prediction, self.num_predicates)
+        hit = match_triplets(
+            gt,
+            gt_subject,
+            gt_object,
+            pred,
+            pred_subject,
+            pred_object,
+            iou_threshold=self.iou_threshold,
+        )
+        hit_k = hits_at_k(hit, self.ks)
+        ng, ng_subject, ng_object = no_graph_constraint_triplets(
+            prediction, self.num_predicates, max(self.ks)
+        )
+        ng_hit = match_triplets(
+            gt, gt_subject, gt_object, ng, ng_subject, ng_object, iou_threshold=self.iou_threshold
+        )
+        predicates = gt[:, 1]
+        r = self.num_predicates
+        per_predicate = np.stack(
+            [np.bincount(predicates, weights=h.astype(np.float64), minlength=r) for h in hit_k]
+        )
+        row[self._slices["num_gt"]] = len(gt)
+        row[self._slices["hits"]] = hit_k.sum(axis=1)
+        row[self._slices["ng_hits"]] = hits_at_k(ng_hit, self.ks).sum(axis=1)
+        row[self._slices["gt_per_predicate"]] = np.bincount(predicates, minlength=r)
+        row[self._slices["predicate_hits"]] = per_predicate.ravel()
+        if self.zero_shot is not None:
+            is_zero_shot = (gt[:, None, :] == self.zero_shot[None, :, :]).all(-1).any(-1)
+            row[self._slices["zs_gt"]] = is_zero_shot.sum()
+            row[self._slices["zs_hits"]] = hit_k[:, is_zero_shot].sum(axis=1)
+        return row
+
+    def _column(self, name: str, records: np.ndarray) -> np.ndarray:
+        return records[:, self._slices[name]]
+
+    def per_predicate_recall(self) -> np.ndarray:
+        """float64[len(ks), R]: each predicate's mean per-image recall; NaN if it never occurs."""
+        records = self.records
+        counts = self._column("gt_per_predicate", records)
+        hits = self._column("predicate_hits", records).reshape(
+            -1, len(self.ks), self.num_predicates
+        )
+        present = counts > 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio = np.where(present[:, None, :], hits / np.maximum(counts, 1)[:, None, :], 0.0)
+            return ratio.sum(axis=0) / present.sum(axis=0)[None, :]
+
+    def summarize(self) -> dict[str, float]:
+        """``R@K``, ``ngR@K``, ``mR@K`` for every K (and ``zsR@K`` when zero-shot triplets were
+        given and some image holds one), as fractions in [0, 1].
+        """
+        records = self.records
+        num_gt = self._column("num_gt", records)[:, 0]
+        with_gt = records[num_gt > 0]
+        if len(with_gt) == 0:
+            raise ValueError(
+                f"SceneGraphEvaluator.summarize: none of the {len(records)} images evaluated so "
+                "far has a ground-truth relation"
+            )
+        totals = self._column("num_gt", with_gt)
+        recall = (self._column("hits", with_gt) / totals).mean(axis=0)
+        ng_recall = (self._column("ng_hits", with_gt) / totals).mean(axis=0)
+        mean_recall = np.nan_to_num(self.per_predicate_recall(), nan=0.0).mean(axis=1)
+        results: dict[str, float] = {}
+        for i, k in enumerate(self.ks):
+            results[f"R@{k}"] = float(recall[i])
+            results[f"ngR@{k}"] = float(ng_recall[i])
+            results[f"mR@{k}"] = float(mean_recall[i])
+        zs_gt = self._column("zs_gt", with_gt)[:, 0]
+        if self.zero_shot is not None and (zs_gt > 0).any():
+            zs = self._column("zs_hits", with_gt)[zs_gt > 0] / zs_gt[zs_gt > 0, None]
+            for i, k in enumerate(self.ks):
+                results[f"zsR@{k}"] = float(zs[:, i].mean())
+        return results
+
+    @property
+    def num_images(self) -> int:
+        """Images with at least one ground-truth relation (the ones that count)."""
+        return int((self._column("num_gt", self.records)[:, 0] > 0).sum())
+
+
+def _same_triplet_set(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return {tuple(t) for t in a.tolist()} == {tuple(t) for t in b.tolist()}
+
+
+def _metric_sort_key(name: str) -> tuple[int, int, str]:
+    prefix, _, k = name.partition("@")
+    rank = METRIC_ORDER.index(prefix) if prefix in METRIC_ORDER else len(METRIC_ORDER)
+    return (rank, int(k) if k.isdigit() else 0, name)
+
+
+def format_table(results_by_source: Mapping[str, Mapping[str, float]]) -> str:
+    """A markdown table, one row per source, recalls shown as percentages.
+
+    Args:
+        results_by_source: ``{source name: {"R@50": 0.61, ...}}`` (fractions in [0, 1]).
+
+    Returns:
+        the table as text; metrics a source lacks show as ``-``.
+    """
+    if not results_by_source:
+        raise ValueError("format_table: no results to show")
+    names = sorted(
+        {key for metrics in results_by_source.values() for key in metrics}, key=_metric_sort_key
+    )
+    header = ["source", *names]
+    rows = [
+        [source, *(f"{100 * metrics[n]:.2f}" if n in metrics else "-" for n in names)]
+        for source, metrics in results_by_source.items()
+    ]
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(str(c).rjust(w) for c, w in zip(cells, widths)) + " |"
+
+    separator = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(header), separator, *(line(row) for row in rows)])

@@ -6,7 +6,8 @@ Scenes are built for learnability: 2-4 shapes (3 classes, 4 colors) that never o
 least ~19% of the image side. Every ordered pair (subject, object) gets at most one predicate:
 "same color as" when the two share a palette color, otherwise a spatial predicate when one axis
 clearly dominates the displacement (|d_major| >= 1.5 |d_minor|), otherwise none; at most
-``MAX_RELATIONS`` per image. "left of" means the subject's center is left of the object's.
+``MAX_RELATIONS`` per image, and every image has at least one. "left of" means the subject's
+center is left of the object's.
 
 The synthetic domain carries label noise: each object class and each predicate is replaced by a
 different, uniformly drawn one with probability ``label_noise``.
@@ -101,10 +102,12 @@ def make_scene(
 ) -> tuple[Any, dict[str, Any]]:
     """Renders one scene. Returns (PIL image, annotation with xyxy pixel boxes, 0-based labels
     and relations) ready for :func:`write_relcoco`."""
-    objects = sample_objects(image_size, rng)
-    while len(objects) < 2:
+    # Resample until the scene has a relation: images without one teach nothing and the
+    # evaluation ignores them.
+    objects, relations = [], np.zeros((0, 3), dtype=np.int64)
+    while len(objects) < 2 or len(relations) == 0:
         objects = sample_objects(image_size, rng)
-    relations = scene_relations(objects, rng)
+        relations = scene_relations(objects, rng)
     labels = np.array([o.shape for o in objects], dtype=np.int64)
     if domain == "real":
         image = render_real(objects, image_size, rng)

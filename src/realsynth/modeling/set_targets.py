@@ -109,7 +109,9 @@ def _padded_index(sizes: list[int], device: torch.device) -> Tensor:
     width = max(sizes, default=0)
     offsets = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
     slots = np.minimum(np.arange(width)[None, :], np.maximum(np.array(sizes)[:, None] - 1, 0))
-    return torch.from_numpy(offsets[:, None] + slots).to(device, non_blocking=True)
+    # An empty last image would point one past the end: clamp onto any valid target.
+    index = np.minimum(offsets[:, None] + slots, max(sum(sizes) - 1, 0))
+    return torch.from_numpy(index).to(device, non_blocking=True)
 
 
 def _box_problems(boxes: Tensor) -> Tensor:

@@ -1,0 +1,108 @@
+"""Two gloo processes on the CPU against one process on the concatenated batch.
+
+DDP averages gradients over ranks, so the rank-averaged losses and gradients must equal the
+single-process ones; DETR's ``num_boxes`` makes that hold for the box terms. CE is a per-rank
+mean (as in DETR), so the test uses equal CE denominators on both ranks (empty weights 1.0).
+"""
+
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from criterion_cases import make_outputs, make_targets, slice_batch
+
+from realsynth.engine.distributed import all_reduce_sum, get_rank, get_world_size
+from realsynth.modeling.criterion import RelationCriterion
+from realsynth.modeling.set_losses import box_denominator
+from realsynth.modeling.set_targets import RELATION_HEADS, flatten_targets
+from realsynth.modeling.weighting import image_weights
+
+C, R, Q = 6, 5, 8
+LAYOUT = [(3, 4), (2, 1), (5, 7), (0, 0)]
+WEIGHTS = [1.0, 0.5, 0.5, 1.0]
+WORLD = 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _shared_offset(outputs, theta):
+    """Outputs that depend on one shared parameter, like a model's, so DDP would average it."""
+    out = {k: v + theta for k, v in outputs.items() if k.endswith("logits")}
+    out.update({k: v for k, v in outputs.items() if k.endswith("boxes")})
+    return out
+
+
+def _run(outputs, targets, normalization):
+    theta = torch.zeros((), requires_grad=True)
+    criterion = RelationCriterion(
+        C, R, empty_weight=1.0, empty_rel_weight=1.0, normalization=normalization
+    )
+    layer = _shared_offset(outputs, theta)
+    layer["aux_outputs"] = [_shared_offset(a, theta) for a in outputs["aux_outputs"]]
+    losses = criterion(layer, targets)
+    criterion.total_loss(losses).backward()
+    flat = flatten_targets(targets, RELATION_HEADS, [R, C, C], device="cpu")
+    weights = image_weights(targets, device="cpu")
+    terms = {k: v.detach() for k, v in losses.items() if not k.startswith("diag/")}
+    return {
+        "terms": terms,
+        "theta": theta.grad,
+        "boxes": outputs["relation_subject_boxes"].grad,
+        "num_boxes": box_denominator(flat, weights, normalization),
+    }
+
+
+def _worker(rank, port, path):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    torch.set_num_threads(1)
+    try:
+        assert get_world_size() == WORLD and get_rank() == rank
+        assert all_reduce_sum(torch.tensor([float(rank + 1)])).item() == 3.0
+        per_rank = len(LAYOUT) // WORLD
+        lo, hi = rank * per_rank, (rank + 1) * per_rank
+        results = {}
+        for normalization in ("count", "weight"):
+            outputs = slice_batch(make_outputs(1, len(LAYOUT), Q, C, R, aux=1), lo, hi)
+            targets = make_targets(2, LAYOUT, C, R, weights=WEIGHTS)[lo:hi]
+            results[normalization] = _run(outputs, targets, normalization)
+        torch.save(results, f"{path}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_match_one_process(tmp_path):
+    path = str(tmp_path / "rank")
+    mp.spawn(_worker, args=(_free_port(), path), nprocs=WORLD, join=True)
+    ranks = [torch.load(f"{path}.{r}") for r in range(WORLD)]
+    per_rank = len(LAYOUT) // WORLD
+    for normalization in ("count", "weight"):
+        single = _run(
+            make_outputs(1, len(LAYOUT), Q, C, R, aux=1),
+            make_targets(2, LAYOUT, C, R, weights=WEIGHTS),
+            normalization,
+        )
+        got = [r[normalization] for r in ranks]
+        expected_num = (
+            sum(m for _, m in LAYOUT)
+            if normalization == "count"
+            else sum(w * m for w, (_, m) in zip(WEIGHTS, LAYOUT))
+        )
+        for r in range(WORLD):
+            # Every rank divides by the global count over the world size (DETR's num_boxes).
+            torch.testing.assert_close(got[r]["num_boxes"], torch.tensor(expected_num / WORLD))
+        assert single["num_boxes"].item() == expected_num
+        for key, value in single["terms"].items():
+            mean = sum(g["terms"][key] for g in got) / WORLD
+            torch.testing.assert_close(mean, value, msg=f"{normalization} {key}")
+        theta = sum(g["theta"] for g in got) / WORLD
+        torch.testing.assert_close(theta, single["theta"])
+        boxes = torch.cat([g["boxes"] for g in got]) / WORLD
+        torch.testing.assert_close(boxes, single["boxes"])
+        assert single["boxes"][:per_rank].abs().sum() > 0

@@ -32,11 +32,13 @@ def _id_map(report: CheckReport, entries: list[Any], key: str) -> dict[Any, int]
     return positions
 
 
-def _check_images(report: CheckReport, images: list[Any]) -> dict[Any, tuple[int, int]]:
-    """Image id -> (width, height) for images with valid metadata."""
+def _check_images(
+    report: CheckReport, images: list[Any], positions: dict[Any, int]
+) -> dict[Any, tuple[int, int]]:
+    """Image id -> (width, height) for images with valid metadata (first of duplicate ids)."""
     sizes = {}
     for k, img in enumerate(images):
-        if not isinstance(img, dict) or "id" not in img:
+        if not isinstance(img, dict) or positions.get(img.get("id")) != k:
             continue
         w, h = img.get("width"), img.get("height")
         if not isinstance(img.get("file_name"), str):
@@ -187,7 +189,7 @@ def check_relcoco(ann_file: Path, image_root: Path, *, check_image_content: bool
         }
         for key in ("categories", "predicates")
     }
-    sizes = _check_images(report, data["images"])
+    sizes = _check_images(report, data["images"], image_ids)
     ann_image, categories = _check_annotations(
         report, data["annotations"], sizes, image_ids, cat_pos
     )
@@ -201,7 +203,7 @@ def check_relcoco(ann_file: Path, image_root: Path, *, check_image_content: bool
     )
     entries = []
     for k, img in enumerate(data["images"]):
-        if isinstance(img, dict) and img.get("id") in sizes:
+        if isinstance(img, dict) and img.get("id") in sizes and image_ids[img["id"]] == k:
             where = f"images[{k}] (id {img['id']}, {img['file_name']})"
             if img["id"] not in with_rels:
                 report.warn("no_relations", where, "image has no relations")

@@ -1,0 +1,131 @@
+"""Procedural demo data: determinism, label semantics, label noise, flip-map consistency."""
+
+from __future__ import annotations
+
+import filecmp
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from realsynth.data.demo import (
+    DEMO_PREDICATES,
+    demo_predicate_flip_map,
+    generate_demo,
+    pair_predicate,
+)
+from realsynth.data.demo_render import DemoObject
+from realsynth.data.formats.relcoco import RelCocoDataset
+from realsynth.data.transforms import RandomHorizontalFlip, predicate_flip_indices
+
+SMALL = {"real_train": 12, "real_val": 4, "synthetic_train": 40, "synthetic_val": 4}
+
+
+def expected_predicate(boxes: torch.Tensor, s: int, o: int) -> set[int]:
+    """Spatial predicates consistent with cxcywh boxes (either, when close to the diagonal)."""
+    dx, dy = (boxes[o, :2] - boxes[s, :2]).tolist()
+    out = set()
+    if abs(dx) >= 1.5 * abs(dy) - 1e-6:
+        out.add(DEMO_PREDICATES.index("left of" if dx > 0 else "right of"))
+    if abs(dy) >= 1.5 * abs(dx) - 1e-6:
+        out.add(DEMO_PREDICATES.index("above" if dy > 0 else "below"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return generate_demo(tmp_path_factory.mktemp("demo") / "out", seed=5, **SMALL)
+
+
+def test_same_seed_gives_identical_bytes(demo: dict[str, Path], tmp_path: Path) -> None:
+    again = generate_demo(tmp_path / "again", seed=5, **SMALL)
+    for key, path in demo.items():
+        assert filecmp.cmp(path, again[key], shallow=False)
+        left, right = (
+            sorted((path.parent / "images").iterdir()),
+            sorted((again[key].parent / "images").iterdir()),
+        )
+        assert [p.name for p in left] == [p.name for p in right]
+        assert all(filecmp.cmp(a, b, shallow=False) for a, b in zip(left, right))
+    other = generate_demo(tmp_path / "other", seed=6, **SMALL)
+    assert not filecmp.cmp(demo["real/train"], other["real/train"], shallow=False)
+
+
+def test_real_labels_follow_geometry(demo: dict[str, Path]) -> None:
+    ds = RelCocoDataset(demo["real/train"], demo["real/train"].parent / "images")
+    assert len(ds) == SMALL["real_train"] and ds.predicates == list(DEMO_PREDICATES)
+    same_color = DEMO_PREDICATES.index("same color as")
+    for k in range(len(ds)):
+        item = ds[k]
+        assert item["image"].shape == (3, 64, 64) and 2 <= len(item["boxes"]) <= 4
+        assert 1 <= len(item["relations"]) <= 8
+        assert (item["boxes"][:, 2:] * 64 >= 12).all()
+        for s, o, p in item["relations"].tolist():
+            if p != same_color:
+                assert p in expected_predicate(item["boxes"], s, o)
+
+
+def test_pair_predicate_hand_cases() -> None:
+    a = DemoObject(shape=0, color=0, x0=0, y0=0, size=10)
+    assert DEMO_PREDICATES[pair_predicate(a, DemoObject(1, 1, 30, 5, 10))] == "left of"
+    assert DEMO_PREDICATES[pair_predicate(a, DemoObject(1, 1, 2, 40, 10))] == "above"
+    assert pair_predicate(a, DemoObject(1, 1, 20, 20, 10)) is None  # diagonal: ambiguous
+    assert DEMO_PREDICATES[pair_predicate(a, DemoObject(2, 0, 30, 5, 10))] == "same color as"
+
+
+def test_label_noise_rate(tmp_path: Path) -> None:
+    clean = generate_demo(
+        tmp_path / "c",
+        seed=1,
+        real_train=0,
+        real_val=0,
+        synthetic_train=150,
+        synthetic_val=0,
+        label_noise=0.0,
+    )
+    noisy = generate_demo(
+        tmp_path / "n",
+        seed=1,
+        real_train=0,
+        real_val=0,
+        synthetic_train=150,
+        synthetic_val=0,
+        label_noise=0.3,
+    )
+    a = RelCocoDataset(clean["synthetic/train"], tmp_path)
+    b = RelCocoDataset(noisy["synthetic/train"], tmp_path)
+    changed = total = 0
+    for k in range(len(a)):
+        ra, rb = a.annotation(k), b.annotation(k)
+        assert torch.equal(ra["boxes"], rb["boxes"])  # same scenes, only labels differ
+        changed += int((ra["relations"][:, 2] != rb["relations"][:, 2]).sum())
+        total += len(ra["relations"])
+    assert 0.2 < changed / total < 0.4
+
+
+def test_flip_map_keeps_labels_true(demo: dict[str, Path]) -> None:
+    ds = RelCocoDataset(demo["real/val"], demo["real/val"].parent / "images")
+    flip = RandomHorizontalFlip(
+        1.0, predicate_flip_indices(demo_predicate_flip_map(), ds.predicates)
+    )
+    ds.transforms = flip
+    same_color = DEMO_PREDICATES.index("same color as")
+    for k in range(len(ds)):
+        item = ds[k]
+        for s, o, p in item["relations"].tolist():
+            if p != same_color:
+                assert p in expected_predicate(item["boxes"], s, o)
+
+
+def test_rejects_bad_settings(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="label_noise"):
+        generate_demo(tmp_path, label_noise=1.5)
+    with pytest.raises(ValueError, match="real_train"):
+        generate_demo(tmp_path, real_train=-1)
+    (tmp_path / "real" / "train").mkdir(parents=True)
+    (tmp_path / "real" / "train" / "keep.txt").write_text("user data")
+    with pytest.raises(ValueError, match="not a demo split"):
+        generate_demo(tmp_path, **SMALL)
+    assert (tmp_path / "real" / "train" / "keep.txt").exists()
+    np.testing.assert_equal(sorted(p.name for p in (tmp_path / "real").iterdir()), ["train"])

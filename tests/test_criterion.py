@@ -117,8 +117,8 @@ class _SpyMatcher(HungarianMatcher):
         super().__init__()
         self.calls = []
 
-    def assign(self, outputs, flat, spec):
-        result = super().assign(outputs, flat, spec)
+    def assign(self, outputs, flat, spec, log_probs=None):
+        result = super().assign(outputs, flat, spec, log_probs)
         self.calls.append([(q.tolist(), t.tolist()) for q, t in result])
         return result
 

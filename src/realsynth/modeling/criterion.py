@@ -147,14 +147,16 @@ class RelationCriterion(nn.Module):
         diagnostics: bool,
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Loss terms of one decoder layer and, with ``diagnostics``, per-source [S] tensors."""
-        matched = matched_pairs(self.matcher.assign(layer, flat, spec), flat, ctx.source_ids.device)
+        log_probs = [layer[key].float().log_softmax(-1) for key in spec.class_keys]
+        assignment = self.matcher.assign(layer, flat, spec, log_probs)
+        matched = matched_pairs(assignment, flat, ctx.source_ids.device)
         terms: dict[str, Tensor] = {}
         diag: dict[str, Tensor] = {}
-        for key, term, classes, weights in zip(
-            spec.class_keys, spec.class_terms, flat.classes, self._class_weights(spec)
+        for scores, term, classes, weights in zip(
+            log_probs, spec.class_terms, flat.classes, self._class_weights(spec)
         ):
             terms[term], per_source = classification_loss(
-                layer[key], classes, matched, weights, ctx, diagnostics=diagnostics
+                scores, classes, matched, weights, ctx, diagnostics=diagnostics
             )
             if per_source is not None:
                 diag[term] = per_source

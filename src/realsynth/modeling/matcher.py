@@ -69,15 +69,27 @@ class HungarianMatcher(nn.Module):
         self.cost_bbox = cost_bbox
         self.cost_giou = cost_giou
 
-    def cost_matrix(self, outputs: dict[str, Tensor], flat: FlatTargets, spec: HeadSpec) -> Tensor:
-        """Matching cost [B, Q, max(sizes)]; column j of image b is its target j (padding after)."""
+    def cost_matrix(
+        self,
+        outputs: dict[str, Tensor],
+        flat: FlatTargets,
+        spec: HeadSpec,
+        log_probs: Sequence[Tensor] | None = None,
+    ) -> Tensor:
+        """Matching cost [B, Q, max(sizes)]; column j of image b is its target j (padding after).
+
+        ``log_probs`` (one [B, Q, K+1] log-softmax per class head) lets a caller that needs them
+        for its own loss share them instead of computing the softmax twice.
+        """
         index = flat.padded_index
         batch, queries = outputs[spec.class_keys[0]].shape[:2]
+        if log_probs is None:
+            log_probs = [outputs[key].float().log_softmax(-1) for key in spec.class_keys]
         cost = None
-        for key, classes in zip(spec.class_keys, flat.classes):
-            prob = outputs[key].float().softmax(-1)
+        for scores, classes in zip(log_probs, flat.classes):
             columns = classes[index][:, None, :].expand(batch, queries, -1)
-            term = prob.gather(2, columns)
+            # exp of the gathered [B, Q, T] log-probabilities: softmax without a [B, Q, K+1] write.
+            term = scores.detach().gather(2, columns).exp()
             cost = term if cost is None else cost + term
         cost = -self.cost_class * cost
         for key, boxes in zip(spec.box_keys, flat.boxes):
@@ -91,8 +103,16 @@ class HungarianMatcher(nn.Module):
         return cost
 
     @torch.no_grad()
-    def assign(self, outputs: dict[str, Tensor], flat: FlatTargets, spec: HeadSpec) -> Assignment:
+    def assign(
+        self,
+        outputs: dict[str, Tensor],
+        flat: FlatTargets,
+        spec: HeadSpec,
+        log_probs: Sequence[Tensor] | None = None,
+    ) -> Assignment:
         """Match with pre-flattened targets; returns per image (query indices, target indices).
+
+        ``log_probs``: optional precomputed log-softmax per class head (see :meth:`cost_matrix`).
 
         Raises:
             ValueError: an image has more targets than queries, a target is invalid (see
@@ -108,7 +128,7 @@ class HungarianMatcher(nn.Module):
         empty = np.zeros(0, dtype=np.int64)
         if flat.total == 0:
             return [(empty, empty) for _ in flat.sizes]
-        cost = self.cost_matrix(outputs, flat, spec)
+        cost = self.cost_matrix(outputs, flat, spec, log_probs)
         packed = torch.cat((cost.reshape(-1), flat.problems.to(cost.dtype))).cpu().numpy()
         cost_np = packed[: cost.numel()].reshape(cost.shape)
         self._raise_on_problems(packed[cost.numel() :].astype(np.int64), flat, spec)

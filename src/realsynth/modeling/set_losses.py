@@ -103,7 +103,7 @@ def group_means(values: Tensor, weights: Tensor, groups: Tensor, num_groups: int
 
 
 def classification_loss(
-    logits: Tensor,
+    log_probs: Tensor,
     classes: Tensor,
     matched: Matched,
     class_weights: Tensor,
@@ -119,7 +119,7 @@ def classification_loss(
     ``sum(w_image * w_class)``.
 
     Args:
-        logits: [B, Q, K+1], background last.
+        log_probs: [B, Q, K+1] log-softmax of the logits, background last.
         classes: int64 [T] flat target classes (foreground, < K).
         matched: this layer's flat matched pairs.
         class_weights: [K+1] per-class CE weights (background's is the empty weight).
@@ -129,18 +129,19 @@ def classification_loss(
     Returns:
         (loss 0-d, per-source unweighted loss [S] detached, or None without diagnostics).
     """
-    batch, queries, width = logits.shape
+    batch, queries, width = log_probs.shape
+    device = log_probs.device
     if ctx.ce_scope == "all":
-        target = torch.full((batch, queries), width - 1, dtype=torch.int64, device=logits.device)
+        target = torch.full((batch, queries), width - 1, dtype=torch.int64, device=device)
         target[matched.batch, matched.query] = classes[matched.target]
         target = target.reshape(-1)
-        scores = logits.reshape(batch * queries, width)
-        image_of = torch.arange(batch, device=logits.device).repeat_interleave(queries)
+        scores = log_probs.reshape(batch * queries, width)
+        image_of = torch.arange(batch, device=device).repeat_interleave(queries)
     else:
         target = classes[matched.target]
-        scores = logits[matched.batch, matched.query]
+        scores = log_probs[matched.batch, matched.query]
         image_of = matched.batch
-    ce = F.cross_entropy(scores.float(), target, reduction="none")
+    ce = F.nll_loss(scores, target, reduction="none")
     w_class = class_weights[target]
     w_image = ctx.image_weights[image_of]
     if ctx.normalization == "count":

@@ -221,7 +221,7 @@ def _validate(
         if ratio > 0 and size == 0:
             raise ValueError(f"source {k} has ratio {ratio} > 0 but no items (sizes[{k}] = 0)")
     if abs(math.fsum(ratios) - 1.0) > _RATIO_TOLERANCE:
-        raise ValueError(f"ratios must sum to 1 (tolerance 1e-6), got sum {math.fsum(ratios)}")
+        raise ValueError(f"ratios must sum to 1 (tolerance 1e-6), got sum {math.fsum(ratios):.9g}")
     positive = sum(1 for r in ratios if r > 0)
     if int(batch_size) != batch_size or batch_size < positive:
         raise ValueError(
@@ -229,7 +229,9 @@ def _validate(
             f"({positive}), got {batch_size}"
         )
     if not 1 <= world_size or not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
+        raise ValueError(
+            f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}"
+        )
     if num_batches is not None and num_batches < 1:
         raise ValueError(f"num_batches must be >= 1 or None, got {num_batches}")
     if not 0 <= epoch_source < len(sizes):

@@ -1,0 +1,194 @@
+"""MixedDataset: several sources behind one global index, every item tagged with its origin.
+
+Global index ``i`` belongs to source k when ``offset_k <= i < offset_k + size_k``, offsets being
+cumulative sizes in the given order; this is the layout :class:`MixedBatchSampler` draws from.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import math
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset
+
+from realsynth.data.sampler import MixedBatchSampler
+
+__all__ = ["MixedDataset", "Source", "build_mixed_loader"]
+
+_KINDS = ("real", "synthetic")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One dataset in the mix.
+
+    Args:
+        name: unique name, copied into every item's ``source``.
+        dataset: map-style dataset whose items are dicts.
+        kind: ``"real"`` or ``"synthetic"``, copied into ``dataset_type``.
+        ratio: share of every batch, in [0, 1].
+        loss_weight: per-sample loss weight of its items, finite and >= 0.
+    """
+
+    name: str
+    dataset: Dataset
+    kind: Literal["real", "synthetic"]
+    ratio: float
+    loss_weight: float
+
+    def __post_init__(self) -> None:
+        if self.kind not in _KINDS:
+            raise ValueError(
+                f"source {self.name!r}: kind must be one of {_KINDS}, got {self.kind!r}"
+            )
+        if not math.isfinite(self.ratio) or not 0.0 <= self.ratio <= 1.0:
+            raise ValueError(f"source {self.name!r}: ratio must be in [0, 1], got {self.ratio}")
+        if not math.isfinite(self.loss_weight) or self.loss_weight < 0:
+            raise ValueError(
+                f"source {self.name!r}: loss_weight must be finite and >= 0, got {self.loss_weight}"
+            )
+
+
+class MixedDataset(Dataset):
+    """Concatenation of sources whose items carry ``dataset_type``, ``source``, ``loss_weight``
+    and ``source_id`` (the source's position in ``sources``).
+
+    Args:
+        sources: the sources, in global index order (real first, by convention).
+    """
+
+    def __init__(self, sources: Sequence[Source]) -> None:
+        if not sources:
+            raise ValueError("MixedDataset needs at least one source")
+        names = [s.name for s in sources]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"MixedDataset: source names must be unique, repeated: {duplicates}")
+        self.sources = list(sources)
+        self.sizes = [len(s.dataset) for s in self.sources]
+        self.ratios = [float(s.ratio) for s in self.sources]
+        self.offsets = [0]
+        for size in self.sizes:
+            self.offsets.append(self.offsets[-1] + size)
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    def source_of(self, index: int) -> tuple[int, int]:
+        """Maps a global index to ``(source position, local index)``.
+
+        Raises:
+            IndexError: ``index`` is outside ``[0, len(self))``.
+        """
+        if not 0 <= index < self.offsets[-1]:
+            raise IndexError(
+                f"MixedDataset index {index} out of range: expected 0 <= index < {self.offsets[-1]}"
+            )
+        # bisect_right skips empty sources, whose start equals the next source's start.
+        k = bisect.bisect_right(self.offsets, index) - 1
+        return k, index - self.offsets[k]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        k, local = self.source_of(int(index))
+        source = self.sources[k]
+        item = source.dataset[local]
+        if not isinstance(item, Mapping):
+            raise TypeError(
+                f"source {source.name!r} item {local} is a {type(item).__name__}, expected a dict"
+            )
+        # Shallow copy: the tags must not leak into the source's own objects, and a deep copy
+        # of images and annotations costs far more than the sample is worth.
+        tagged = dict(item)
+        tagged["dataset_type"] = source.kind
+        tagged["source"] = source.name
+        tagged["loss_weight"] = float(source.loss_weight)
+        tagged["source_id"] = k
+        return tagged
+
+
+def _seed_worker(worker_id: int, *, seed: int, rank: int) -> None:
+    """Seeds a loader worker's numpy and python RNGs from (seed, rank, worker id)."""
+    worker_seed = int(np.random.SeedSequence([seed, rank, worker_id]).generate_state(1)[0])
+    np.random.seed(worker_seed)
+    random.seed(worker_seed)
+
+
+def _as_list(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Default collate: the list of tagged items, unchanged."""
+    return batch
+
+
+def build_mixed_loader(
+    sources: Sequence[Source],
+    batch_size: int,
+    *,
+    seed: int,
+    num_workers: int = 0,
+    collate_fn: Callable[[list[dict[str, Any]]], Any] | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+    replacement: bool = False,
+    num_batches: int | None = None,
+) -> DataLoader:
+    """A DataLoader over :class:`MixedDataset` driven by :class:`MixedBatchSampler`.
+
+    The epoch is one pass over the first real source with a positive ratio (else the first
+    source with one). The sampler is ``loader.batch_sampler``; call its ``set_epoch`` and use
+    its ``state_dict`` / ``load_state_dict`` to resume.
+
+    Args:
+        sources: the sources, in global index order.
+        batch_size: items per batch on each rank.
+        seed: seed of the sampler, the loader's generator and the workers' RNGs.
+        num_workers: DataLoader worker processes.
+        collate_fn: batch collation; default returns the list of tagged item dicts.
+        rank: data-parallel rank; default ``torch.distributed``'s when initialized, else 0.
+        world_size: data-parallel size; default ``torch.distributed``'s, else 1.
+        replacement: uniform draws inside sources instead of passes without repeats.
+        num_batches: batches per rank per epoch; default one pass over the epoch source.
+
+    Returns:
+        the DataLoader.
+    """
+    distributed = dist.is_available() and dist.is_initialized()
+    if rank is None:
+        rank = dist.get_rank() if distributed else 0
+    if world_size is None:
+        world_size = dist.get_world_size() if distributed else 1
+    dataset = MixedDataset(sources)
+    sampler = MixedBatchSampler(
+        dataset.sizes,
+        dataset.ratios,
+        batch_size,
+        seed=seed,
+        replacement=replacement,
+        num_batches=num_batches,
+        epoch_source=_epoch_source(sources),
+        rank=rank,
+        world_size=world_size,
+    )
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate_fn if collate_fn is not None else _as_list,
+        worker_init_fn=functools.partial(_seed_worker, seed=seed, rank=rank),
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def _epoch_source(sources: Sequence[Source]) -> int:
+    """Position of the first real source with a positive ratio, else of any positive one."""
+    for want_real in (True, False):
+        for k, source in enumerate(sources):
+            if source.ratio > 0 and (source.kind == "real" or not want_real):
+                return k
+    raise ValueError("build_mixed_loader: every source has ratio 0")

@@ -1,0 +1,76 @@
+"""Per-batch composition: floor/ceil per batch, running totals within one, exact sums."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from realsynth.data import composition
+from realsynth.data.composition import CompositionSchedule, exact_shares
+
+weights_st = st.lists(st.integers(0, 40), min_size=1, max_size=6).filter(lambda w: sum(w) > 0)
+
+
+def _check(schedule: CompositionSchedule, shares: list[Fraction], batches: int) -> None:
+    g = np.arange(batches + 1)
+    cum = schedule.cumulative(g)
+    per = np.diff(cum, axis=0)
+    target = np.array([[float(s) * schedule.batch_size * x for s in shares] for x in g])
+    floor = np.array([int(s * schedule.batch_size) for s in shares])
+    assert (per.sum(axis=1) == schedule.batch_size).all()
+    assert ((per == floor) | (per == floor + 1)).all()
+    assert (np.abs(cum - target) < 1).all()
+    assert np.array_equal(schedule.counts(g[:-1]), per)
+
+
+@settings(max_examples=60, deadline=None)
+@given(weights=weights_st, extra=st.integers(0, 60))
+def test_schedule_properties(weights: list[int], extra: int) -> None:
+    shares = exact_shares([w / sum(weights) for w in weights])
+    batch = len(weights) + extra
+    _check(CompositionSchedule(shares, batch), shares, 300)
+
+
+@settings(max_examples=20, deadline=None)
+@given(weights=st.lists(st.integers(1, 30), min_size=3, max_size=6), extra=st.integers(0, 40))
+def test_stepping_path_equals_table_path(weights: list[int], extra: int) -> None:
+    shares = exact_shares([w / sum(weights) for w in weights])
+    batch = len(weights) + extra
+    table = CompositionSchedule(shares, batch)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(composition, "_MAX_TABLE_PERIOD", 0)
+        stepping = CompositionSchedule(shares, batch)
+    g = np.array([0, 5, 3, 250, 249, 1000, 7, 7])  # out of order: the cursor must restart
+    assert np.array_equal(table.cumulative(g), stepping.cumulative(g))
+
+
+def test_hand_computed_patterns() -> None:
+    # 0.7 * 20 = 14 exactly: every batch 14 + 6.
+    s = CompositionSchedule(exact_shares([0.7, 0.3]), 20)
+    assert s.counts(np.arange(4)).tolist() == [[14, 6]] * 4
+    # 0.7 * 32 = 22.4: extras at round(0.4 g) -> 22, 23, 22, 23, 22 per period of 5.
+    s = CompositionSchedule(exact_shares([0.7, 0.3]), 32)
+    assert s.period == 5
+    assert s.counts(np.arange(10))[:, 0].tolist() == [22, 23, 22, 23, 22] * 2
+    # A share below one per batch: 0.05 * 10 = 0.5 -> every other batch.
+    s = CompositionSchedule(exact_shares([0.95, 0.05]), 10)
+    assert s.counts(np.arange(6))[:, 1].tolist() == [0, 1, 0, 1, 0, 1]
+
+
+def test_three_sources_period_sums_exactly() -> None:
+    shares = exact_shares([0.5, 0.3, 0.2])
+    s = CompositionSchedule(shares, 7)  # 3.5, 2.1, 1.4 per batch
+    assert s.period == 10
+    assert s.cumulative(np.array([10, 20]))[:, :].tolist() == [[35, 21, 14], [70, 42, 28]]
+
+
+def test_exact_shares_reads_decimal_ratios() -> None:
+    assert exact_shares([0.7, 0.3]) == [Fraction(7, 10), Fraction(3, 10)]
+    # Within the 1e-6 tolerance, rescaled to sum to exactly one.
+    assert sum(exact_shares([0.3333333, 0.6666667])) == 1
+    tiny = exact_shares([1e-9, 1 - 1e-9])
+    assert tiny[0] > 0

@@ -213,7 +213,7 @@ def to_tensor(image: ImageLike) -> torch.Tensor:
     """PIL image (any mode) or tensor -> float32 ``[3, H, W]``; PIL pixels scaled to [0, 1]."""
     if isinstance(image, torch.Tensor):
         return image
-    array = np.array(image.convert("RGB"), dtype=np.uint8)
+    array = np.array(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8)
     return torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
 
 

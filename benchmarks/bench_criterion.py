@@ -238,12 +238,17 @@ def section_a(queries: int, aux: int, repeats: int) -> list[str]:
                 lambda: criterion.total_loss(criterion(rel, targets)),
                 params,
             ),
+            "unweighted again (A/A noise control)": (
+                lambda: criterion.total_loss(criterion(rel, plain)),
+                params,
+            ),
         },
         repeats,
     )
     rows = [f"| {queries} | {name} | {f:.2f} | {b:.2f} |" for name, (f, b) in results.items()]
-    (fu, bu), (fw, bw) = results.values()
+    (fu, bu), (fw, bw), (fa, ba) = results.values()
     rows.append(f"| {queries} | weighted / unweighted | {fw / fu:.3f}x | {bw / bu:.3f}x |")
+    rows.append(f"| {queries} | A/A control / unweighted | {fa / fu:.3f}x | {ba / bu:.3f}x |")
     return rows
 
 

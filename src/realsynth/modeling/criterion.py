@@ -23,7 +23,13 @@ from realsynth.modeling.set_losses import (
     classification_loss,
     matched_pairs,
 )
-from realsynth.modeling.set_targets import ENTITY_HEADS, RELATION_HEADS, HeadSpec, flatten_targets
+from realsynth.modeling.set_targets import (
+    ENTITY_HEADS,
+    RELATION_HEADS,
+    FlatTargets,
+    HeadSpec,
+    flatten_targets,
+)
 from realsynth.modeling.weighting import Normalization, OnInvalid, image_weights
 
 DEFAULT_COEFFICIENTS: dict[str, float] = {
@@ -47,6 +53,16 @@ def _class_weight_vector(size: int, empty: float, foreground: Tensor | None, nam
     return weights
 
 
+def _source_index(
+    targets: Sequence[dict[str, Any]], device: torch.device
+) -> tuple[list[str], Tensor]:
+    """Distinct ``source`` names in batch order and each image's index among them (int64 [B])."""
+    names = [str(t.get("source", "unknown")) for t in targets]
+    sources = list(dict.fromkeys(names))
+    ids = torch.tensor([sources.index(n) for n in names], dtype=torch.int64)
+    return sources, ids.to(device, non_blocking=True)
+
+
 class RelationCriterion(nn.Module):
     """Hungarian-matched, per-image weighted set loss for relation (and entity) predictions.
 
@@ -60,7 +76,8 @@ class RelationCriterion(nn.Module):
         num_classes: C, foreground entity classes.
         num_predicates: R, foreground predicates.
         matcher: assignment of queries to targets (default ``HungarianMatcher()``).
-        empty_weight: CE weight of the no-object class (DETR's eos_coef).
+        empty_weight: CE weight of the no-object class (DETR's eos_coef), for the entity head and
+            the relation subject/object heads.
         empty_rel_weight: CE weight of the no-relation class.
         predicate_class_weights: [R] CE weights of the foreground predicates (default ones).
         loss_coefficients: overrides of :data:`DEFAULT_COEFFICIENTS` by base term name.
@@ -141,7 +158,7 @@ class RelationCriterion(nn.Module):
     def _layer_losses(
         self,
         layer: dict[str, Tensor],
-        flat: Any,
+        flat: FlatTargets,
         spec: HeadSpec,
         ctx: BatchContext,
         diagnostics: bool,
@@ -194,10 +211,7 @@ class RelationCriterion(nn.Module):
             )
         device = outputs[specs[0].class_keys[0]].device
         weights = image_weights(targets, device=device, on_invalid=self.on_invalid_weight)
-        names = [str(t.get("source", "unknown")) for t in targets]
-        sources = list(dict.fromkeys(names))
-        source_ids = torch.tensor([sources.index(n) for n in names], dtype=torch.int64)
-        source_ids = source_ids.to(device, non_blocking=True)
+        sources, source_ids = _source_index(targets, device)
         layers = [("", outputs)] + [
             (f"_{i}", aux) for i, aux in enumerate(outputs.get("aux_outputs", []))
         ]

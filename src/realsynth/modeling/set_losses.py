@@ -144,11 +144,9 @@ def classification_loss(
     ce = F.nll_loss(scores, target, reduction="none")
     w_class = class_weights[target]
     w_image = ctx.image_weights[image_of]
-    if ctx.normalization == "count":
-        denominator = w_class.sum().clamp(min=WEIGHT_FLOOR)
-    else:
-        denominator = (w_image * w_class).sum().clamp(min=WEIGHT_FLOOR)
-    loss = weighted_loss(w_class * ce, w_image, denominator=denominator)
+    # count: PyTorch's class-weighted mean; weight: also divide out the image weights.
+    denominator = (w_class if ctx.normalization == "count" else w_image * w_class).sum()
+    loss = weighted_loss(w_class * ce, w_image, denominator=denominator.clamp(min=WEIGHT_FLOOR))
     if not diagnostics:
         return loss, None
     per_source = group_means(ce[:, None], w_class, ctx.source_ids[image_of], ctx.num_sources)

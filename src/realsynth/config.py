@@ -172,12 +172,18 @@ _CHOICES = {
 }
 
 
-def load_config(config_file: str | Path | None = None, overrides: list[str] = ()) -> DictConfig:
+def load_config(
+    config_file: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    base_yaml: str | None = None,
+) -> DictConfig:
     """Resolve the run configuration: schema defaults <- YAML file <- ``KEY=VALUE`` overrides.
 
     Args:
         config_file: optional YAML file.
         overrides: ``KEY=VALUE`` strings (dotted keys, YAML values).
+        base_yaml: YAML text merged before the file, e.g. the config saved in a checkpoint.
 
     Returns:
         A read-only, validated ``DictConfig`` with the ``RunConfig`` schema.
@@ -187,6 +193,8 @@ def load_config(config_file: str | Path | None = None, overrides: list[str] = ()
             names the key and the file or "command line".
     """
     cfg = OmegaConf.structured(RunConfig)
+    if base_yaml is not None:
+        cfg = _merge(cfg, OmegaConf.create(base_yaml), origin="saved config")
     if config_file is not None:
         path = Path(config_file)
         if not path.is_file():

@@ -280,7 +280,8 @@ def build_transforms(
 
     Args:
         train: whether to add random augmentation.
-        min_sizes: shorter-side sizes in pixels; eval uses the last one.
+        min_sizes: shorter-side sizes in pixels; eval uses the last one; empty keeps every
+            image at its native size (small synthetic renders, the demo data).
         max_size: cap on the longer side in pixels (None: no cap).
         flip_prob: horizontal flip probability (train only).
         predicate_flip_map: 0-based predicate index map applied on flips
@@ -288,12 +289,11 @@ def build_transforms(
         normalize: append :class:`Normalize`; without it images stay in [0, 1].
     """
     steps: list[Transform] = []
-    if train:
-        if flip_prob > 0:
-            steps.append(RandomHorizontalFlip(flip_prob, predicate_flip_map))
-        steps.append(RandomResize(min_sizes, max_size))
-    else:
-        steps.append(RandomResize([list(min_sizes)[-1]], max_size))
+    sizes = list(min_sizes)
+    if train and flip_prob > 0:
+        steps.append(RandomHorizontalFlip(flip_prob, predicate_flip_map))
+    if sizes:
+        steps.append(RandomResize(sizes if train else sizes[-1:], max_size))
     steps.append(ToTensor())
     if normalize:
         steps.append(Normalize(mean, std))

@@ -49,16 +49,23 @@ def build_model_and_criterion(
         ),
         empty_weight=crit.EMPTY_WEIGHT,
         empty_rel_weight=crit.EMPTY_REL_WEIGHT,
-        loss_coefficients={
-            "class": crit.CLASS_WEIGHT,
-            "bbox": crit.L1_WEIGHT,
-            "giou": crit.GIOU_WEIGHT,
-        },
+        loss_coefficients=_loss_coefficients(crit.CLASS_WEIGHT, crit.L1_WEIGHT, crit.GIOU_WEIGHT),
         ce_scope=crit.CE_SCOPE,
         normalization=crit.NORMALIZATION,
         on_invalid_weight=crit.ON_INVALID_WEIGHT,
     )
     return model.to(device), criterion.to(device)
+
+
+def _loss_coefficients(class_weight: float, l1_weight: float, giou_weight: float) -> dict:
+    """Every loss term's coefficient from the three DETR-style weights (class, L1, GIoU)."""
+    by_kind = {"loss_relation": class_weight, "loss_ce": class_weight}
+    by_kind.update({"loss_bbox": l1_weight, "loss_giou": giou_weight})
+    coefficients = dict(by_kind)
+    for term, value in by_kind.items():
+        if term != "loss_relation":
+            coefficients.update({f"{term}_subject": value, f"{term}_object": value})
+    return coefficients
 
 
 def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:

@@ -27,19 +27,16 @@ VARIANTS: dict[str, dict] = {
 
 def variant_config(cfg: DictConfig, name: str) -> DictConfig:
     """``cfg`` with variant ``name``'s ``MULTI_DATASET`` settings and its own output folder."""
-    out = OmegaConf.merge(
-        cfg,
-        {
-            "OUTPUT_DIR": str(Path(cfg.OUTPUT_DIR) / name),
-            "DATASETS": {"MULTI_DATASET": VARIANTS[name]},
-        },
-    )
+    datasets: dict = {"MULTI_DATASET": VARIANTS[name]}
     if name == "naive":
         # Explicit per-source values would override the naive settings: drop them.
-        for source in out.DATASETS.SOURCES:
-            source.RATIO, source.LOSS_WEIGHT = None, None
-    OmegaConf.set_readonly(out, True)
-    return out
+        datasets["SOURCES"] = [
+            {**OmegaConf.to_container(source), "RATIO": None, "LOSS_WEIGHT": None}
+            for source in cfg.DATASETS.SOURCES
+        ]
+    return OmegaConf.merge(
+        cfg, {"OUTPUT_DIR": str(Path(cfg.OUTPUT_DIR) / name), "DATASETS": datasets}
+    )
 
 
 def compare(cfg: DictConfig, variants: tuple[str, ...] = tuple(VARIANTS)) -> dict[str, dict]:

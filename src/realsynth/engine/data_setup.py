@@ -14,7 +14,7 @@ from realsynth.config import ConfigError, SourceMix, resolve_mix
 from realsynth.data.collate import collate_relations
 from realsynth.data.demo import demo_predicate_flip_map, generate_demo
 from realsynth.data.formats.relcoco import RelCocoDataset
-from realsynth.data.formats.vg150 import VG150Dataset
+from realsynth.data.formats.vg150 import VG150Dataset, find_vg150_files
 from realsynth.data.transforms import build_transforms, predicate_flip_indices
 from realsynth.engine.distributed import get_rank, get_world_size
 from realsynth.engine.launch import barrier
@@ -104,50 +104,43 @@ def build_data(cfg: DictConfig) -> RunData:
 
 def _dataset(cfg: DictConfig, src: Any, *, train: bool) -> Dataset:
     common = {
-        "transforms": _transforms(cfg, src, train=train),
         "source": src.NAME,
         "seed": cfg.SEED,
         "skip_bad_samples": cfg.DATALOADER.SKIP_BAD_SAMPLES and train,
     }
     if src.FORMAT == "vg150":
-        folder = _existing(src.PATH, f"{src.NAME}.PATH")
-        return VG150Dataset.from_folder(
-            folder,
-            split="train" if train else src.VAL_SPLIT,
-            image_root=src.IMAGE_ROOT or None,
-            **common,
+        files = find_vg150_files(_existing(src.PATH, f"{src.NAME}.PATH"))
+        root = Path(src.IMAGE_ROOT) if src.IMAGE_ROOT else files["image_root"]
+        split = "train" if train else src.VAL_SPLIT
+        dataset = VG150Dataset(
+            files["h5"], files["dicts"], files["image_data"], root, split=split, **common
         )
-    ann = _existing(
-        src.PATH if train else src.VAL_PATH, f"{src.NAME}.{'PATH' if train else 'VAL_PATH'}"
-    )
-    root = Path(src.IMAGE_ROOT) if src.IMAGE_ROOT else ann.parent / "images"
-    return RelCocoDataset(ann, root, **common)
+    else:
+        key = f"{src.NAME}.{'PATH' if train else 'VAL_PATH'}"
+        ann = _existing(src.PATH if train else src.VAL_PATH, key)
+        root = Path(src.IMAGE_ROOT) if src.IMAGE_ROOT else ann.parent / "images"
+        dataset = RelCocoDataset(ann, root, **common)
+    # The flip map is given by predicate name: translate it with the dataset's own names.
+    dataset.transforms = _transforms(cfg, dict(src.PREDICATE_FLIP_MAP), dataset.predicates, train)
+    return dataset
 
 
-def _transforms(cfg: DictConfig, src: Any, *, train: bool) -> Any:
+def _transforms(
+    cfg: DictConfig, flip_names: dict[str, str], predicates: list[str], train: bool
+) -> Any:
     inp = cfg.INPUT
     sizes = (
         list(inp.MIN_SIZE_TRAIN) if train else ([inp.MIN_SIZE_TEST] if inp.MIN_SIZE_TEST else [])
     )
-    flip_map = dict(src.PREDICATE_FLIP_MAP)
-    names = _predicate_names(cfg, src)
+    # Without a flip map a flip would turn "left of" into a wrong label: no flipping then.
     return build_transforms(
         train=train,
         min_sizes=sizes,
         max_size=(inp.MAX_SIZE_TRAIN if train else inp.MAX_SIZE_TEST) if sizes else None,
-        flip_prob=inp.FLIP_PROB if flip_map or not names else 0.0,
-        predicate_flip_map=predicate_flip_indices(flip_map, names) if flip_map else None,
+        flip_prob=inp.FLIP_PROB if flip_names else 0.0,
+        predicate_flip_map=predicate_flip_indices(flip_names, predicates) if flip_names else None,
         normalize=inp.NORMALIZE,
     )
-
-
-def _predicate_names(cfg: DictConfig, src: Any) -> list[str]:
-    # Predicate names are only needed to translate a name-based flip map to indices.
-    if not src.PREDICATE_FLIP_MAP:
-        return []
-    if src.FORMAT == "vg150":
-        return VG150Dataset.predicate_names_in(Path(src.PATH))
-    return RelCocoDataset.predicate_names_in(Path(src.PATH))
 
 
 def _existing(path: str, key: str) -> Path:

@@ -42,7 +42,7 @@ class RunState:
     def sampler_state(self, sampler: Any) -> dict[str, Any]:
         """The sampler state that resumes at this position (the sampler's own format)."""
         state = sampler.state_dict()
-        state.update(epoch=self.epoch, batches_yielded=self.batch_in_epoch)
+        state.update(epoch=self.epoch, position=self.batch_in_epoch)
         return state
 
     def to_dict(self) -> dict[str, int]:
@@ -54,7 +54,13 @@ class RunState:
 
 
 def save_run_state(
-    run_dir: Path, state: RunState, model: nn.Module, optimizer: Any, scheduler: Any, sampler: Any
+    run_dir: Path,
+    state: RunState,
+    model: nn.Module,
+    optimizer: Any,
+    scheduler: Any,
+    sampler: Any,
+    config_yaml: str,
 ) -> None:
     """Write ``checkpoints/last.pt`` atomically (rank 0 only; other ranks return at once)."""
     if get_rank() != 0:
@@ -69,6 +75,7 @@ def save_run_state(
             "sampler": state.sampler_state(sampler),
             "run_state": state.to_dict(),
             "rng": [rng_states()],
+            "config": config_yaml,
         },
     )
 

@@ -186,6 +186,7 @@ class _Loop:
             self.optimizer,
             self.scheduler,
             self.loader.batch_sampler,
+            to_yaml(self.cfg),
         )
 
 

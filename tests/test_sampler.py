@@ -123,9 +123,7 @@ def test_ddp_ranks_split_the_single_process_stream(mix: dict, world: int) -> Non
 
 def test_ddp_default_epoch_and_disjoint_ranks() -> None:
     sizes, ratios = [100, 1000], [0.7, 0.3]
-    ranks = [
-        MixedBatchSampler(sizes, ratios, 20, seed=4, rank=r, world_size=3) for r in range(3)
-    ]
+    ranks = [MixedBatchSampler(sizes, ratios, 20, seed=4, rank=r, world_size=3) for r in range(3)]
     # ceil(100 / 14) = 8 global batches, rounded up to 9 = 3 per rank.
     assert [len(s) for s in ranks] == [3, 3, 3]
     per_rank = [list(s) for s in ranks]

@@ -47,9 +47,7 @@ def exact_shares(ratios: Sequence[float]) -> list[Fraction]:
         one Fraction per ratio, summing to exactly 1.
     """
     # A tiny positive ratio must not round to zero: keep its exact binary value instead.
-    fracs = [
-        Fraction(r).limit_denominator(_MAX_DENOMINATOR) or Fraction(r) for r in ratios
-    ]
+    fracs = [Fraction(r).limit_denominator(_MAX_DENOMINATOR) or Fraction(r) for r in ratios]
     total = sum(fracs)
     if total <= 0:
         raise ValueError(f"ratios must have a positive sum, got {list(ratios)}")

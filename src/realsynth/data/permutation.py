@@ -89,8 +89,21 @@ class KeyedStream:
         Returns:
             int64 array [count] of local item indices in ``[0, size)``.
         """
-        positions = np.arange(start, start + count, dtype=np.uint64)
-        return self.at(positions)
+        if self.replacement or self.size == 1 or count > 8 * self.size:
+            return self.at(np.arange(start, start + count, dtype=np.uint64))
+        # Contiguous positions span few passes: one scalar key per pass, no division.
+        out = np.empty(count, dtype=np.int64)
+        filled = 0
+        while filled < count:
+            pass_index, local = divmod(start + filled, self.size)
+            length = min(count - filled, self.size - local)
+            x = np.arange(local, local + length, dtype=np.uint64)
+            out[filled : filled + length] = self._permute(x, self._pass_tweak(pass_index))
+            filled += length
+        return out
+
+    def _pass_tweak(self, pass_index: int) -> np.uint64:
+        return splitmix64(np.asarray([pass_index], dtype=np.uint64) ^ self._key)[0]
 
     def at(self, positions: np.ndarray) -> np.ndarray:
         """Items at arbitrary stream positions.
@@ -111,17 +124,21 @@ class KeyedStream:
         tweak = splitmix64(passes ^ self._key)
         return self._permute(local, tweak).astype(np.int64)
 
-    def _permute(self, x: np.ndarray, tweak: np.ndarray) -> np.ndarray:
-        """Cycle-walks the Feistel bijection until every value is below ``size``."""
+    def _permute(self, x: np.ndarray, tweak: np.ndarray | np.uint64) -> np.ndarray:
+        """Cycle-walks the Feistel bijection until every value is below ``size``.
+
+        ``tweak`` (the pass key) is one scalar for all of ``x`` or one value per element.
+        """
         out = self._feistel(x, tweak)
         outside = np.flatnonzero(out >= self._n)
+        per_element = np.ndim(tweak) > 0
         while outside.size:
-            walked = self._feistel(out[outside], tweak[outside])
+            walked = self._feistel(out[outside], tweak[outside] if per_element else tweak)
             out[outside] = walked
             outside = outside[walked >= self._n]
         return out
 
-    def _feistel(self, x: np.ndarray, tweak: np.ndarray) -> np.ndarray:
+    def _feistel(self, x: np.ndarray, tweak: np.ndarray | np.uint64) -> np.ndarray:
         """An unbalanced Feistel bijection of ``[0, 2^bits)``, one pass keyed per element.
 
         Each round moves the low part to the top and replaces the high part by itself XOR a
@@ -133,8 +150,7 @@ class KeyedStream:
             lo_mask = np.uint64((1 << lo_bits) - 1)
             lo = x & lo_mask
             hi = x >> np.uint64(lo_bits)
-            f = lo ^ tweak
-            f ^= self._round_keys[r]
+            f = lo ^ (tweak ^ self._round_keys[r])
             f *= _ROUND_MULTIPLIERS[r]
             f >>= np.uint64(64 - hi_bits)
             hi ^= f

@@ -140,25 +140,26 @@ class MixedBatchSampler(Sampler[list[int]]):
         g = np.arange(first, first + (stop - start) * self.world_size, self.world_size)
         before = self.schedule.cumulative(g)
         counts = self.schedule.cumulative(g + 1) - before
-        out = np.empty(g.shape[0] * self.batch_size, dtype=np.int64)
-        row_start = np.arange(g.shape[0], dtype=np.int64) * self.batch_size
+        # Column c of batch b belongs to the source whose cumulative count first exceeds c.
+        bounds = np.cumsum(counts, axis=1)
+        columns = np.arange(self.batch_size)
+        owner = np.zeros((g.shape[0], self.batch_size), dtype=np.int8)
+        for k in range(self.schedule.num_sources - 1):
+            owner += columns[None, :] >= bounds[:, k : k + 1]
+        out = np.empty((g.shape[0], self.batch_size), dtype=np.int64)
         for k, stream in enumerate(self._streams):
-            if stream is None:
+            total = int(counts[:, k].sum())
+            if stream is None or total == 0:
                 continue
-            cnt = counts[:, k]
-            total = int(cnt.sum())
-            if total == 0:
-                continue
-            # Entries of run b are positions before[b, k] + i and slots row_start[b] + i.
-            run_start = np.cumsum(cnt) - cnt
-            within = np.arange(total, dtype=np.int64) - np.repeat(run_start, cnt)
-            if self.world_size == 1:
+            if self.world_size == 1:  # consecutive batches: one contiguous run of positions
                 items = stream.take(int(before[0, k]), total)
             else:
+                cnt = counts[:, k]
+                within = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(cnt) - cnt, cnt)
                 items = stream.at(np.repeat(before[:, k], cnt) + within)
-            out[np.repeat(row_start, cnt) + within] = items + self.offsets[k]
-            row_start = row_start + cnt
-        return out.reshape(g.shape[0], self.batch_size)
+            items += self.offsets[k]
+            out[owner == k] = items
+        return out
 
     def state_dict(self) -> dict[str, int]:
         """Progress of the live iterator plus the settings a resume must agree on."""
@@ -228,7 +229,7 @@ def _validate(
             f"batch_size must be an integer >= the number of sources with a positive ratio "
             f"({positive}), got {batch_size}"
         )
-    if not 1 <= world_size or not 0 <= rank < world_size:
+    if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(
             f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}"
         )

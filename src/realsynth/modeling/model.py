@@ -102,7 +102,15 @@ class RelationTransformer(nn.Module):
     ) -> None:
         super().__init__()
         _check_sizes(
-            num_classes, num_predicates, num_queries, d_model, enc_layers, dec_layers, nhead
+            {
+                "num_classes": num_classes,
+                "num_predicates": num_predicates,
+                "num_queries": num_queries,
+                "d_model": d_model,
+                "enc_layers": enc_layers,
+                "dec_layers": dec_layers,
+                "nhead": nhead,
+            }
         )
         if backbone is None:
             backbone = SmallConvBackbone(channels=(32, 64, 128))
@@ -119,29 +127,8 @@ class RelationTransformer(nn.Module):
         self.backbone = backbone
         self.input_proj = nn.Conv2d(channels, d_model, kernel_size=1)
         ff = 4 * d_model if dim_feedforward is None else dim_feedforward
-
-        def layer_kwargs() -> dict[str, Any]:
-            return {
-                "d_model": d_model,
-                "nhead": nhead,
-                "dim_feedforward": ff,
-                "dropout": dropout,
-                "batch_first": True,
-                "norm_first": True,
-            }
-
-        self.encoder = (
-            nn.TransformerEncoder(
-                nn.TransformerEncoderLayer(**layer_kwargs()),
-                enc_layers,
-                norm=nn.LayerNorm(d_model),
-                enable_nested_tensor=False,
-            )
-            if enc_layers > 0
-            else None
-        )
-        self.decoder_layers = nn.ModuleList(
-            nn.TransformerDecoderLayer(**layer_kwargs()) for _ in range(dec_layers)
+        self.encoder, self.decoder_layers = _transformer_layers(
+            d_model, nhead, ff, dropout, enc_layers, dec_layers
         )
         self.decoder_norm = nn.LayerNorm(d_model)
         self.query_embed = nn.Embedding(num_queries, d_model)
@@ -238,28 +225,37 @@ class RelationTransformer(nn.Module):
         return out
 
 
-def _check_sizes(
-    num_classes: int,
-    num_predicates: int,
-    num_queries: int,
-    d_model: int,
-    enc_layers: int,
-    dec_layers: int,
-    nhead: int,
-) -> None:
-    positive = {
-        "num_classes": num_classes,
-        "num_predicates": num_predicates,
-        "num_queries": num_queries,
+def _transformer_layers(
+    d_model: int, nhead: int, ff: int, dropout: float, enc_layers: int, dec_layers: int
+) -> tuple[nn.TransformerEncoder | None, nn.ModuleList]:
+    """Pre-norm, batch-first encoder (None when enc_layers is 0) and decoder layers."""
+    kwargs: dict[str, Any] = {
         "d_model": d_model,
-        "dec_layers": dec_layers,
         "nhead": nhead,
+        "dim_feedforward": ff,
+        "dropout": dropout,
+        "batch_first": True,
+        "norm_first": True,
     }
-    for name, value in positive.items():
-        if value < 1:
-            raise ValueError(f"RelationTransformer: {name} must be >= 1, got {value}")
-    if enc_layers < 0:
-        raise ValueError(f"RelationTransformer: enc_layers must be >= 0, got {enc_layers}")
+    encoder = None
+    if enc_layers > 0:
+        encoder = nn.TransformerEncoder(
+            nn.TransformerEncoderLayer(**kwargs),
+            enc_layers,
+            norm=nn.LayerNorm(d_model),
+            enable_nested_tensor=False,
+        )
+    decoder = nn.ModuleList(nn.TransformerDecoderLayer(**kwargs) for _ in range(dec_layers))
+    return encoder, decoder
+
+
+def _check_sizes(sizes: dict[str, int]) -> None:
+    """Validate the integer sizes of a RelationTransformer (names as in its signature)."""
+    for name, value in sizes.items():
+        lowest = 0 if name == "enc_layers" else 1
+        if value < lowest:
+            raise ValueError(f"RelationTransformer: {name} must be >= {lowest}, got {value}")
+    d_model, nhead = sizes["d_model"], sizes["nhead"]
     if d_model % 4 != 0 or d_model % nhead != 0:
         raise ValueError(
             f"RelationTransformer: d_model={d_model} must be divisible by 4 and by nhead={nhead}"

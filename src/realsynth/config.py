@@ -109,6 +109,9 @@ class ModelConfig:
     D_MODEL: int | None = None
     ENC_LAYERS: int | None = None
     DEC_LAYERS: int | None = None
+    DIM_FEEDFORWARD: int | None = None
+    # Stage widths of the default CNN backbone; empty = the preset's.
+    BACKBONE_CHANNELS: list[int] = field(default_factory=list)
     CRITERION: CriterionConfig = field(default_factory=CriterionConfig)
 
 

@@ -36,9 +36,11 @@ def build_model_and_criterion(
     """The relation transformer (``MODEL.PRESET`` + overrides) and its weighted set criterion."""
     overrides = {
         key.lower(): cfg.MODEL[key]
-        for key in ("NUM_QUERIES", "D_MODEL", "ENC_LAYERS", "DEC_LAYERS")
+        for key in ("NUM_QUERIES", "D_MODEL", "ENC_LAYERS", "DEC_LAYERS", "DIM_FEEDFORWARD")
         if cfg.MODEL[key] is not None
     }
+    if cfg.MODEL.BACKBONE_CHANNELS:
+        overrides["backbone_channels"] = tuple(cfg.MODEL.BACKBONE_CHANNELS)
     model = build_model(cfg.MODEL.PRESET, len(data.classes), len(data.predicates), **overrides)
     crit = cfg.MODEL.CRITERION
     criterion = RelationCriterion(

@@ -1,0 +1,106 @@
+"""The trainer end to end on a tiny demo set: run folder contents, loss bookkeeping, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from engine_helpers import tiny_config
+
+from realsynth.engine import train as train_module
+from realsynth.engine.checkpoint import load_checkpoint
+from realsynth.engine.run_log import read_metrics
+from realsynth.engine.train import TrainingInterrupted, train
+
+METRICS = {"R@20", "R@50", "R@100", "ngR@20", "ngR@50", "ngR@100", "mR@20", "mR@50", "mR@100"}
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("demo")
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, demo_root):
+    tmp = tmp_path_factory.mktemp("finished")
+    cfg = tiny_config(
+        tmp,
+        "SOLVER.MAX_ITER=6",
+        "SOLVER.CHECKPOINT_PERIOD=3",
+        "TEST.EVAL_PERIOD=4",
+        demo_root=demo_root,
+    )
+    results = train(cfg)
+    return cfg, results, tmp / "run"
+
+
+def test_run_folder_holds_config_metrics_checkpoint_eval_and_plots(finished_run):
+    cfg, results, run = finished_run
+    assert (run / "config.yaml").read_text().count("MAX_ITER: 6") == 1
+    saved = json.loads((run / "eval.json").read_text())
+    assert saved == results
+    assert set(saved) == {"real", "synthetic"}
+    for metrics in saved.values():
+        assert set(metrics) >= METRICS
+        assert all(0.0 <= v <= 1.0 for v in metrics.values())
+    for plot in ("loss_per_source.png", "recall.png"):
+        assert (run / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ckpt = load_checkpoint(run)
+    assert ckpt["run_state"]["step"] == 6
+    assert {"model", "optimizer", "scheduler", "sampler", "rng", "config"} <= set(ckpt)
+
+
+def test_metrics_total_is_the_coefficient_sum_and_diagnostics_stay_out(finished_run):
+    _, _, run = finished_run
+    records = read_metrics(run)
+    train_records = [r for r in records if r["kind"] == "train"]
+    assert [r["step"] for r in train_records] == [1, 2, 3, 4, 5, 6]
+    # Evaluation at step 4 (TEST.EVAL_PERIOD) and at the end.
+    assert [r["step"] for r in records if r["kind"] == "eval"] == [4, 6]
+    coefficient = {"loss_relation": 1.0, "loss_ce": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}
+    for record in train_records:
+        terms = {k: v for k, v in record.items() if k.startswith("loss_")}
+        # 7 relation terms for the last layer and again for the one auxiliary layer.
+        assert len(terms) == 14
+        expected = sum(
+            coefficient[next(c for c in coefficient if k.startswith(c))] * v
+            for k, v in terms.items()
+        )
+        assert record["total"] == pytest.approx(expected, rel=1e-5)
+        for source in ("real", "synthetic"):
+            assert math.isfinite(record[f"source_loss/{source}"])
+            assert f"diag/loss_relation/{source}" in record
+
+
+def test_resume_after_ctrl_c_reproduces_the_uninterrupted_run(tmp_path, demo_root, monkeypatch):
+    common = ("SOLVER.MAX_ITER=6", "SOLVER.CHECKPOINT_PERIOD=100", "TEST.EVAL_PERIOD=100")
+    whole = tiny_config(tmp_path / "a", *common, demo_root=demo_root)
+    train(whole)
+    reference = [r for r in read_metrics(tmp_path / "a" / "run") if r["kind"] == "train"]
+
+    cut = tiny_config(tmp_path / "b", *common, demo_root=demo_root)
+    real_step = train_module._Loop.step
+    calls = {"n": 0}
+
+    def interrupted_step(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real_step(self, batch)
+
+    monkeypatch.setattr(train_module._Loop, "step", interrupted_step)
+    with pytest.raises(TrainingInterrupted, match="interrupted at step 3; checkpoint saved"):
+        train(cut)
+    monkeypatch.setattr(train_module._Loop, "step", real_step)
+    assert load_checkpoint(tmp_path / "b" / "run")["run_state"]["step"] == 3
+    torch.manual_seed(12345)  # the resumed run must not depend on the process's RNG state
+    train(cut, resume=True)
+    resumed = [r for r in read_metrics(tmp_path / "b" / "run") if r["kind"] == "train"]
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 6]
+    for ours, theirs in zip(resumed, reference):
+        assert ours.keys() == theirs.keys()
+        for key in ours:
+            if key != "kind":
+                assert ours[key] == pytest.approx(theirs[key], rel=1e-6, abs=1e-9), key

@@ -1,3 +1,3 @@
-"""realsynth: exact real/synthetic mixing and per-sample loss weights for DETR-style relation detectors."""
+"""realsynth: exact real/synthetic mixing and per-sample loss weights for DETR-style detectors."""
 
 __version__ = "0.1.0"

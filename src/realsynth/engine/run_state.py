@@ -29,6 +29,8 @@ class RunState:
     epoch: int = 0
     batch_in_epoch: int = 0
     num_skipped: int = 0
+    # Batches per rank per epoch when the position was recorded (changes with the world size).
+    epoch_length: int = 0
 
     def advance(self, skipped: int = 0) -> None:
         self.step += 1
@@ -40,7 +42,15 @@ class RunState:
         self.batch_in_epoch = 0
 
     def sampler_state(self, sampler: Any) -> dict[str, Any]:
-        """The sampler state that resumes at this position (the sampler's own format)."""
+        """The sampler state that resumes at this position (the sampler's own format).
+
+        Resuming with another number of processes changes the epoch length: the position is
+        then carried over as the same fraction of the epoch (see docs/distributed.md).
+        """
+        length = len(sampler)
+        if self.epoch_length and self.epoch_length != length:
+            self.batch_in_epoch = self.batch_in_epoch * length // self.epoch_length
+        self.epoch_length = length
         state = sampler.state_dict()
         state.update(epoch=self.epoch, position=self.batch_in_epoch)
         return state

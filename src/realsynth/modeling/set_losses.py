@@ -116,7 +116,7 @@ def classification_loss(
     Per query: ``w_image * w_class(target) * CE``. ``ce_scope="all"``: every query, unmatched ones
     target the background (last index). Normalization ``count`` divides by ``sum(w_class)`` (so
     all-ones image weights equal ``F.cross_entropy(..., weight=class_weights)``), ``weight`` by
-    ``sum(w_image * w_class)``.
+    ``sum(w_image * w_class)``; under DDP the divisor is that sum averaged over ranks.
 
     Args:
         log_probs: [B, Q, K+1] log-softmax of the logits, background last.
@@ -144,8 +144,11 @@ def classification_loss(
     ce = F.nll_loss(scores, target, reduction="none")
     w_class = class_weights[target]
     w_image = ctx.image_weights[image_of]
-    # count: PyTorch's class-weighted mean; weight: also divide out the image weights.
-    denominator = (w_class if ctx.normalization == "count" else w_image * w_class).sum()
+    # count: PyTorch's class-weighted mean; weight: also divide out the image weights. The
+    # divisor is averaged over ranks: DDP averages gradients, so the averaged gradient then
+    # equals the single-process gradient on the concatenated batch (one process: unchanged).
+    local = (w_class if ctx.normalization == "count" else w_image * w_class).sum().detach()
+    denominator = all_reduce_sum(local.clone()) / get_world_size()
     loss = weighted_loss(w_class * ce, w_image, denominator=denominator.clamp(min=WEIGHT_FLOOR))
     if not diagnostics:
         return loss, None

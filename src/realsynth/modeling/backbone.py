@@ -19,8 +19,11 @@ from torch import nn
 class SmallConvBackbone(nn.Module):
     """A plain CNN trained from scratch: one stride-2 stage per entry of ``channels``.
 
-    Each stage is conv3x3(stride 2) -> BatchNorm -> ReLU -> conv3x3 -> BatchNorm -> ReLU, so the
+    Each stage is conv3x3(stride 2) -> GroupNorm -> ReLU -> conv3x3 -> GroupNorm -> ReLU, so the
     output stride is ``2 ** len(channels)`` (three stages turn a 64x64 image into an 8x8 map).
+    GroupNorm, not BatchNorm: an image's features never depend on the other images of its
+    batch, so one image at a time equals the batch, and a DDP rank's half batch computes exactly
+    what one process computes on the whole batch.
 
     Args:
         channels: output channels of each stage, e.g. ``(32, 64, 128)``.
@@ -57,12 +60,17 @@ class SmallConvBackbone(nn.Module):
 def _conv_stage(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels),
+        nn.GroupNorm(_groups(out_channels), out_channels),
         nn.ReLU(inplace=True),
         nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels),
+        nn.GroupNorm(_groups(out_channels), out_channels),
         nn.ReLU(inplace=True),
     )
+
+
+def _groups(channels: int) -> int:
+    """Up to 8 groups of channels (the largest divisor of ``channels`` that is <= 8)."""
+    return next(g for g in range(min(8, channels), 0, -1) if channels % g == 0)
 
 
 def downsample_mask(pixel_mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

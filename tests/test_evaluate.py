@@ -249,3 +249,12 @@ def test_gathered_records_summarize_like_one_process(seed, split):
     for name in ("R", "ngR", "mR"):
         values = [expected[f"{name}@{k}"] for k in (1, 2, 5)]
         assert values == sorted(values) and all(0.0 <= v <= 1.0 for v in values)
+
+
+def test_an_image_without_predictions_scores_zero():
+    gt = truth([A, B], [0, 1], [[0, 1, 0]])
+    empty = prediction(np.zeros((0, 3)), np.zeros((0, 4)), np.zeros((0, 4)), scores=[])
+    full = prediction([[0, 0, 1]], [A], [B])
+    ev = SceneGraphEvaluator(3, ks=(1,))
+    ev.update([empty, full], [gt, gt])
+    assert ev.summarize() == pytest.approx({"R@1": 0.5, "ngR@1": 0.5, "mR@1": 0.5 / 3})

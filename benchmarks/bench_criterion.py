@@ -13,17 +13,15 @@ Run: ``python benchmarks/bench_criterion.py [--quick] [--threads N]``.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from common import machine, write_result
 from scipy.optimize import linear_sum_assignment
 
 from realsynth.modeling.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
@@ -312,32 +310,12 @@ def section_c(queries: int, aux: int, repeats: int) -> list[str]:
     ]
 
 
-def machine() -> str:
-    model = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+def _peer_version() -> str:
     try:
         import transformers
-
-        peer = f"transformers {transformers.__version__}"
     except ImportError:
-        peer = "transformers not installed"
-    return (
-        f"{model}, {os.cpu_count()} logical cores, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), Python {platform.python_version()}, {peer}"
-    )
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-        f.write(text)
-    os.replace(f.name, path)
+        return "transformers not installed"
+    return f"transformers {transformers.__version__}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -366,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         [
             "## Set criterion (`benchmarks/bench_criterion.py`)",
             "",
-            f"Machine: {machine()}. Command: `{command.strip()}`.",
+            f"Machine: {machine()}, {_peer_version()}. Command: `{command.strip()}`.",
             f"Batch {BATCH}, {NUM_CLASSES} classes / {NUM_PREDICATES} predicates, 2..15 boxes and "
             f"1..15 relations per image, {args.aux} auxiliary layers; median of {repeats} repeats "
             "(CPU, wall clock, including matching).",
@@ -391,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
     )
     print(text)
-    write_atomic(RESULTS, text)
+    write_result("criterion", text)
     return 0
 
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -17,27 +15,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import machine, write_result
 
 from realsynth.data.check import check_dataset
 from realsynth.data.collate import collate_relations
 from realsynth.data.demo import demo_predicate_flip_map, generate_demo
-from realsynth.data.formats.relcoco import RelCocoDataset, atomic_write_text
+from realsynth.data.formats.relcoco import RelCocoDataset
 from realsynth.data.transforms import build_transforms, predicate_flip_indices
+from realsynth.utils.atomic import atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results" / "data.md"
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    python = platform.python_version()
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, Python {python}"
 
 
 def loader_throughput(ann_file: Path, workers: int, epochs: int) -> float:
@@ -161,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     text = "\n".join(lines)
     print(text)
-    atomic_write_text(RESULTS, text)
+    write_result("data", text)
     return 0
 
 

@@ -14,16 +14,14 @@ import argparse
 import contextlib
 import copy
 import json
-import os
-import platform
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+from common import machine, write_result
 
 REAL, SYNTH, BATCH, RATIO = 100_000, 1_000_000, 32, 0.7
 RESULTS = Path(__file__).resolve().parent / "results" / "sampler.md"
@@ -210,26 +208,13 @@ def _child(name: str, synth: int, batches: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    import torch
-
-    python = platform.python_version()
-    return f"{cpu}, {os.cpu_count()} cores, Python {python}, torch {torch.__version__}"
-
-
 def _report(rows: list[tuple[str, int, dict]], quick: bool, argv: list[str]) -> str:
     ours = rows[0][2]
     lines = [
         "## Mixed batch sampling (index only)",
         "",
         f"Real {REAL:,} + synthetic items, batch {BATCH}, real ratio {RATIO} "
-        f"(target {RATIO * BATCH:.1f} real per batch). Machine: {_machine()}.",
+        f"(target {RATIO * BATCH:.1f} real per batch). Machine: {machine()}.",
         f"Command: `{' '.join(['python benchmarks/bench_sampler.py', *argv])}`.",
         "",
         "| sampler | synthetic items | batches | indices/s steady | vs ours | indices/s incl. "
@@ -258,14 +243,6 @@ def _report(rows: list[tuple[str, int, dict]], quick: bool, argv: list[str]) -> 
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Runs the benchmark; prints and writes ``benchmarks/results/sampler.md``."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -286,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: {rows[-1][2]}", file=sys.stderr)
     text = _report(rows, args.quick, argv)
     print(text)
-    _write_atomic(RESULTS, text)
+    write_result("sampler", text)
     return 0
 
 

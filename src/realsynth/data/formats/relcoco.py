@@ -15,8 +15,6 @@ File layout::
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,23 +24,9 @@ import torch
 
 from realsynth.data.images import RelationDataset
 from realsynth.data.transforms import Transform
+from realsynth.utils.atomic import atomic_write_text
 
 REQUIRED_KEYS = ("images", "annotations", "categories", "predicates", "relationships")
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Writes ``text`` to ``path`` through a temporary file in the same folder + os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def load_relcoco_json(ann_file: str | Path) -> dict[str, Any]:

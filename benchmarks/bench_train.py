@@ -1,0 +1,117 @@
+"""Training speed of the tiny preset on the demo data: steps/s, images/s, where the time goes.
+
+Each step is split into data loading, model forward, criterion (Hungarian matching reported on
+its own), and backward + optimizer step. On a CUDA machine the base preset is measured as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from contextlib import contextmanager
+
+import torch
+from common import machine, write_result
+
+from realsynth.config import load_config
+from realsynth.engine.build import (
+    build_model_and_criterion,
+    build_optimizer,
+    build_train_loader,
+)
+from realsynth.engine.data_setup import build_data
+from realsynth.engine.launch import seed_all
+
+PHASES = ("data", "forward", "matching", "criterion (rest)", "backward + step")
+
+
+@contextmanager
+def timed(totals: dict[str, float], phase: str):
+    start = time.perf_counter()
+    yield
+    totals[phase] += time.perf_counter() - start
+
+
+def measure(overrides: list[str], steps: int, warmup: int) -> dict[str, float]:
+    """Seconds per phase summed over ``steps`` timed training steps."""
+    cfg = load_config(None, overrides)
+    seed_all(cfg.SEED)
+    device = torch.device(cfg.MODEL.DEVICE if cfg.MODEL.DEVICE != "auto" else "cpu")
+    data = build_data(cfg)
+    model, criterion = build_model_and_criterion(cfg, data, device)
+    optimizer = build_optimizer(cfg, model)
+    batches = iter(build_train_loader(cfg, data))
+    totals = dict.fromkeys(PHASES, 0.0)
+    assign = criterion.matcher.assign
+
+    def timed_assign(*args, **kwargs):
+        with timed(totals, "matching"):
+            return assign(*args, **kwargs)
+
+    criterion.matcher.assign = timed_assign
+    for step in range(warmup + steps):
+        if step == warmup:
+            totals = dict.fromkeys(PHASES, 0.0)
+        with timed(totals, "data"):
+            batch = next(batches)
+        with timed(totals, "forward"):
+            outputs = model(batch["images"].to(device), batch["pixel_mask"].to(device))
+        with timed(totals, "criterion (rest)"):
+            targets = [{k: _to(v, device) for k, v in t.items()} for t in batch["targets"]]
+            total = criterion.total_loss(criterion(outputs, targets))
+        with timed(totals, "backward + step"):
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+    totals["criterion (rest)"] -= totals["matching"]
+    totals["batch"] = cfg.SOLVER.IMS_PER_BATCH
+    return totals
+
+
+def _to(value, device):
+    return value.to(device) if isinstance(value, torch.Tensor) else value
+
+
+def row(name: str, totals: dict[str, float], steps: int) -> str:
+    spent = sum(totals[p] for p in PHASES)
+    shares = " | ".join(f"{100 * totals[p] / spent:.0f}%" for p in PHASES)
+    per_step = spent / steps
+    return (
+        f"| {name} | {totals['batch']:.0f} | {1 / per_step:.2f} | "
+        f"{totals['batch'] / per_step:.1f} | {1e3 * per_step:.0f} | {shares} |"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer steps")
+    args = parser.parse_args(argv)
+    steps, warmup = (8, 2) if args.quick else (40, 5)
+    runs = [("tiny, CPU", ["MODEL.DEVICE=cpu", "MODEL.PRESET=tiny"])]
+    if torch.cuda.is_available():
+        base = ["MODEL.DEVICE=cuda", "MODEL.PRESET=base", "INPUT.MIN_SIZE_TRAIN=[512]"]
+        runs.append(("base, CUDA", base))
+    header = " | ".join(PHASES)
+    lines = [
+        "## Training steps (demo data, the note's mix)",
+        "",
+        f"Machine: {machine()}. Command: `python benchmarks/bench_train.py"
+        f"{' --quick' if args.quick else ''}`; {steps} timed steps after {warmup} warm-up.",
+        "",
+        f"| run | batch | steps/s | images/s | ms/step | {header} |",
+        "|---|---:|---:|---:|---:|" + "---:|" * len(PHASES),
+    ]
+    lines += [row(name, measure(overrides, steps, warmup), steps) for name, overrides in runs]
+    if not torch.cuda.is_available():
+        lines += ["", "No CUDA device here: the base preset on a GPU was not measured."]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    write_result("train", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

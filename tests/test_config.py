@@ -133,3 +133,14 @@ def test_resolve_mix_rejects_partial_ratios_that_do_not_sum_and_empty_sources(tm
     cfg = load_config(write(tmp_path, SOURCES))
     with pytest.raises(ConfigError, match="source 'render' has ratio 0.15 but no items"):
         resolve_mix(cfg.DATASETS.SOURCES, cfg.DATASETS.MULTI_DATASET, [10, 0, 5])
+
+
+def test_shipped_configs_load_and_keep_the_notes_keys():
+    root = Path(__file__).resolve().parent.parent / "configs"
+    demo = load_config(root / "demo.yaml")
+    assert demo.OUTPUT_DIR == "runs/demo"
+    vg = load_config(root / "vg150_synthetic.yaml")
+    assert [s.FORMAT for s in vg.DATASETS.SOURCES] == ["vg150", "relcoco"]
+    assert vg.DATASETS.MULTI_DATASET.SYNTHETIC_LOSS_WEIGHT == 0.5
+    mix = resolve_mix(vg.DATASETS.SOURCES, vg.DATASETS.MULTI_DATASET, [10, 100])
+    assert [(m.ratio, m.loss_weight) for m in mix] == [(0.7, 1.0), (pytest.approx(0.3), 0.5)]

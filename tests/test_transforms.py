@@ -110,3 +110,21 @@ def test_normalize_only_when_asked() -> None:
     assert torch.allclose(
         norm[:, 0, 0], (1 - torch.tensor(IMAGENET_MEAN)) / torch.tensor([0.229, 0.224, 0.225])
     )
+
+
+def test_empty_min_sizes_keeps_the_native_size_and_still_flips():
+    image = Image.new("RGB", (40, 30))
+    target = {
+        "boxes": torch.tensor([[0.0, 0.0, 10.0, 30.0]]),
+        "labels": torch.tensor([0]),
+        "relations": torch.zeros((0, 3), dtype=torch.int64),
+    }
+    t = build_transforms(train=True, min_sizes=[], max_size=None, flip_prob=1.0)
+    out, flipped = t(image, dict(target), np.random.default_rng(0))
+    assert tuple(out.shape) == (3, 30, 40)
+    assert flipped["boxes"].tolist() == [[30.0, 0.0, 40.0, 30.0]]
+    out, same = build_transforms(train=False, min_sizes=[], max_size=None)(
+        image, dict(target), np.random.default_rng(0)
+    )
+    assert tuple(out.shape) == (3, 30, 40)
+    assert same["boxes"].tolist() == [[0.0, 0.0, 10.0, 30.0]]

@@ -12,6 +12,8 @@ source. With ``skip_bad_samples=True`` the dataset returns ``None`` for such an 
 
 from __future__ import annotations
 
+import abc
+
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +43,7 @@ def load_image(path: str | Path, *, source: str) -> Image.Image:
         raise BadSampleError(f"source '{source}': cannot read image {path}: {exc}") from exc
 
 
-class RelationDataset(torch.utils.data.Dataset):
+class RelationDataset(torch.utils.data.Dataset, abc.ABC):
     """Base of the relation datasets: seeded per-item transforms and bad-sample handling.
 
     Args:
@@ -73,9 +75,11 @@ class RelationDataset(torch.utils.data.Dataset):
         """Selects the epoch whose augmentations ``__getitem__`` draws."""
         self.epoch = int(epoch)
 
+    @abc.abstractmethod
     def image_path(self, index: int) -> Path:
-        raise NotImplementedError
+        """Path of item ``index``'s image file."""
 
+    @abc.abstractmethod
     def annotation(self, index: int) -> dict[str, Any]:
         """Annotation of one image without reading pixels.
 
@@ -84,7 +88,6 @@ class RelationDataset(torch.utils.data.Dataset):
             (0-based), ``relations`` int64 [M, 3] (subject, object, 0-based predicate),
             ``image_id``, ``orig_size`` int64 [2] annotated (h, w), ``file_name``, ``source``.
         """
-        raise NotImplementedError
 
     def sample_annotation(self, target: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         """Per-item random choices on the annotation itself (none by default)."""

@@ -13,7 +13,6 @@ source. With ``skip_bad_samples=True`` the dataset returns ``None`` for such an 
 from __future__ import annotations
 
 import abc
-
 from pathlib import Path
 from typing import Any
 

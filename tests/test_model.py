@@ -125,6 +125,20 @@ def test_bad_configuration_raises():
         build_model("tiny", 3, 5, d_modell=64)
     with pytest.raises(ValueError, match="either"):
         build_model("tiny", 3, 5, backbone=AveragePool8(), backbone_channels=(8,))
+    with pytest.raises(ValueError, match="norm"):
+        SmallConvBackbone(channels=(8,), norm="layer")  # type: ignore[arg-type]
+
+
+def test_group_norm_backbone_is_batch_independent_and_batch_norm_is_not():
+    images = torch.randn(4, 3, 32, 32)
+    for norm, independent in (("group", True), ("batch", False)):
+        torch.manual_seed(0)
+        backbone = SmallConvBackbone(channels=(8, 16), norm=norm)
+        whole = backbone(images)
+        halves = torch.cat((backbone(images[:2]), backbone(images[2:])))
+        assert torch.allclose(whole, halves, atol=1e-5) is independent, norm
+    model = build_model("tiny", 3, 5, backbone_norm="batch")
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.backbone.modules())
 
 
 def test_presets_and_overrides():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -19,23 +20,35 @@ from torch import nn
 class SmallConvBackbone(nn.Module):
     """A plain CNN trained from scratch: one stride-2 stage per entry of ``channels``.
 
-    Each stage is conv3x3(stride 2) -> GroupNorm -> ReLU -> conv3x3 -> GroupNorm -> ReLU, so the
-    output stride is ``2 ** len(channels)`` (three stages turn a 64x64 image into an 8x8 map).
-    GroupNorm, not BatchNorm: an image's features never depend on the other images of its
-    batch, so one image at a time equals the batch, and a DDP rank's half batch computes exactly
-    what one process computes on the whole batch.
+    Each stage is conv3x3(stride 2) -> norm -> ReLU -> conv3x3 -> norm -> ReLU, so the output
+    stride is ``2 ** len(channels)`` (three stages turn a 64x64 image into an 8x8 map).
+
+    ``norm="group"`` (GroupNorm, up to 8 groups): an image's features never depend on the other
+    images of its batch, so a DDP rank's half batch computes exactly what one process computes on
+    the whole batch. ``norm="batch"`` (BatchNorm) learns much faster from scratch: on the demo
+    scenes (tiny preset, batch 16, 800 steps) real-validation R@50 reached 0.45 with BatchNorm,
+    0.03 with GroupNorm and 0.19 without normalization.
 
     Args:
         channels: output channels of each stage, e.g. ``(32, 64, 128)``.
         in_channels: image channels.
+        norm: ``"group"`` or ``"batch"``, the normalization after each convolution.
 
     Attributes:
         num_channels: channels of the returned feature map (``channels[-1]``).
         stride: total downsampling factor.
     """
 
-    def __init__(self, *, channels: Sequence[int], in_channels: int = 3) -> None:
+    def __init__(
+        self,
+        *,
+        channels: Sequence[int],
+        in_channels: int = 3,
+        norm: Literal["group", "batch"] = "group",
+    ) -> None:
         super().__init__()
+        if norm not in ("group", "batch"):
+            raise ValueError(f"backbone norm must be 'group' or 'batch', got {norm!r}")
         if len(channels) == 0 or any(int(c) <= 0 for c in channels):
             raise ValueError(
                 f"backbone channels must be a non-empty list of positive ints, got {channels!r}"
@@ -43,7 +56,7 @@ class SmallConvBackbone(nn.Module):
         stages = []
         prev = in_channels
         for width in channels:
-            stages.append(_conv_stage(prev, int(width)))
+            stages.append(_conv_stage(prev, int(width), norm))
             prev = int(width)
         self.stages = nn.Sequential(*stages)
         self.num_channels = prev
@@ -57,15 +70,21 @@ class SmallConvBackbone(nn.Module):
         return self.stages(images)
 
 
-def _conv_stage(in_channels: int, out_channels: int) -> nn.Sequential:
+def _conv_stage(in_channels: int, out_channels: int, norm: str) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1, bias=False),
-        nn.GroupNorm(_groups(out_channels), out_channels),
+        _norm_layer(norm, out_channels),
         nn.ReLU(inplace=True),
         nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
-        nn.GroupNorm(_groups(out_channels), out_channels),
+        _norm_layer(norm, out_channels),
         nn.ReLU(inplace=True),
     )
+
+
+def _norm_layer(norm: str, channels: int) -> nn.Module:
+    if norm == "batch":
+        return nn.BatchNorm2d(channels)
+    return nn.GroupNorm(_groups(channels), channels)
 
 
 def _groups(channels: int) -> int:

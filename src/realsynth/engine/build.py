@@ -41,6 +41,8 @@ def build_model_and_criterion(
     }
     if cfg.MODEL.BACKBONE_CHANNELS:
         overrides["backbone_channels"] = tuple(cfg.MODEL.BACKBONE_CHANNELS)
+    if cfg.MODEL.BACKBONE_NORM:
+        overrides["backbone_norm"] = cfg.MODEL.BACKBONE_NORM
     model = build_model(cfg.MODEL.PRESET, len(data.classes), len(data.predicates), **overrides)
     crit = cfg.MODEL.CRITERION
     criterion = RelationCriterion(
@@ -133,8 +135,12 @@ def wrap_distributed(model: nn.Module, device: torch.device) -> nn.Module:
     """``DistributedDataParallel`` when a process group is up, else the model itself."""
     if not is_dist_avail_and_initialized():
         return model
-    ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids)
+    if device.type != "cuda":
+        return DistributedDataParallel(model)
+    # On GPUs BatchNorm statistics are synchronized, so every rank normalizes with the global
+    # batch's statistics as one process would (gloo has no SyncBatchNorm: CPU ranks keep theirs).
+    model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return DistributedDataParallel(model, device_ids=[device.index])
 
 
 def print_run_summary(cfg: DictConfig, data: RunData, loader: DataLoader) -> None:

@@ -35,7 +35,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "dim_feedforward": 256,
         "dropout": 0.0,
         "backbone_channels": (32, 64, 128),
-        "backbone_norm": "group",
+        "backbone_norm": "batch",
     },
     "base": {
         "num_queries": 200,
@@ -46,7 +46,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "dim_feedforward": 2048,
         "dropout": 0.1,
         "backbone_channels": (64, 128, 256, 512, 512),
-        "backbone_norm": "group",
+        "backbone_norm": "batch",
     },
 }
 

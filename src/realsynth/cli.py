@@ -63,6 +63,11 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--format", choices=("relcoco", "vg150"), default=None)
     check.add_argument("--image-root", type=Path, default=None)
     check.add_argument("--json", type=Path, default=None, metavar="REPORT")
+    check.add_argument(
+        "--no-image-content",
+        action="store_true",
+        help="only check that image files exist (fast on huge datasets)",
+    )
     demo = data_cmds.add_parser("demo", help="write the procedural demo dataset")
     demo.add_argument("out", type=Path)
     demo.add_argument("--seed", type=int, default=0)
@@ -134,22 +139,20 @@ def _data(args: argparse.Namespace) -> int:
     if args.data_command == "demo":
         from realsynth.data.demo import generate_demo
 
-        paths = generate_demo(
-            args.out,
-            seed=args.seed,
-            real_train=args.real_train,
-            real_val=args.real_val,
-            synthetic_train=args.synthetic_train,
-            synthetic_val=args.synthetic_val,
-            label_noise=args.label_noise,
-        )
+        sizes = ("real_train", "real_val", "synthetic_train", "synthetic_val", "label_noise")
+        paths = generate_demo(args.out, seed=args.seed, **{k: getattr(args, k) for k in sizes})
         for name, path in paths.items():
             print(f"{name}: {path}")
         return 0
     from realsynth.data.check import check_dataset
     from realsynth.utils.atomic import atomic_write_json
 
-    report = check_dataset(args.path, format=args.format, image_root=args.image_root)
+    report = check_dataset(
+        args.path,
+        format=args.format,
+        image_root=args.image_root,
+        check_image_content=not args.no_image_content,
+    )
     print(report.format_text())
     if args.json is not None:
         atomic_write_json(args.json, report.to_dict())

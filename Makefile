@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/realsynth train OUTPUT_DIR=runs/demo
+	$(VENV)/bin/realsynth train --config-file configs/demo.yaml
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -123,7 +123,7 @@ class SolverConfig:
     BASE_LR: float = 1e-3
     WEIGHT_DECAY: float = 1e-4
     BACKBONE_LR_MULTIPLIER: float = 1.0
-    MAX_ITER: int = 3000
+    MAX_ITER: int = 2000
     IMS_PER_BATCH: int = 16
     WARMUP_ITERS: int = 100
     LR_SCHEDULE: str = "cosine"  # cosine | constant
@@ -134,7 +134,7 @@ class SolverConfig:
 
 @dataclass
 class TestConfig:
-    EVAL_PERIOD: int = 1000
+    EVAL_PERIOD: int = 500
     TOP_K: int = 100
     IMS_PER_BATCH: int = 32
 

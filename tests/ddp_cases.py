@@ -89,8 +89,12 @@ def noisy_outputs(target: dict, num_classes: int, num_predicates: int, seed: int
     }
 
 
-def evaluate_fixed_model(config_yaml: str) -> dict:
-    """Evaluate ``LookupModel`` on every validation source (sharded when a group is up)."""
+def evaluate_fixed_model(config_yaml: str, rank: int = 0, world: int = 1) -> dict:
+    """Evaluate ``LookupModel`` on every validation source (sharded when a group is up).
+
+    ``rank`` and ``world`` only match the other cases' signature: the sharding comes from the
+    process group itself.
+    """
     cfg = load_config(None, base_yaml=config_yaml)
     data = build_data(cfg)
     table = {}

@@ -45,33 +45,17 @@ def train_worker(rank: int, world: int, port: int, config_yaml: str) -> None:
         shutdown_distributed()
 
 
-def step_worker(rank: int, world: int, port: int, config_yaml: str, out: str) -> None:
-    """One optimizer step on this rank's share of a fixed batch; rank 0 saves the parameters."""
-    from ddp_cases import one_step
+def case_worker(rank: int, world: int, port: int, case: str, config_yaml: str, out: str) -> None:
+    """Run ``ddp_cases.<case>(config_yaml, rank, world)`` in a process group; rank 0 saves it."""
+    import ddp_cases
 
     from realsynth.engine.launch import init_distributed, shutdown_distributed
 
     _join(rank, world, port)
     init_distributed(torch.device("cpu"))
     try:
-        params = one_step(config_yaml, rank, world)
+        result = getattr(ddp_cases, case)(config_yaml, rank, world)
         if rank == 0:
-            torch.save(params, Path(out))
-    finally:
-        shutdown_distributed()
-
-
-def eval_worker(rank: int, world: int, port: int, config_yaml: str, out: str) -> None:
-    """Sharded evaluation of a fixed model; rank 0 saves the gathered results."""
-    from ddp_cases import evaluate_fixed_model
-
-    from realsynth.engine.launch import init_distributed, shutdown_distributed
-
-    _join(rank, world, port)
-    init_distributed(torch.device("cpu"))
-    try:
-        results = evaluate_fixed_model(config_yaml)
-        if rank == 0:
-            torch.save(results, Path(out))
+            torch.save(result, Path(out))
     finally:
         shutdown_distributed()

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from realsynth.config import ConfigError, load_config, resolve_mix, to_yaml
+from realsynth.config import ConfigError, load_config, to_yaml
+from realsynth.mix import resolve_mix
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from ddp_cases import evaluate_fixed_model, one_step
-from ddp_workers import eval_worker, spawn, step_worker, train_worker
+from ddp_workers import case_worker, spawn, train_worker
 from engine_helpers import tiny_config
 
 from realsynth.config import load_config, to_yaml
@@ -29,7 +29,7 @@ def test_two_processes_take_the_same_step_as_one_process_on_the_whole_batch(tmp_
     # GroupNorm: no batch statistics, so a rank's half batch computes what one process does.
     config = to_yaml(tiny_config(tmp_path, "MODEL.BACKBONE_NORM=group", demo_root=demo_root))
     out = tmp_path / "ddp.pt"
-    spawn(step_worker, 2, config, str(out))
+    spawn(case_worker, 2, "one_step", config, str(out))
     distributed = torch.load(out)
     single = one_step(config, rank=0, world=1)
     before = one_step_initial(config)
@@ -80,5 +80,5 @@ def test_sharded_evaluation_equals_single_process(tmp_path, demo_root):
     single = evaluate_fixed_model(config)
     assert 0.1 < single["real"]["R@50"] < 0.9  # non-trivial: some hits, some misses
     out = tmp_path / "eval.pt"
-    spawn(eval_worker, 2, config, str(out))
+    spawn(case_worker, 2, "evaluate_fixed_model", config, str(out))
     assert torch.load(out) == single

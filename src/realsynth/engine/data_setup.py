@@ -10,7 +10,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
-from realsynth.config import ConfigError, SourceMix, resolve_mix
+from realsynth.config import ConfigError
 from realsynth.data.collate import collate_relations
 from realsynth.data.demo import demo_predicate_flip_map, generate_demo
 from realsynth.data.formats.relcoco import RelCocoDataset
@@ -18,6 +18,7 @@ from realsynth.data.formats.vg150 import VG150Dataset, find_vg150_files
 from realsynth.data.transforms import build_transforms, predicate_flip_indices
 from realsynth.engine.distributed import get_rank, get_world_size
 from realsynth.engine.launch import barrier
+from realsynth.mix import SourceMix, resolve_mix
 
 DEMO_DONE = ".complete"
 

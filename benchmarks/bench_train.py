@@ -41,7 +41,7 @@ def measure(overrides: list[str], steps: int, warmup: int) -> dict[str, float]:
     data = build_data(cfg)
     model, criterion = build_model_and_criterion(cfg, data, device)
     optimizer = build_optimizer(cfg, model)
-    batches = iter(build_train_loader(cfg, data))
+    batches = endless(build_train_loader(cfg, data))
     totals = dict.fromkeys(PHASES, 0.0)
     assign = criterion.matcher.assign
 
@@ -69,6 +69,15 @@ def measure(overrides: list[str], steps: int, warmup: int) -> dict[str, float]:
     totals["criterion (rest)"] -= totals["matching"]
     totals["batch"] = cfg.SOLVER.IMS_PER_BATCH
     return totals
+
+
+def endless(loader):
+    """Batches across epoch boundaries, as the trainer draws them."""
+    epoch = 0
+    while True:
+        loader.batch_sampler.set_epoch(epoch)
+        yield from loader
+        epoch += 1
 
 
 def _to(value, device):

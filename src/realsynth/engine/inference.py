@@ -89,7 +89,8 @@ def evaluate_checkpoint(
     """``realsynth eval``: score a run folder or checkpoint on its (or another config's) val sets.
 
     The model settings come from the config saved with the checkpoint; ``data_config`` replaces
-    the datasets. Prints the table and writes ``eval.json`` beside the run's config.
+    the datasets. Prints the table and writes ``eval.json`` into the run folder (the folder
+    given, or the one holding ``checkpoints/``; else the checkpoint's folder).
     """
     from realsynth.engine.build import build_model_and_criterion
     from realsynth.engine.data_setup import build_data
@@ -113,5 +114,13 @@ def evaluate_checkpoint(
     )
     if get_rank() == 0:
         print(format_table(results))
-        atomic_write_json(Path(cfg.OUTPUT_DIR) / "eval.json", results)
+        atomic_write_json(_run_folder(Path(checkpoint)) / "eval.json", results)
     return results
+
+
+def _run_folder(checkpoint: Path) -> Path:
+    """The run folder of a checkpoint argument: itself, or the folder above ``checkpoints/``."""
+    if checkpoint.is_dir():
+        return checkpoint
+    parent = checkpoint.parent
+    return parent.parent if parent.name == "checkpoints" else parent

@@ -74,25 +74,14 @@ def test_pair_predicate_hand_cases() -> None:
     assert DEMO_PREDICATES[pair_predicate(a, DemoObject(2, 0, 30, 5, 10))] == "same color as"
 
 
+def _synthetic_only(folder: Path, label_noise: float) -> dict[str, Path]:
+    sizes = {"real_train": 0, "real_val": 0, "synthetic_train": 150, "synthetic_val": 0}
+    return generate_demo(folder, seed=1, label_noise=label_noise, **sizes)
+
+
 def test_label_noise_rate(tmp_path: Path) -> None:
-    clean = generate_demo(
-        tmp_path / "c",
-        seed=1,
-        real_train=0,
-        real_val=0,
-        synthetic_train=150,
-        synthetic_val=0,
-        label_noise=0.0,
-    )
-    noisy = generate_demo(
-        tmp_path / "n",
-        seed=1,
-        real_train=0,
-        real_val=0,
-        synthetic_train=150,
-        synthetic_val=0,
-        label_noise=0.3,
-    )
+    clean = _synthetic_only(tmp_path / "c", 0.0)
+    noisy = _synthetic_only(tmp_path / "n", 0.3)
     a = RelCocoDataset(clean["synthetic/train"], tmp_path)
     b = RelCocoDataset(noisy["synthetic/train"], tmp_path)
     changed = total = 0

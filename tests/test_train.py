@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 
 import pytest
 import torch
@@ -84,17 +86,19 @@ def test_resume_after_ctrl_c_reproduces_the_uninterrupted_run(tmp_path, demo_roo
     real_step = train_module._Loop.step
     calls = {"n": 0}
 
-    def interrupted_step(self, batch):
+    def step_with_ctrl_c(self, batch):
         calls["n"] += 1
         if calls["n"] == 4:
-            raise KeyboardInterrupt
+            # Ctrl-C arrives in the middle of step 4: the step completes, then the run stops.
+            os.kill(os.getpid(), signal.SIGINT)
         return real_step(self, batch)
 
-    monkeypatch.setattr(train_module._Loop, "step", interrupted_step)
-    with pytest.raises(TrainingInterrupted, match="interrupted at step 3; checkpoint saved"):
+    monkeypatch.setattr(train_module._Loop, "step", step_with_ctrl_c)
+    with pytest.raises(TrainingInterrupted, match="interrupted at step 4; checkpoint saved"):
         train(cut)
     monkeypatch.setattr(train_module._Loop, "step", real_step)
-    assert load_checkpoint(tmp_path / "b" / "run")["run_state"]["step"] == 3
+    assert load_checkpoint(tmp_path / "b" / "run")["run_state"]["step"] == 4
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     torch.manual_seed(12345)  # the resumed run must not depend on the process's RNG state
     train(cut, resume=True)
     resumed = [r for r in read_metrics(tmp_path / "b" / "run") if r["kind"] == "train"]

@@ -21,6 +21,7 @@ from realsynth.engine import build
 from realsynth.engine.checkpoint import load_checkpoint, restore_rng_states
 from realsynth.engine.distributed import get_rank
 from realsynth.engine.inference import evaluate_sources
+from realsynth.engine.interrupt import StepInterrupt
 from realsynth.engine.launch import barrier, init_distributed, resolve_device, seed_all
 from realsynth.engine.records import loss_record, progress_postfix, reduce_record
 from realsynth.engine.run_log import MetricsLog
@@ -29,7 +30,11 @@ from realsynth.utils.atomic import atomic_write_text
 
 
 class TrainingInterrupted(RuntimeError):
-    """Raised after Ctrl-C once the checkpoint of the interrupted step is safely written."""
+    """Raised after Ctrl-C once the checkpoint of the last complete step is safely written.
+
+    The first Ctrl-C lets the current step finish (see :class:`StepInterrupt`); a second one
+    stops at once, and the checkpoint then holds the last step that completed.
+    """
 
 
 @dataclass
@@ -72,8 +77,9 @@ def train(cfg: DictConfig, *, resume: bool = False) -> dict[str, dict[str, float
     log = MetricsLog(run_dir, resume_step=state.step + 1 if resume else None) if is_main else None
     loop = _Loop(cfg, data, model, criterion, optimizer, scheduler, loader, device, log, run_dir)
     try:
-        loop.run(state)
-        results = loop.evaluate(state.step)
+        with StepInterrupt() as interrupt:
+            loop.run(state, interrupt)
+            results = loop.evaluate(state.step)
     except KeyboardInterrupt:
         barrier()
         loop.save(state)
@@ -111,7 +117,7 @@ class _Loop:
         use_bf16 = cfg.SOLVER.AMP and device.type == "cuda"
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
-    def run(self, state: RunState) -> None:
+    def run(self, state: RunState, interrupt: StepInterrupt) -> None:
         solver, max_iter = self.cfg.SOLVER, self.cfg.SOLVER.MAX_ITER
         bar = tqdm(total=max_iter, initial=state.step, disable=not self.is_main, dynamic_ncols=True)
         sampler = self.loader.batch_sampler
@@ -133,6 +139,8 @@ class _Loop:
                     self.evaluate(state.step)
                 if state.step >= max_iter:
                     break
+                if interrupt.should_stop(self.device):
+                    raise KeyboardInterrupt
             else:
                 state.next_epoch()
         bar.close()

@@ -60,6 +60,11 @@ def test_note_yaml_works_unchanged_and_overrides_win(tmp_path):
         (["SOLVER.IMS_PER_BATCH=0"], "SOLVER.IMS_PER_BATCH must be > 0"),
         (["MAX_ITER=3"], "did you mean SOLVER.MAX_ITER?"),
         (["SOLVER.MAX_ITER"], "is not KEY=VALUE"),
+        (["MODEL.DEVICE=gpu"], "MODEL.DEVICE must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+        (["TEST.TOP_K=50"], "TEST.TOP_K must be >= 100"),
+        (["SEED=-1"], "SEED must be >= 0"),
+        (["TEST.IMS_PER_BATCH=0"], "TEST.IMS_PER_BATCH must be > 0"),
+        (["MODEL.NUM_QUERIES=0"], "MODEL.NUM_QUERIES must be > 0"),
     ],
 )
 def test_override_errors_name_the_key_and_origin(overrides, expected):
@@ -145,3 +150,20 @@ def test_shipped_configs_load_and_keep_the_notes_keys():
     assert vg.DATASETS.MULTI_DATASET.SYNTHETIC_LOSS_WEIGHT == 0.5
     mix = resolve_mix(vg.DATASETS.SOURCES, vg.DATASETS.MULTI_DATASET, [10, 100])
     assert [(m.ratio, m.loss_weight) for m in mix] == [(0.7, 1.0), (pytest.approx(0.3), 0.5)]
+
+
+def test_sources_of_one_kind_share_the_whole_batch(tmp_path):
+    one = "DATASETS:\n  SOURCES:\n    - {NAME: vg, TYPE: real, FORMAT: vg150, PATH: /data/vg}\n"
+    cfg = load_config(write(tmp_path, one))
+    mix = resolve_mix(cfg.DATASETS.SOURCES, cfg.DATASETS.MULTI_DATASET, [100])
+    assert [(m.ratio, m.loss_weight) for m in mix] == [(1.0, 1.0)]
+    two = one + "    - {NAME: coco, TYPE: real, PATH: /data/coco.json}\n"
+    cfg = load_config(write(tmp_path, two))
+    mix = resolve_mix(cfg.DATASETS.SOURCES, cfg.DATASETS.MULTI_DATASET, [100, 50])
+    assert [m.ratio for m in mix] == [0.5, 0.5]
+
+
+def test_vg150_validation_split_must_not_be_train(tmp_path):
+    bad = "DATASETS:\n  SOURCES:\n    - {NAME: vg, FORMAT: vg150, PATH: /d, VAL_SPLIT: train}\n"
+    with pytest.raises(ConfigError, match=r"SOURCES\[0\]\.VAL_SPLIT must be 'val' or 'test'"):
+        load_config(write(tmp_path, bad))

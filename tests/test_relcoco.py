@@ -185,3 +185,40 @@ def test_statistics_per_source_and_explicit_combination(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="vocabularies"):
         combine_statistics([stats, renamed], weights={"real": 1.0, "x": 1.0})
+
+
+def test_skipped_bad_samples_pass_through_the_mixed_loader_and_are_counted(tmp_path: Path) -> None:
+    from realsynth.data.mixed import Source, build_mixed_loader
+
+    path = write_dataset(tmp_path, make_records(4))
+    (tmp_path / "images" / "sub" / "2.png").unlink()
+    ds = RelCocoDataset(path, tmp_path / "images", skip_bad_samples=True)
+    good = RelCocoDataset(write_dataset(tmp_path / "b", make_records(4)), tmp_path / "b" / "images")
+    sources = [Source("real", ds, "real", 0.5, 1.0), Source("syn", good, "synthetic", 0.5, 0.5)]
+    loader = build_mixed_loader(sources, 4, seed=0, collate_fn=collate_relations)
+    batches = list(loader)  # one pass over the real source: 2 batches of 2 + 2
+    assert sum(b["num_skipped"] for b in batches) == 1
+    assert sum(len(b["targets"]) for b in batches) == 7
+    assert all(
+        t["file_name"] != "sub/2.png" or t["source"] == "syn" for b in batches for t in b["targets"]
+    )
+
+
+def test_mixed_items_draw_augmentation_from_the_global_index(tmp_path: Path) -> None:
+    from realsynth.data.mixed import MixedDataset, Source
+    from realsynth.data.transforms import item_rng
+
+    path = write_dataset(tmp_path, make_records(4))
+    t = build_transforms(train=True, min_sizes=[20, 24, 28], max_size=60, flip_prob=0.5)
+    a = RelCocoDataset(path, tmp_path / "images", transforms=t)
+    b = RelCocoDataset(path, tmp_path / "images", transforms=t)
+    mixed = MixedDataset(
+        [Source("a", a, "real", 0.5, 1.0), Source("b", b, "synthetic", 0.5, 1.0)], seed=3
+    )
+    mixed.set_epoch(2)
+    for global_index in (1, 5):
+        expected = a.get_item(1, item_rng(3, 2, global_index))
+        assert torch.equal(mixed[global_index]["image"], expected["image"])
+    # The same local item in two sources is augmented independently (different sizes here).
+    sizes = {tuple(mixed[g]["image"].shape) for g in range(8)}
+    assert len(sizes) > 4

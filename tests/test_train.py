@@ -11,6 +11,7 @@ import pytest
 import torch
 from engine_helpers import tiny_config
 
+from realsynth.config import load_config, to_yaml
 from realsynth.engine import train as train_module
 from realsynth.engine.checkpoint import load_checkpoint
 from realsynth.engine.run_log import read_metrics
@@ -108,3 +109,11 @@ def test_resume_after_ctrl_c_reproduces_the_uninterrupted_run(tmp_path, demo_roo
         for key in ours:
             if key != "kind":
                 assert ours[key] == pytest.approx(theirs[key], rel=1e-6, abs=1e-9), key
+
+
+def test_resume_refuses_a_different_seed_or_global_batch(finished_run):
+    cfg, _, run = finished_run
+    for change in ("SEED=7", "SOLVER.IMS_PER_BATCH=4"):
+        changed = load_config(None, [change], base_yaml=to_yaml(cfg))
+        with pytest.raises(ValueError, match=r"written with SEED=0 and global batch 8"):
+            train(changed, resume=True)

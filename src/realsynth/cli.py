@@ -121,8 +121,9 @@ def _train(args: argparse.Namespace) -> int:
         saved = args.resume / "config.yaml"
         if not saved.is_file():
             raise FileNotFoundError(f"--resume {args.resume}: no config.yaml in that run folder")
+        # The run's own config, then what this command line changes (e.g. a longer MAX_ITER).
         overrides = [*args.overrides, f"OUTPUT_DIR={args.resume}"]
-        cfg = load_config(args.config_file or saved, overrides)
+        cfg = load_config(args.config_file, overrides, base_yaml=saved.read_text())
     else:
         cfg = load_config(args.config_file, args.overrides)
     try:

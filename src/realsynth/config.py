@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -277,6 +278,25 @@ def validate(cfg: DictConfig) -> None:
     _check_positive(cfg.SOLVER.MAX_ITER, "SOLVER.MAX_ITER")
     _check_positive(cfg.SOLVER.CHECKPOINT_PERIOD, "SOLVER.CHECKPOINT_PERIOD")
     _check_positive(cfg.TEST.EVAL_PERIOD, "TEST.EVAL_PERIOD")
+    _check_positive(cfg.TEST.IMS_PER_BATCH, "TEST.IMS_PER_BATCH")
+    if cfg.TEST.TOP_K < 100:
+        raise ConfigError(
+            f"TEST.TOP_K must be >= 100 (Recall@100 needs 100 triplets), got {cfg.TEST.TOP_K}",
+            "TEST.TOP_K",
+        )
+    if cfg.SOLVER.BASE_LR <= 0 or cfg.SOLVER.WEIGHT_DECAY < 0:
+        raise ConfigError("SOLVER.BASE_LR must be > 0 and SOLVER.WEIGHT_DECAY >= 0", "SOLVER")
+    for key in ("SEED", "DATALOADER.NUM_WORKERS", "SOLVER.WARMUP_ITERS"):
+        if OmegaConf.select(cfg, key) < 0:
+            raise ConfigError(f"{key} must be >= 0, got {OmegaConf.select(cfg, key)}", key)
+    for key in ("NUM_QUERIES", "D_MODEL", "ENC_LAYERS", "DEC_LAYERS", "DIM_FEEDFORWARD"):
+        if cfg.MODEL[key] is not None:
+            _check_positive(cfg.MODEL[key], f"MODEL.{key}")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.MODEL.DEVICE):
+        raise ConfigError(
+            f"MODEL.DEVICE must be auto, cpu, cuda or cuda:N, got {cfg.MODEL.DEVICE!r}",
+            "MODEL.DEVICE",
+        )
     _check_ratio(cfg.INPUT.FLIP_PROB, "INPUT.FLIP_PROB")
     _check_ratio(cfg.DATASETS.DEMO.LABEL_NOISE, "DATASETS.DEMO.LABEL_NOISE")
     _validate_sources(cfg)
@@ -296,6 +316,10 @@ def _validate_sources(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}.TYPE must be 'real' or 'synthetic', got {src.TYPE!r}", key)
         if src.FORMAT not in ("relcoco", "vg150"):
             raise ConfigError(f"{key}.FORMAT must be 'relcoco' or 'vg150', got {src.FORMAT!r}", key)
+        if src.FORMAT == "vg150" and src.VAL_SPLIT not in ("val", "test"):
+            raise ConfigError(
+                f"{key}.VAL_SPLIT must be 'val' or 'test', got {src.VAL_SPLIT!r}", key
+            )
         if src.RATIO is not None:
             _check_ratio(src.RATIO, f"{key}.RATIO")
         if src.LOSS_WEIGHT is not None:

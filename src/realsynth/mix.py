@@ -55,8 +55,7 @@ def resolve_mix(
         elif md.RATIO_BY_SIZE:
             ratios.append(size / max(1, sum(sizes)))
         else:
-            share = md.REAL_SAMPLING_RATIO if src.TYPE == "real" else 1 - md.REAL_SAMPLING_RATIO
-            ratios.append(share / kinds.count(src.TYPE))
+            ratios.append(_kind_share(src.TYPE, kinds, md.REAL_SAMPLING_RATIO))
     if abs(sum(ratios) - 1.0) > 1e-6:
         listing = ", ".join(f"{s.NAME}={r:.4g}" for s, r in zip(sources, ratios))
         raise ConfigError(
@@ -75,3 +74,14 @@ def resolve_mix(
         for src in sources
     ]
     return [SourceMix(s.NAME, s.TYPE, r, w) for s, r, w in zip(sources, ratios, weights)]
+
+
+def _kind_share(kind: str, kinds: list[str], real_ratio: float) -> float:
+    """One source's default share: its kind's share split equally among that kind's sources.
+
+    A mix with sources of one kind only gives that kind the whole batch.
+    """
+    if len(set(kinds)) == 1:
+        return 1.0 / len(kinds)
+    share = real_ratio if kind == "real" else 1.0 - real_ratio
+    return share / kinds.count(kind)

@@ -10,16 +10,18 @@ import bisect
 import functools
 import math
 import random
+import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
 from realsynth.data.sampler import MixedBatchSampler
+from realsynth.data.transforms import item_rng
+from realsynth.engine.distributed import get_rank, get_world_size
 
 __all__ = ["MixedDataset", "Source", "build_mixed_loader"]
 
@@ -61,11 +63,20 @@ class MixedDataset(Dataset):
     """Concatenation of sources whose items carry ``dataset_type``, ``source``, ``loss_weight``
     and ``source_id`` (the source's position in ``sources``).
 
+    Per-item augmentation: a source dataset with ``get_item(index, rng)`` (every
+    :class:`~realsynth.data.images.RelationDataset`) gets ``item_rng(seed, epoch, global index)``,
+    so no two items of the mix share their random draws and an item's augmentation does not
+    depend on the number of workers or on where a run was resumed.
+
+    A source item that is ``None`` (a bad sample skipped by its dataset) stays ``None``;
+    ``collate_relations`` drops and counts it.
+
     Args:
         sources: the sources, in global index order (real first, by convention).
+        seed: base of the per-item generators.
     """
 
-    def __init__(self, sources: Sequence[Source]) -> None:
+    def __init__(self, sources: Sequence[Source], *, seed: int = 0) -> None:
         if not sources:
             raise ValueError("MixedDataset needs at least one source")
         names = [s.name for s in sources]
@@ -73,6 +84,8 @@ class MixedDataset(Dataset):
         if duplicates:
             raise ValueError(f"MixedDataset: source names must be unique, repeated: {duplicates}")
         self.sources = list(sources)
+        self.seed = int(seed)
+        self.epoch = 0
         self.sizes = [len(s.dataset) for s in self.sources]
         self.ratios = [float(s.ratio) for s in self.sources]
         self.offsets = [0]
@@ -81,6 +94,13 @@ class MixedDataset(Dataset):
 
     def __len__(self) -> int:
         return self.offsets[-1]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose augmentations the items draw (call before each epoch)."""
+        self.epoch = int(epoch)
+        for source in self.sources:
+            if hasattr(source.dataset, "set_epoch"):
+                source.dataset.set_epoch(epoch)
 
     def source_of(self, index: int) -> tuple[int, int]:
         """Maps a global index to ``(source position, local index)``.
@@ -96,10 +116,15 @@ class MixedDataset(Dataset):
         k = bisect.bisect_right(self.offsets, index) - 1
         return k, index - self.offsets[k]
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
         k, local = self.source_of(int(index))
         source = self.sources[k]
-        item = source.dataset[local]
+        if hasattr(source.dataset, "get_item"):
+            item = source.dataset.get_item(local, item_rng(self.seed, self.epoch, int(index)))
+        else:
+            item = source.dataset[local]
+        if item is None:
+            return None
         if not isinstance(item, Mapping):
             raise TypeError(
                 f"source {source.name!r} item {local} is a {type(item).__name__}, expected a dict"
@@ -114,8 +139,18 @@ class MixedDataset(Dataset):
         return tagged
 
 
+def ignore_interrupts(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: the worker ignores Ctrl-C (the main process handles it)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _seed_worker(worker_id: int, *, seed: int, rank: int) -> None:
-    """Seeds a loader worker's numpy and python RNGs from (seed, rank, worker id)."""
+    """Seeds a loader worker's numpy and python RNGs from (seed, rank, worker id).
+
+    Workers also ignore Ctrl-C: the main process stops the run after the current step and
+    needs its workers alive until then (a worker killed by SIGINT would end the run unsaved).
+    """
+    ignore_interrupts(worker_id)
     worker_seed = int(np.random.SeedSequence([seed, rank, worker_id]).generate_state(1)[0])
     np.random.seed(worker_seed)
     random.seed(worker_seed)
@@ -158,12 +193,9 @@ def build_mixed_loader(
     Returns:
         the DataLoader.
     """
-    distributed = dist.is_available() and dist.is_initialized()
-    if rank is None:
-        rank = dist.get_rank() if distributed else 0
-    if world_size is None:
-        world_size = dist.get_world_size() if distributed else 1
-    dataset = MixedDataset(sources)
+    rank = get_rank() if rank is None else rank
+    world_size = get_world_size() if world_size is None else world_size
+    dataset = MixedDataset(sources, seed=seed)
     sampler = MixedBatchSampler(
         dataset.sizes,
         dataset.ratios,

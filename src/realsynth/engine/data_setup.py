@@ -15,6 +15,7 @@ from realsynth.data.collate import collate_relations
 from realsynth.data.demo import demo_predicate_flip_map, generate_demo
 from realsynth.data.formats.relcoco import RelCocoDataset
 from realsynth.data.formats.vg150 import VG150Dataset, find_vg150_files
+from realsynth.data.mixed import ignore_interrupts
 from realsynth.data.transforms import build_transforms, predicate_flip_indices
 from realsynth.engine.distributed import get_rank, get_world_size
 from realsynth.engine.launch import barrier
@@ -43,11 +44,6 @@ class RunData:
     predicates: list[str]
     kinds: dict[str, str] = field(default_factory=dict)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose augmentations every training dataset draws."""
-        for dataset in self.train:
-            dataset.set_epoch(epoch)
-
     def val_loaders(self, cfg: DictConfig) -> dict[str, DataLoader]:
         """One loader per validation source; with several ranks each rank gets a disjoint shard."""
         rank, world = get_rank(), get_world_size()
@@ -60,6 +56,7 @@ class RunData:
                 shuffle=False,
                 num_workers=cfg.DATALOADER.NUM_WORKERS,
                 collate_fn=collate_relations,
+                worker_init_fn=ignore_interrupts,
             )
         return loaders
 

@@ -19,18 +19,25 @@ def seed_all(seed: int) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` -> the local CUDA device when one is present (per ``LOCAL_RANK``), else the CPU.
+    """``MODEL.DEVICE`` -> a device. ``auto`` and ``cuda`` mean this process's GPU under torchrun
+    (``LOCAL_RANK``); ``auto`` falls back to the CPU.
 
     Raises:
-        ValueError: ``MODEL.DEVICE`` names CUDA on a machine without it.
+        ValueError: CUDA is asked for but absent, or ``cuda:N`` is given to several processes
+            (they would all share GPU N).
     """
+    local = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        return torch.device("cpu")
+        return local if torch.cuda.is_available() else torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"MODEL.DEVICE={name!r} but CUDA is not available; use auto or cpu")
+    if device.type == "cuda" and device.index is None:
+        return local
+    if device.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError(
+            f"MODEL.DEVICE={name!r} would put every process on one GPU; use auto or cuda"
+        )
     return device
 
 

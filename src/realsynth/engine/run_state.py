@@ -84,7 +84,7 @@ def save_run_state(
             "scheduler": scheduler.state_dict(),
             "sampler": state.sampler_state(sampler),
             "run_state": state.to_dict(),
-            "rng": [rng_states()],
+            "rng": rng_states(),
             "config": config_yaml,
         },
     )

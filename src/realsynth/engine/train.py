@@ -7,7 +7,6 @@ wrapped in ``DistributedDataParallel``, every rank draws its own batches from th
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from tqdm import tqdm
 from realsynth.config import to_yaml
 from realsynth.engine import build
 from realsynth.engine.checkpoint import load_checkpoint, restore_rng_states
-from realsynth.engine.distributed import get_rank
+from realsynth.engine.distributed import all_reduce_sum, get_rank
 from realsynth.engine.inference import evaluate_sources
 from realsynth.engine.interrupt import StepInterrupt
 from realsynth.engine.launch import barrier, init_distributed, resolve_device, seed_all
@@ -68,7 +67,7 @@ def train(cfg: DictConfig, *, resume: bool = False) -> dict[str, dict[str, float
     loader = build.build_train_loader(cfg, data)
     state = RunState()
     if resume:
-        state = _restore(run_dir, model, optimizer, scheduler)
+        state = _restore(run_dir, model, optimizer, scheduler, loader.batch_sampler)
     model = build.wrap_distributed(model, device)
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -76,17 +75,13 @@ def train(cfg: DictConfig, *, resume: bool = False) -> dict[str, dict[str, float
         build.print_run_summary(cfg, data, loader)
     log = MetricsLog(run_dir, resume_step=state.step + 1 if resume else None) if is_main else None
     loop = _Loop(cfg, data, model, criterion, optimizer, scheduler, loader, device, log, run_dir)
+    loop.saved_step = state.step if resume else None
     try:
         with StepInterrupt() as interrupt:
             loop.run(state, interrupt)
             results = loop.evaluate(state.step)
     except KeyboardInterrupt:
-        barrier()
-        loop.save(state)
-        raise TrainingInterrupted(
-            f"interrupted at step {state.step}; checkpoint saved, continue with "
-            f"`realsynth train --resume {run_dir}`"
-        ) from None
+        raise _interrupted(loop, state, run_dir) from None
     finally:
         if log is not None:
             log.close()
@@ -95,13 +90,50 @@ def train(cfg: DictConfig, *, resume: bool = False) -> dict[str, dict[str, float
     return results
 
 
-def _restore(run_dir: Path, model, optimizer, scheduler) -> RunState:
-    ckpt = load_checkpoint(run_dir, required=("model", "optimizer", "scheduler", "run_state"))
+def _interrupted(loop: _Loop, state: RunState, run_dir: Path) -> TrainingInterrupted:
+    """Save the last complete step (never half of one) and say how to continue."""
+    resume = f"continue with `realsynth train --resume {run_dir}`"
+    if not loop.mid_step:
+        barrier()
+        loop.save(state)
+        return TrainingInterrupted(f"interrupted at step {state.step}; checkpoint saved, {resume}")
+    kept = f"step {loop.saved_step}" if loop.saved_step is not None else "none yet"
+    return TrainingInterrupted(
+        f"interrupted in the middle of step {state.step + 1}; its weights are half-updated, so "
+        f"the last checkpoint is kept ({kept}); {resume}"
+    )
+
+
+def _restore(
+    run_dir: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    sampler: Any,
+) -> RunState:
+    """Load the run's checkpoint into the fresh objects; refuse a changed seed or global batch."""
+    ckpt = load_checkpoint(
+        run_dir, required=("model", "optimizer", "scheduler", "run_state", "sampler", "rng")
+    )
+    _check_same_stream(run_dir, ckpt["sampler"], sampler.state_dict())
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
-    restore_rng_states(ckpt["rng"][min(get_rank(), len(ckpt["rng"]) - 1)])
+    # All ranks start from the same seed and draw alike, so rank 0's states serve every rank.
+    restore_rng_states(ckpt["rng"])
     return RunState.from_dict(ckpt["run_state"])
+
+
+def _check_same_stream(run_dir: Path, saved: dict[str, int], live: dict[str, int]) -> None:
+    """A resumed run must draw from the same stream: same seed and global batch size."""
+    saved_batch = saved["batch_size"] * saved["world_size"]
+    live_batch = live["batch_size"] * live["world_size"]
+    if saved["seed"] != live["seed"] or saved_batch != live_batch:
+        raise ValueError(
+            f"{run_dir}: the checkpoint was written with SEED={saved['seed']} and global batch "
+            f"{saved_batch}, this run has SEED={live['seed']} and global batch {live_batch}; "
+            "resume with the run's own SEED and SOLVER.IMS_PER_BATCH"
+        )
 
 
 class _Loop:
@@ -114,6 +146,7 @@ class _Loop:
         self.optimizer, self.scheduler, self.loader = optimizer, scheduler, loader
         self.device, self.log, self.run_dir = device, log, Path(run_dir)
         self.is_main = get_rank() == 0
+        self.mid_step, self.saved_step = False, None
         use_bf16 = cfg.SOLVER.AMP and device.type == "cuda"
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
@@ -122,12 +155,14 @@ class _Loop:
         bar = tqdm(total=max_iter, initial=state.step, disable=not self.is_main, dynamic_ncols=True)
         sampler = self.loader.batch_sampler
         while state.step < max_iter:
-            self.data.set_epoch(state.epoch)
+            self.loader.dataset.set_epoch(state.epoch)
             sampler.set_epoch(state.epoch)
             sampler.load_state_dict(state.sampler_state(sampler))
             for batch in self.loader:
+                self.mid_step = True
                 result = self.step(batch)
                 state.advance(result.num_skipped)
+                self.mid_step = False
                 record = {"kind": "train", "step": state.step, **result.record}
                 if self.log is not None:
                     self.log.write(record)
@@ -155,7 +190,7 @@ class _Loop:
         outputs = _to_float(outputs)
         losses = self.criterion(outputs, targets)
         total = self.criterion.total_loss(losses)
-        if not math.isfinite(total.item()):
+        if not _finite_on_every_rank(total):
             raise FloatingPointError(
                 f"loss is {total.item()} at step {self.scheduler.last_epoch + 1} "
                 f"({ {k: round(v.item(), 4) for k, v in losses.items()} }); lower SOLVER.BASE_LR"
@@ -187,6 +222,7 @@ class _Loop:
         return results
 
     def save(self, state: RunState) -> None:
+        self.saved_step = state.step
         save_run_state(
             self.run_dir,
             state,
@@ -196,6 +232,12 @@ class _Loop:
             self.loader.batch_sampler,
             to_yaml(self.cfg),
         )
+
+
+def _finite_on_every_rank(total: torch.Tensor) -> bool:
+    """Whether the loss is finite on all ranks (all raise together; none waits in backward)."""
+    bad = (~torch.isfinite(total.detach())).float().reshape(1)
+    return all_reduce_sum(bad).item() == 0
 
 
 def _to_device(target: dict[str, Any], device: torch.device) -> dict[str, Any]:

@@ -222,3 +222,24 @@ def test_mixed_items_draw_augmentation_from_the_global_index(tmp_path: Path) -> 
     # The same local item in two sources is augmented independently (different sizes here).
     sizes = {tuple(mixed[g]["image"].shape) for g in range(8)}
     assert len(sizes) > 4
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d["annotations"][1].pop("bbox"), r"annotations\[1\] lacks \['bbox'\]"),
+        (lambda d: d["images"][0].pop("file_name"), r"images\[0\] lacks \['file_name'\]"),
+        (lambda d: d["relationships"][0].pop("predicate_id"), r"relationships\[0\] lacks"),
+        (lambda d: d["annotations"][2].update(bbox=[1, 2, 0, 5]), r"annotations\[2\] .*w, h > 0"),
+    ],
+)
+def test_malformed_entries_name_the_file_list_and_position(tmp_path: Path, edit, message) -> None:
+    import json
+
+    path = write_dataset(tmp_path, make_records(2))
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=message) as info:
+        RelCocoDataset(path, tmp_path / "images")
+    assert str(path) in str(info.value)

@@ -166,3 +166,30 @@ def test_invalid_boxes_are_rejected(tmp_path: Path) -> None:
             root / "VG_100K",
             split="train",
         )
+
+
+def test_missing_h5_dataset_or_image_data_key_names_the_file(tmp_path: Path) -> None:
+    root = build_vg_folder(tmp_path / "vg")
+    with h5py.File(root / "VG-SGG-with-attri.h5", "a") as f:
+        del f["img_to_last_rel"]
+    with pytest.raises(ValueError, match=r"VG-SGG-with-attri\.h5: missing h5 datasets"):
+        vg150_from_folder(root, split="train")
+    root = build_vg_folder(tmp_path / "vg2")
+    broken = [dict(e) for e in IMAGES]
+    del broken[2]["width"]
+    (root / "image_data.json").write_text(json.dumps(broken))
+    with pytest.raises(ValueError, match=r"image_data\.json: entry 2 lacks \['width'\]"):
+        vg150_from_folder(root, split="train")
+
+
+def test_a_vg150_source_in_the_run_config_builds_train_and_val_sets(tmp_path: Path) -> None:
+    from realsynth.config import load_config
+    from realsynth.engine.data_setup import build_data
+
+    root = build_vg_folder(tmp_path / "vg")
+    source = f"{{NAME: vg, FORMAT: vg150, PATH: '{root}', VAL_SPLIT: val, NUM_VAL_IMAGES: 1}}"
+    data = build_data(load_config(None, [f"DATASETS.SOURCES=[{source}]"]))
+    assert data.names == ["vg"] and data.mix[0].ratio == 1.0
+    assert len(data.val["vg"]) == 1
+    assert len(data.train[0]) == len(vg150_from_folder(root, split="train", num_val_images=1)) > 0
+    assert data.classes == ["cat", "dog", "tree"] and data.predicates == ["on", "near"]

@@ -61,6 +61,7 @@ class SourceConfig:
     # relcoco: the validation annotation JSON ("" = none); vg150: ignored, VAL_SPLIT is used.
     VAL_PATH: str = ""
     VAL_SPLIT: str = "val"
+    NUM_VAL_IMAGES: int = 5000  # vg150: val = the first N images of the filtered train pool
     # relcoco: defaults to images/ beside each JSON; vg150: defaults to PATH/VG_100K.
     IMAGE_ROOT: str = ""
     RATIO: float | None = None

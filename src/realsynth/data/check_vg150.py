@@ -14,18 +14,13 @@ import h5py
 import numpy as np
 
 from realsynth.data.check import CheckReport, check_image_files, count_names
-from realsynth.data.formats.vg150 import VG_CORRUPTED_IMAGE_IDS, find_vg150_files, load_vg_dicts
-
-H5_REQUIRED = (
-    "split",
-    "img_to_first_box",
-    "img_to_last_box",
-    "img_to_first_rel",
-    "img_to_last_rel",
-    "labels",
-    "relationships",
-    "predicates",
+from realsynth.data.formats.vg150 import (
+    H5_REQUIRED,
+    VG_CORRUPTED_IMAGE_IDS,
+    find_vg150_files,
+    load_vg_dicts,
 )
+
 OUTSIDE_TOLERANCE_PX = 1.0
 
 

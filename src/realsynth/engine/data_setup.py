@@ -14,7 +14,7 @@ from realsynth.config import ConfigError
 from realsynth.data.collate import collate_relations
 from realsynth.data.demo import demo_predicate_flip_map, generate_demo
 from realsynth.data.formats.relcoco import RelCocoDataset
-from realsynth.data.formats.vg150 import VG150Dataset, find_vg150_files
+from realsynth.data.formats.vg150 import vg150_from_folder
 from realsynth.data.mixed import ignore_interrupts
 from realsynth.data.transforms import build_transforms, predicate_flip_indices
 from realsynth.engine.distributed import get_rank, get_world_size
@@ -107,11 +107,14 @@ def _dataset(cfg: DictConfig, src: Any, *, train: bool) -> Dataset:
         "skip_bad_samples": cfg.DATALOADER.SKIP_BAD_SAMPLES and train,
     }
     if src.FORMAT == "vg150":
-        files = find_vg150_files(_existing(src.PATH, f"{src.NAME}.PATH"))
-        root = Path(src.IMAGE_ROOT) if src.IMAGE_ROOT else files["image_root"]
+        folder = _existing(src.PATH, f"{src.NAME}.PATH")
         split = "train" if train else src.VAL_SPLIT
-        dataset = VG150Dataset(
-            files["h5"], files["dicts"], files["image_data"], root, split=split, **common
+        dataset = vg150_from_folder(
+            folder,
+            split=split,
+            image_root=src.IMAGE_ROOT or None,
+            num_val_images=src.NUM_VAL_IMAGES,
+            **common,
         )
     else:
         key = f"{src.NAME}.{'PATH' if train else 'VAL_PATH'}"
@@ -206,6 +209,7 @@ def _demo_sources(cfg: DictConfig) -> list[Any]:
                 "PATH": str(root / kind / "train" / "annotations.json"),
                 "VAL_PATH": str(root / kind / "val" / "annotations.json"),
                 "VAL_SPLIT": "val",
+                "NUM_VAL_IMAGES": 0,
                 "IMAGE_ROOT": "",
                 "RATIO": None,
                 "LOSS_WEIGHT": None,

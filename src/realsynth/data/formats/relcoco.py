@@ -50,6 +50,36 @@ def load_relcoco_json(ann_file: str | Path) -> dict[str, Any]:
     return data
 
 
+ENTRY_KEYS = {
+    "images": ("id", "file_name", "width", "height"),
+    "annotations": ("id", "image_id", "category_id", "bbox"),
+    "categories": ("id", "name"),
+    "predicates": ("id", "name"),
+    "relationships": ("subject_id", "object_id", "predicate_id"),
+}
+
+
+def require_entry_keys(data: dict[str, Any], ann_file: Path) -> None:
+    """Every entry of every list is an object with its keys, and every bbox is [x, y, w, h]
+    with w, h > 0.
+
+    Raises:
+        ValueError: naming the file, the list, the entry's position and what is wrong.
+    """
+    for name, keys in ENTRY_KEYS.items():
+        for k, entry in enumerate(data[name]):
+            missing = [key for key in keys if key not in entry] if isinstance(entry, dict) else keys
+            if missing:
+                raise ValueError(f"{ann_file}: {name}[{k}] lacks {list(missing)}")
+    for k, ann in enumerate(data["annotations"]):
+        box = ann["bbox"]
+        if not (isinstance(box, list) and len(box) == 4 and box[2] > 0 and box[3] > 0):
+            raise ValueError(
+                f"{ann_file}: annotations[{k}] (id {ann['id']}): bbox must be [x, y, w, h] "
+                f"in pixels with w, h > 0, got {box!r}"
+            )
+
+
 def _id_index(entries: list[dict[str, Any]], what: str, ann_file: Path) -> dict[int, int]:
     """Maps sorted ids to contiguous 0-based indices; duplicates are an error."""
     ids = [e["id"] for e in entries]
@@ -94,6 +124,7 @@ class RelCocoDataset(RelationDataset):
         self.ann_file = ann_file
         self.image_root = Path(image_root)
         data = load_relcoco_json(ann_file)
+        require_entry_keys(data, ann_file)
         categories = sorted(data["categories"], key=lambda c: c["id"])
         predicates = sorted(data["predicates"], key=lambda p: p["id"])
         self._cat_index = _id_index(categories, "category", ann_file)

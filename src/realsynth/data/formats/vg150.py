@@ -30,6 +30,18 @@ H5_NAMES = ("VG-SGG-with-attri.h5", "VG-SGG.h5")
 DICTS_NAMES = ("VG-SGG-dicts-with-attri.json", "VG-SGG-dicts.json")
 
 
+H5_REQUIRED = (
+    "split",
+    "img_to_first_box",
+    "img_to_last_box",
+    "img_to_first_rel",
+    "img_to_last_rel",
+    "labels",
+    "relationships",
+    "predicates",
+)
+
+
 def find_vg150_files(folder: str | Path) -> dict[str, Path]:
     """Locates ``h5``, ``dicts``, ``image_data`` and ``image_root`` (``VG_100K``) in a folder.
 
@@ -80,6 +92,10 @@ def load_vg_image_data(image_data_file: str | Path, num_rows: int) -> list[dict[
     """
     with open(image_data_file, encoding="utf-8") as f:
         entries = json.load(f)
+    for k, entry in enumerate(entries):
+        missing = [key for key in ("image_id", "width", "height") if key not in entry]
+        if missing:
+            raise ValueError(f"{image_data_file}: entry {k} lacks {missing}")
     kept = [e for e in entries if int(e["image_id"]) not in VG_CORRUPTED_IMAGE_IDS]
     if len(kept) != num_rows:
         raise ValueError(
@@ -167,6 +183,9 @@ class VG150Dataset(RelationDataset):
         self.filter_duplicate_rels = filter_duplicate_rels and split == "train"
         self.classes, self.predicates = load_vg_dicts(dicts_file)
         with h5py.File(h5_file, "r") as h5:
+            missing = [key for key in H5_REQUIRED if key not in h5]
+            if missing:
+                raise ValueError(f"{h5_file}: missing h5 datasets {missing} (VG-SGG schema)")
             rows = split_rows(
                 h5["split"][:],
                 h5["img_to_first_box"][:],
@@ -251,9 +270,13 @@ class VG150Dataset(RelationDataset):
         return {**target, "relations": torch.tensor(rels, dtype=torch.int64).reshape(-1, 3)}
 
 
-def vg150_from_folder(folder: str | Path, *, split: str, **kwargs: Any) -> VG150Dataset:
-    """Builds a :class:`VG150Dataset` from a folder laid out as :func:`find_vg150_files` expects."""
+def vg150_from_folder(
+    folder: str | Path, *, split: str, image_root: str | Path | None = None, **kwargs: Any
+) -> VG150Dataset:
+    """Builds a :class:`VG150Dataset` from a folder laid out as :func:`find_vg150_files` expects
+    (``image_root`` defaults to ``folder/VG_100K``)."""
     files = find_vg150_files(folder)
+    root = image_root if image_root is not None else files["image_root"]
     return VG150Dataset(
-        files["h5"], files["dicts"], files["image_data"], files["image_root"], split=split, **kwargs
+        files["h5"], files["dicts"], files["image_data"], root, split=split, **kwargs
     )

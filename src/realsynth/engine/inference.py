@@ -61,10 +61,17 @@ def evaluate_sources(
             # Boxes stay normalized on both sides: IoU does not change under axis scaling.
             predictions = relation_predictions(outputs, None, top_k=top_k)
             truths = [ground_truth_from_target(t) for t in batch["targets"]]
-            evaluator.update(predictions, truths)
+            try:
+                evaluator.update(predictions, truths)
+            except ValueError as exc:
+                names = [t.get("file_name", t.get("image_id")) for t in batch["targets"]]
+                raise ValueError(f"validation source {name!r}, images {names}: {exc}") from None
         merged = SceneGraphEvaluator(num_predicates)
         merged.add_records(gather_in_order(evaluator.records))
-        results[name] = merged.summarize()
+        try:
+            results[name] = merged.summarize()
+        except ValueError as exc:
+            raise ValueError(f"validation source {name!r}: {exc}") from None
     model.train(was_training)
     return results
 
@@ -102,6 +109,7 @@ def evaluate_checkpoint(
         datasets = OmegaConf.to_container(load_config(data_config).DATASETS)
         cfg = OmegaConf.merge(cfg, {"DATASETS": datasets})
     data = build_data(cfg)
+    _check_label_space(checkpoint, state["model"], data)
     device = resolve_device(cfg.MODEL.DEVICE)
     model, _ = build_model_and_criterion(cfg, data, device)
     model.load_state_dict(state["model"])
@@ -116,6 +124,20 @@ def evaluate_checkpoint(
         print(format_table(results))
         atomic_write_json(_run_folder(Path(checkpoint)) / "eval.json", results)
     return results
+
+
+def _check_label_space(checkpoint: str | Path, weights: dict[str, Any], data: Any) -> None:
+    """The validation data must have the label space the checkpoint was trained on."""
+    trained = (
+        weights["subject_class.weight"].shape[0] - 1,
+        weights["relation_class.weight"].shape[0] - 1,
+    )
+    given = (len(data.classes), len(data.predicates))
+    if trained != given:
+        raise ValueError(
+            f"{checkpoint}: trained for {trained[0]} classes and {trained[1]} predicates, but the "
+            f"evaluation data has {given[0]} and {given[1]}; evaluate on data of the same labels"
+        )
 
 
 def _run_folder(checkpoint: Path) -> Path:

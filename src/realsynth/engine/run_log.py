@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from realsynth.utils.atomic import atomic_write_text
+
 
 class MetricsLog:
     """Appends records to ``<run_dir>/metrics.jsonl``; mirrors scalars to TensorBoard if installed.
@@ -28,9 +30,9 @@ class MetricsLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.exists():
             kept = [r for r in read_metrics(self.path) if r.get("step", 0) < resume_step]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         elif resume_step is None:
-            self.path.write_text("")
+            atomic_write_text(self.path, "")
         self._handle = self.path.open("a", encoding="utf-8")
         self._writer = _tensorboard_writer(self.path.parent) if tensorboard else None
 

@@ -138,12 +138,15 @@ class MixedBatchSampler(Sampler[list[int]]):
         """
         first = self.global_batch(start)
         g = np.arange(first, first + (stop - start) * self.world_size, self.world_size)
-        before = self.schedule.cumulative(g)
-        counts = self.schedule.cumulative(g + 1) - before
+        # One ascending query for g and g + 1: the quota method's cursor then never rewinds.
+        edges = np.union1d(g, g + 1)
+        cumulative = self.schedule.cumulative(edges)
+        before = cumulative[np.searchsorted(edges, g)]
+        counts = cumulative[np.searchsorted(edges, g + 1)] - before
         # Column c of batch b belongs to the source whose cumulative count first exceeds c.
         bounds = np.cumsum(counts, axis=1)
         columns = np.arange(self.batch_size)
-        owner = np.zeros((g.shape[0], self.batch_size), dtype=np.int8)
+        owner = np.zeros((g.shape[0], self.batch_size), dtype=np.int16)
         for k in range(self.schedule.num_sources - 1):
             owner += columns[None, :] >= bounds[:, k : k + 1]
         out = np.empty((g.shape[0], self.batch_size), dtype=np.int64)

@@ -18,6 +18,7 @@ from realsynth.engine.distributed import get_rank, get_world_size, is_dist_avail
 from realsynth.modeling.criterion import RelationCriterion
 from realsynth.modeling.matcher import HungarianMatcher
 from realsynth.modeling.model import build_model
+from realsynth.modeling.set_targets import ENTITY_HEADS, RELATION_HEADS
 
 __all__ = [
     "build_data",
@@ -63,12 +64,10 @@ def build_model_and_criterion(
 
 def _loss_coefficients(class_weight: float, l1_weight: float, giou_weight: float) -> dict:
     """Every loss term's coefficient from the three DETR-style weights (class, L1, GIoU)."""
-    by_kind = {"loss_relation": class_weight, "loss_ce": class_weight}
-    by_kind.update({"loss_bbox": l1_weight, "loss_giou": giou_weight})
-    coefficients = dict(by_kind)
-    for term, value in by_kind.items():
-        if term != "loss_relation":
-            coefficients.update({f"{term}_subject": value, f"{term}_object": value})
+    heads = (RELATION_HEADS, ENTITY_HEADS)
+    coefficients = {term: class_weight for h in heads for term in h.class_terms}
+    coefficients.update({term: l1_weight for h in heads for term in h.bbox_terms})
+    coefficients.update({term: giou_weight for h in heads for term in h.giou_terms})
     return coefficients
 
 

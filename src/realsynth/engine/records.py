@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import math
-import re
 
 import torch
 from torch import Tensor
 
 from realsynth.engine.distributed import all_reduce_sum, get_world_size
-
-_AUX = re.compile(r"_\d+$")
+from realsynth.modeling.criterion import DEFAULT_COEFFICIENTS
 
 
 def loss_record(
@@ -23,7 +21,7 @@ def loss_record(
     A source absent from this batch gets NaN (``reduce_record`` ignores NaN across ranks).
     One device->host transfer for the whole record.
     """
-    base_terms = [t for t in weight_dict if not _AUX.search(t)]
+    base_terms = [t for t in weight_dict if t in DEFAULT_COEFFICIENTS]
     keys = [k for k in weight_dict if k in losses] + ["total"]
     values = [losses[k].detach() for k in keys[:-1]] + [total.detach()]
     nan = torch.tensor(float("nan"), device=total.device)

@@ -167,3 +167,12 @@ def test_vg150_validation_split_must_not_be_train(tmp_path):
     bad = "DATASETS:\n  SOURCES:\n    - {NAME: vg, FORMAT: vg150, PATH: /d, VAL_SPLIT: train}\n"
     with pytest.raises(ConfigError, match=r"SOURCES\[0\]\.VAL_SPLIT must be 'val' or 'test'"):
         load_config(write(tmp_path, bad))
+
+
+def test_unknown_key_inside_a_source_names_its_position():
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["DATASETS.SOURCES=[{NAME: a, PATH: x}, {NAME: b, PATH: y, RATIOO: 1}]"])
+    assert str(info.value) == (
+        "command line: unknown key DATASETS.SOURCES[1].RATIOO "
+        "(did you mean DATASETS.SOURCES[1].RATIO?)"
+    )

@@ -230,11 +230,25 @@ def _merge(cfg: DictConfig, other: Any, *, origin: str) -> DictConfig:
         return OmegaConf.merge(cfg, other)
     except ConfigKeyError as exc:
         key = _full_key(exc)
+        if "." not in key:  # OmegaConf names a key inside a list item without its path
+            key = _path_of(OmegaConf.to_container(other), key) or key
         raise ConfigError(f"{origin}: unknown key {key}{_suggestion(key)}") from None
     except ValidationError as exc:
         raise ConfigError(f"{origin}: key {_full_key(exc)}: {exc.msg.splitlines()[0]}") from None
     except OmegaConfBaseException as exc:
         raise ConfigError(f"{origin}: {str(exc).splitlines()[0]}") from None
+
+
+def _path_of(node: Any, key: str, prefix: str = "") -> str | None:
+    """Dotted path (list items as ``[i]``) of the first ``key`` found in a plain container."""
+    items = node.items() if isinstance(node, dict) else enumerate(node or [])
+    for name, value in items:
+        path = f"{prefix}[{name}]" if isinstance(node, list) else f"{prefix}.{name}".lstrip(".")
+        if name == key and not isinstance(node, list):
+            return path
+        if isinstance(value, dict | list) and (found := _path_of(value, key, path)):
+            return found
+    return None
 
 
 def _full_key(exc: OmegaConfBaseException) -> str:
@@ -253,11 +267,13 @@ def _all_keys(node: Any, prefix: str = "") -> list[str]:
 def _suggestion(key: str) -> str:
     known = _all_keys(OmegaConf.to_container(OmegaConf.structured(RunConfig)))
     known += [f"DATASETS.SOURCES.{k}" for k in _all_keys(OmegaConf.to_container(_source_node()))]
-    # Compare within the same parent first so "SOLVER.BASE_LRR" suggests "SOLVER.BASE_LR".
-    normalized = ".".join(p for p in key.split(".") if not p.isdigit())
+    # Compare whole paths first so "SOLVER.BASE_LRR" suggests "SOLVER.BASE_LR"; list positions
+    # ("SOURCES[1]") are dropped for the comparison and put back in the suggestion.
+    normalized = re.sub(r"\[\d+\]", "", key)
     match = difflib.get_close_matches(normalized, known, n=1, cutoff=0.6)
-    if not match:
-        match = difflib.get_close_matches(key.split(".")[-1], [k.split(".")[-1] for k in known], 1)
+    if match and "." in key:
+        return f" (did you mean {key.rsplit('.', 1)[0]}.{match[0].rsplit('.', 1)[-1]}?)"
+    match = match or difflib.get_close_matches(key, [k.split(".")[-1] for k in known], 1)
     return f" (did you mean {match[0]}?)" if match else ""
 
 

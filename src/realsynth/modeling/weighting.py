@@ -13,6 +13,7 @@ With every weight equal to 1.0 both modes return exactly the unweighted mean.
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -81,7 +82,7 @@ def _raw_weights(targets: Sequence[dict[str, Any]]) -> list[float]:
             tensor_slots.append(position)
             tensors.append(value.detach().reshape(1))
             values.append(0.0)
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        elif isinstance(value, numbers.Real) and not isinstance(value, bool):
             values.append(float(value))
         else:
             raise ValueError(

@@ -188,7 +188,15 @@ class _Loop:
         with self.autocast:
             outputs = self.model(images, mask)
         outputs = _to_float(outputs)
-        losses = self.criterion(outputs, targets)
+        try:
+            losses = self.criterion(outputs, targets)
+        except ValueError as exc:
+            # The criterion speaks of batch positions; name the images behind them.
+            images = ", ".join(
+                f"{i}: {t.get('source', '?')}/{t.get('file_name', t.get('image_id', '?'))}"
+                for i, t in enumerate(targets)
+            )
+            raise ValueError(f"{exc} [batch positions: {images}]") from None
         total = self.criterion.total_loss(losses)
         if not _finite_on_every_rank(total):
             raise FloatingPointError(

@@ -13,11 +13,13 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from realsynth.config import to_yaml
 from realsynth.engine import build
 from realsynth.engine.checkpoint import load_checkpoint, restore_rng_states
+from realsynth.engine.data_setup import RunData
 from realsynth.engine.distributed import all_reduce_sum, get_rank
 from realsynth.engine.inference import evaluate_sources
 from realsynth.engine.interrupt import StepInterrupt
@@ -25,6 +27,7 @@ from realsynth.engine.launch import barrier, init_distributed, resolve_device, s
 from realsynth.engine.records import loss_record, progress_postfix, reduce_record
 from realsynth.engine.run_log import MetricsLog
 from realsynth.engine.run_state import RunState, save_run_state, write_final_outputs
+from realsynth.modeling.criterion import RelationCriterion
 from realsynth.utils.atomic import atomic_write_text
 
 
@@ -140,8 +143,18 @@ class _Loop:
     """Holds the pieces of one run and advances them step by step."""
 
     def __init__(
-        self, cfg, data, model, criterion, optimizer, scheduler, loader, device, log, run_dir
-    ):
+        self,
+        cfg: DictConfig,
+        data: RunData,
+        model: torch.nn.Module,
+        criterion: RelationCriterion,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        loader: DataLoader,
+        device: torch.device,
+        log: MetricsLog | None,
+        run_dir: Path,
+    ) -> None:
         self.cfg, self.data, self.model, self.criterion = cfg, data, model, criterion
         self.optimizer, self.scheduler, self.loader = optimizer, scheduler, loader
         self.device, self.log, self.run_dir = device, log, Path(run_dir)

@@ -138,11 +138,15 @@ class MixedBatchSampler(Sampler[list[int]]):
         """
         first = self.global_batch(start)
         g = np.arange(first, first + (stop - start) * self.world_size, self.world_size)
-        # One ascending query for g and g + 1: the quota method's cursor then never rewinds.
-        edges = np.union1d(g, g + 1)
-        cumulative = self.schedule.cumulative(edges)
-        before = cumulative[np.searchsorted(edges, g)]
-        counts = cumulative[np.searchsorted(edges, g + 1)] - before
+        # One ascending query for g and g + 1 (the quota method's cursor then never rewinds):
+        # consecutive batches share their edges, strided ones (several ranks) interleave them.
+        if self.world_size == 1:
+            cumulative = self.schedule.cumulative(np.arange(g[0], g[-1] + 2))
+            before, after = cumulative[:-1], cumulative[1:]
+        else:
+            cumulative = self.schedule.cumulative(np.stack([g, g + 1], axis=1).ravel())
+            before, after = cumulative[0::2], cumulative[1::2]
+        counts = after - before
         # Column c of batch b belongs to the source whose cumulative count first exceeds c.
         bounds = np.cumsum(counts, axis=1)
         columns = np.arange(self.batch_size)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,11 @@ class RunData:
     val: dict[str, Dataset]
     classes: list[str]
     predicates: list[str]
-    kinds: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def kinds(self) -> dict[str, str]:
+        """``real`` or ``synthetic`` by source name (the sources in training)."""
+        return {mix.name: mix.kind for mix in self.mix}
 
     def val_loaders(self, cfg: DictConfig) -> dict[str, DataLoader]:
         """One loader per validation source; with several ranks each rank gets a disjoint shard."""
@@ -96,7 +100,6 @@ def build_data(cfg: DictConfig) -> RunData:
         val=val,
         classes=classes,
         predicates=predicates,
-        kinds={s.NAME: s.TYPE for s in sources},
     )
 
 

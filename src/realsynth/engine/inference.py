@@ -18,9 +18,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from realsynth.config import load_config
+from realsynth.engine.build import build_model_and_criterion
 from realsynth.engine.checkpoint import load_checkpoint
+from realsynth.engine.data_setup import build_data
 from realsynth.engine.distributed import get_rank, get_world_size, is_dist_avail_and_initialized
 from realsynth.engine.evaluate import SceneGraphEvaluator, format_table
+from realsynth.engine.launch import resolve_device
 from realsynth.modeling.postprocess import ground_truth_from_target, relation_predictions
 from realsynth.utils.atomic import atomic_write_json
 
@@ -99,10 +102,6 @@ def evaluate_checkpoint(
     the datasets. Prints the table and writes ``eval.json`` into the run folder (the folder
     given, or the one holding ``checkpoints/``; else the checkpoint's folder).
     """
-    from realsynth.engine.build import build_model_and_criterion
-    from realsynth.engine.data_setup import build_data
-    from realsynth.engine.launch import resolve_device
-
     state = load_checkpoint(checkpoint, required=("model", "config"))
     cfg = load_config(None, overrides, base_yaml=state["config"])
     if data_config is not None:

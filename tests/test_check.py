@@ -12,7 +12,8 @@ from PIL import Image
 from test_relcoco import make_records, write_dataset
 from test_vg150 import H5, IMAGES, build_vg_folder
 
-from realsynth.data.check import check_dataset, list_files
+from realsynth.data.check import check_dataset
+from realsynth.data.image_files import list_files
 
 
 def codes(problems) -> dict[str, list[str]]:
@@ -67,7 +68,7 @@ def broken_relcoco(tmp_path: Path) -> Path:
 def test_every_relcoco_problem_is_reported_with_location(tmp_path: Path) -> None:
     report = check_dataset(broken_relcoco(tmp_path))
     errors, warnings = codes(report.errors), codes(report.warnings)
-    assert errors["duplicate_id"] == ["images[4]"]
+    assert errors["duplicate_id"] == ["images[4] (id 2)"]
     assert errors["empty_box"] == ["annotations[0] (id 1)"]
     assert errors["box_outside_image"] == ["annotations[1] (id 2)"]
     assert errors["unknown_category"] == ["annotations[2] (id 3)"]

@@ -13,6 +13,7 @@ from PIL import Image
 from realsynth.data.collate import collate_relations
 from realsynth.data.formats.relcoco import RelCocoDataset, write_relcoco
 from realsynth.data.images import BadSampleError
+from realsynth.data.problems import DatasetProblems
 from realsynth.data.stats import combine_statistics, compute_statistics
 from realsynth.data.transforms import build_transforms
 
@@ -90,7 +91,7 @@ def test_noncontiguous_ids_map_in_id_order(tmp_path: Path) -> None:
         "relationships": [{"image_id": 42, "subject_id": 3, "object_id": 7, "predicate_id": 30}],
     }
     (tmp_path / "a.json").write_text(json.dumps(data))
-    ds = RelCocoDataset(tmp_path / "a.json", tmp_path)
+    ds = RelCocoDataset(tmp_path / "a.json", tmp_path, check_files=False)
     assert ds.classes == ["two", "nine"] and ds.predicates == ["four", "thirty"]
     ann = ds.annotation(0)
     assert ann["labels"].tolist() == [1, 0]
@@ -107,15 +108,36 @@ def test_broken_reference_raises_with_location(tmp_path: Path) -> None:
         RelCocoDataset(path, tmp_path / "images")
 
 
-def test_missing_image_names_file_and_source_or_is_skipped(tmp_path: Path) -> None:
-    path = write_dataset(tmp_path, make_records(2))
+def test_missing_image_stops_construction_or_is_left_out_and_listed(tmp_path: Path) -> None:
+    path = write_dataset(tmp_path, make_records(3))
     (tmp_path / "images" / "sub" / "1.png").unlink()
+    with pytest.raises(DatasetProblems) as info:
+        RelCocoDataset(path, tmp_path / "images", source="synthetic-v2")
+    message = str(info.value)
+    assert message.splitlines()[0].startswith(f"{path} (source 'synthetic-v2'): 1 problem(s)")
+    assert "SKIP_BAD_SAMPLES" in message
+    assert "[missing_image] x1" in message and "images[1] (id 2, sub/1.png)" in message
+    skipping = RelCocoDataset(path, tmp_path / "images", skip_bad_samples=True)
+    assert len(skipping) == 2
+    assert [t["file_name"] for t in (skipping.annotation(0), skipping.annotation(1))] == [
+        "sub/0.png",
+        "sub/2.png",
+    ]
+    assert [(s.file_name, s.reason.code) for s in skipping.skipped] == [
+        ("sub/1.png", "missing_image")
+    ]
+
+
+def test_image_unreadable_at_load_time_is_named_when_skipped(tmp_path: Path) -> None:
+    path = write_dataset(tmp_path, make_records(2))
+    (tmp_path / "images" / "sub" / "1.png").write_bytes(b"not a png")
     ds = RelCocoDataset(path, tmp_path / "images", source="synthetic-v2")
     with pytest.raises(BadSampleError, match=r"synthetic-v2.*sub/1\.png"):
         ds[1]
-    skipping = RelCocoDataset(path, tmp_path / "images", skip_bad_samples=True)
-    batch = collate_relations([skipping[0], skipping[1]])
-    assert batch["num_skipped"] == 1 and len(batch["targets"]) == 1
+    skipping = RelCocoDataset(path, tmp_path / "images", source="syn", skip_bad_samples=True)
+    batch = collate_relations([skipping[0], skipping[1], skipping[1]])
+    assert batch["num_skipped"] == 2 and len(batch["targets"]) == 1
+    assert batch["skipped"] == ["syn/sub/1.png", "syn/sub/1.png"]
 
 
 def test_corrupt_or_resized_image_is_a_bad_sample(tmp_path: Path) -> None:
@@ -191,13 +213,14 @@ def test_skipped_bad_samples_pass_through_the_mixed_loader_and_are_counted(tmp_p
     from realsynth.data.mixed import Source, build_mixed_loader
 
     path = write_dataset(tmp_path, make_records(4))
-    (tmp_path / "images" / "sub" / "2.png").unlink()
-    ds = RelCocoDataset(path, tmp_path / "images", skip_bad_samples=True)
+    (tmp_path / "images" / "sub" / "2.png").write_bytes(b"corrupt")
+    ds = RelCocoDataset(path, tmp_path / "images", source="real", skip_bad_samples=True)
     good = RelCocoDataset(write_dataset(tmp_path / "b", make_records(4)), tmp_path / "b" / "images")
     sources = [Source("real", ds, "real", 0.5, 1.0), Source("syn", good, "synthetic", 0.5, 0.5)]
     loader = build_mixed_loader(sources, 4, seed=0, collate_fn=collate_relations)
     batches = list(loader)  # one pass over the real source: 2 batches of 2 + 2
     assert sum(b["num_skipped"] for b in batches) == 1
+    assert [name for b in batches for name in b["skipped"]] == ["real/sub/2.png"]
     assert sum(len(b["targets"]) for b in batches) == 7
     assert all(
         t["file_name"] != "sub/2.png" or t["source"] == "syn" for b in batches for t in b["targets"]
@@ -227,10 +250,13 @@ def test_mixed_items_draw_augmentation_from_the_global_index(tmp_path: Path) -> 
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda d: d["annotations"][1].pop("bbox"), r"annotations\[1\] lacks \['bbox'\]"),
-        (lambda d: d["images"][0].pop("file_name"), r"images\[0\] lacks \['file_name'\]"),
-        (lambda d: d["relationships"][0].pop("predicate_id"), r"relationships\[0\] lacks"),
-        (lambda d: d["annotations"][2].update(bbox=[1, 2, 0, 5]), r"annotations\[2\] .*w, h > 0"),
+        (lambda d: d["annotations"][1].pop("bbox"), r"annotations\[1\] \(id 2\): lacks \['bbox'\]"),
+        (lambda d: d["images"][0].pop("file_name"), r"images\[0\] \(id 1\): 'file_name' must be"),
+        (lambda d: d["relationships"][0].pop("predicate_id"), r"relationships\[0\]: lacks"),
+        (
+            lambda d: d["annotations"][2].update(bbox=[1, 2, 0, 5]),
+            r"annotations\[2\] .*zero or negative",
+        ),
     ],
 )
 def test_malformed_entries_name_the_file_list_and_position(tmp_path: Path, edit, message) -> None:

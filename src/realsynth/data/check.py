@@ -1,43 +1,38 @@
 """``realsynth data check``: find broken annotations and images before training starts.
 
-:func:`check_dataset` returns a :class:`CheckReport` with a summary (images, objects, relations,
-per-class and per-predicate counts) and every problem with its location. Errors make
-``exit_code`` 1; warnings alone keep it 0.
+:func:`check_dataset` applies the same rules the loaders apply (``formats/relcoco_rules.py``,
+``formats/vg150_rules.py`` and :mod:`realsynth.data.image_files`), reports every problem with its
+location (codes in :mod:`realsynth.data.problems`) and summarizes the dataset: images, objects,
+relations, per-class and per-predicate counts of the valid entries.
 
-Problem codes: ``missing_file``, ``invalid_file``, ``duplicate_id``, ``missing_image``,
-``unreadable_image``, ``size_mismatch``, ``bad_box``, ``empty_box``, ``box_outside_image``,
-``unknown_image``, ``unknown_category``, ``unknown_predicate``, ``unknown_annotation``,
-``cross_image_relation``, ``self_relation`` (warning), ``duplicate_relation`` (warning),
-``no_relations`` (warning).
-
-Image files are found with one ``os.scandir`` per folder rather than one stat per file, so a
-100k-image file is checked in seconds; ``check_image_content=False`` skips opening the images.
+Exit codes (``CheckReport.exit_code`` and the command's status): 0 clean (warnings allowed),
+1 problems found. The command exits 2 when it cannot run at all (no such path, a format it cannot
+tell, bad arguments). ``check_image_content=False`` checks that image files exist without opening
+them, so a 100k-image file is checked in seconds.
 """
 
 from __future__ import annotations
 
-import os
-from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
+import numpy as np
+
+from realsynth.data.formats.relcoco import load_relcoco_json
+from realsynth.data.formats.relcoco_rules import image_location, index_relcoco, is_listed_image
+from realsynth.data.formats.vg150_files import (
+    find_vg150_files,
+    load_vg_dicts,
+    load_vg_image_data,
+    read_vg_h5,
+)
+from realsynth.data.formats.vg150_rules import check_vg150_arrays, row_location
+from realsynth.data.image_files import ImageEntry, check_image_files
+from realsynth.data.problems import Findings, Problem, summarize_problems
 
 TEXT_PROBLEMS_PER_CODE = 10
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One finding: a stable ``code``, where it is, and what is wrong."""
-
-    code: str
-    location: str
-    message: str
-
-    def to_dict(self) -> dict[str, str]:
-        return {"code": self.code, "location": self.location, "message": self.message}
 
 
 @dataclass
@@ -51,17 +46,19 @@ class CheckReport:
     num_relations: int = 0
     class_counts: dict[str, int] = field(default_factory=dict)
     predicate_counts: dict[str, int] = field(default_factory=dict)
-    errors: list[Problem] = field(default_factory=list)
-    warnings: list[Problem] = field(default_factory=list)
+    findings: Findings = field(default_factory=Findings)
 
-    def error(self, code: str, location: str, message: str) -> None:
-        self.errors.append(Problem(code, location, message))
+    @property
+    def errors(self) -> list[Problem]:
+        return self.findings.errors
 
-    def warn(self, code: str, location: str, message: str) -> None:
-        self.warnings.append(Problem(code, location, message))
+    @property
+    def warnings(self) -> list[Problem]:
+        return self.findings.warnings
 
     @property
     def exit_code(self) -> int:
+        """1 when there is an error, else 0."""
         return 1 if self.errors else 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -96,22 +93,9 @@ class CheckReport:
                 lines.append(f"  {title} ({len(counts)}): {body}")
         for title, problems in (("ERRORS", self.errors), ("WARNINGS", self.warnings)):
             lines.append(f"{title}: {len(problems)}")
-            lines.extend(_format_problems(problems, max_per_code))
+            lines.extend(summarize_problems(problems, max_per_code))
         lines.append("result: " + ("FAILED" if self.errors else "OK"))
         return "\n".join(lines)
-
-
-def _format_problems(problems: list[Problem], max_per_code: int) -> list[str]:
-    by_code: dict[str, list[Problem]] = defaultdict(list)
-    for p in problems:
-        by_code[p.code].append(p)
-    lines = []
-    for code, items in by_code.items():
-        lines.append(f"  [{code}] x{len(items)}")
-        lines.extend(f"    {p.location}: {p.message}" for p in items[:max_per_code])
-        if len(items) > max_per_code:
-            lines.append(f"    ... {len(items) - max_per_code} more")
-    return lines
 
 
 def count_names(counts: Mapping[int, int], names: list[str]) -> dict[str, int]:
@@ -119,91 +103,98 @@ def count_names(counts: Mapping[int, int], names: list[str]) -> dict[str, int]:
     return {name: int(counts.get(i, 0)) for i, name in enumerate(names)}
 
 
-def list_files(root: Path, relative_names: Iterable[str]) -> set[str]:
-    """The subset of ``relative_names`` that exist as files under ``root``, found with one
-    ``os.scandir`` per distinct parent folder."""
-    by_parent: dict[str, list[str]] = defaultdict(list)
-    for name in relative_names:
-        parent, _, base = name.replace("\\", "/").rpartition("/")
-        by_parent[parent].append(name)
-    present: set[str] = set()
-    for parent, names in by_parent.items():
-        folder = root / parent if parent else root
-        try:
-            with os.scandir(folder) as entries:
-                files = {e.name for e in entries if e.is_file()}
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        present.update(n for n in names if n.replace("\\", "/").rpartition("/")[2] in files)
-    return present
-
-
-def read_image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the header, after PIL's structural ``verify()``.
-
-    Raises:
-        OSError: unreadable or corrupt file (PIL's errors re-raised as OSError).
-    """
-    try:
-        with Image.open(path) as image:
-            size = image.size
-            image.verify()
-        return size
-    except OSError:
-        raise
-    except Exception as exc:  # PIL raises SyntaxError/ValueError for some corrupt headers.
-        raise OSError(str(exc)) from exc
-
-
-def check_image_files(
-    report: CheckReport,
-    root: Path,
-    entries: list[tuple[str, str, int, int]],
-    *,
-    check_content: bool,
-    size_mismatch_is_error: bool = True,
-) -> None:
-    """Adds ``missing_image`` / ``unreadable_image`` / ``size_mismatch`` problems.
-
-    Args:
-        entries: (location, relative file name, annotated width, annotated height) per image.
-    """
-    present = list_files(root, (name for _, name, _, _ in entries))
-    for location, name, width, height in entries:
-        if name not in present:
-            report.error("missing_image", location, f"image file not found: {root / name}")
-            continue
-        if not check_content:
-            continue
-        try:
-            actual = read_image_size(root / name)
-        except OSError as exc:
-            report.error("unreadable_image", location, f"cannot read {root / name}: {exc}")
-            continue
-        if actual != (width, height):
-            add = report.error if size_mismatch_is_error else report.warn
-            add(
-                "size_mismatch",
-                location,
-                f"{root / name} is {actual[0]}x{actual[1]} (w x h), "
-                f"annotation says {width}x{height}",
-            )
-
-
 def detect_format(path: Path) -> str:
     """relcoco for a ``.json`` file, vg150 for a folder with ``VG-SGG*.h5``.
 
     Raises:
-        ValueError: neither applies.
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: neither applies (names the ``--format`` flag).
     """
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
     if path.is_file() and path.suffix.lower() == ".json":
         return "relcoco"
     if path.is_dir() and any(path.glob("VG-SGG*.h5")):
         return "vg150"
     raise ValueError(
         f"cannot tell the format of {path}: expected a relcoco .json file or a folder with "
-        "VG-SGG*.h5 (pass format='relcoco' or 'vg150')"
+        "VG-SGG*.h5; name it with --format relcoco or --format vg150"
     )
+
+
+def check_relcoco(ann_file: Path, image_root: Path, *, check_image_content: bool) -> CheckReport:
+    """Check a relcoco file and its images under ``image_root``."""
+    report = CheckReport(path=str(ann_file), format="relcoco")
+    try:
+        data = load_relcoco_json(ann_file)
+    except ValueError as exc:
+        report.findings.error("invalid_file", str(ann_file), str(exc).split(": ", 1)[-1])
+        return report
+    index, report.findings = index_relcoco(data, ann_file)
+    if index is None:
+        return report
+    report.num_images = len(data["images"])
+    report.num_objects = len(data["annotations"])
+    report.num_relations = len(data["relationships"])
+    report.class_counts = count_names(index.class_counts, index.classes)
+    report.predicate_counts = count_names(index.predicate_counts, index.predicates)
+    entries = [
+        ImageEntry(image_location(k, img), img["file_name"], (img["width"], img["height"]), k)
+        for k, img in enumerate(index.images)
+        if is_listed_image(index, k)
+    ]
+    check_image_files(report.findings, image_root, entries, check_content=check_image_content)
+    return report
+
+
+def check_vg150(folder: Path, image_root: Path, *, check_image_content: bool) -> CheckReport:
+    """Check a VG150 folder and its images under ``image_root``."""
+    report = CheckReport(path=str(folder), format="vg150")
+    try:
+        files = find_vg150_files(folder)
+        classes, predicates = load_vg_dicts(files["dicts"])
+        arrays = read_vg_h5(files["h5"])
+        image_data = load_vg_image_data(files["image_data"], len(arrays.split))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        report.findings.error("invalid_file", str(folder), f"cannot read the VG150 files: {exc}")
+        return report
+    ids = np.array([int(e["image_id"]) for e in image_data], dtype=np.int64)
+    sizes = np.array([[int(e["width"]), int(e["height"])] for e in image_data], dtype=np.int64)
+    check_vg150_arrays(
+        report.findings,
+        arrays,
+        ids,
+        sizes,
+        num_classes=len(classes),
+        num_predicates=len(predicates),
+    )
+    owned = np.zeros(len(arrays.labels), dtype=bool)
+    for first, last in zip(arrays.first_box.tolist(), arrays.last_box.tolist()):
+        if 0 <= first <= last < len(owned):
+            owned[first : last + 1] = True
+    labels = arrays.labels[owned & (arrays.labels >= 1) & (arrays.labels <= len(classes))] - 1
+    preds = arrays.predicates
+    preds = preds[(preds >= 1) & (preds <= len(predicates))] - 1
+    report.num_images, report.num_objects = len(ids), int(owned.sum())
+    report.num_relations = len(arrays.predicates)
+    report.class_counts = count_names(
+        dict(enumerate(np.bincount(labels, minlength=len(classes)).tolist())), classes
+    )
+    report.predicate_counts = count_names(
+        dict(enumerate(np.bincount(preds, minlength=len(predicates)).tolist())), predicates
+    )
+    entries = [
+        ImageEntry(row_location(r, ids), f"{ids[r]}.jpg", (int(sizes[r, 0]), int(sizes[r, 1])), r)
+        for r in range(len(ids))
+    ]
+    check_image_files(
+        report.findings,
+        image_root,
+        entries,
+        check_content=check_image_content,
+        size_mismatch_is_error=False,
+    )
+    return report
 
 
 def check_dataset(
@@ -213,7 +204,7 @@ def check_dataset(
     image_root: str | Path | None = None,
     check_image_content: bool = True,
 ) -> CheckReport:
-    """Checks a dataset and returns every problem found.
+    """Check a dataset and return every problem found.
 
     Args:
         path: relcoco annotation JSON, or the VG150 folder (the three files and ``VG_100K/``).
@@ -223,13 +214,12 @@ def check_dataset(
         check_image_content: open every image (readability and size); False checks existence only.
 
     Raises:
+        FileNotFoundError: ``path`` does not exist.
         ValueError: unknown format, or the format cannot be detected.
     """
-    # Imported here: the per-format checkers import CheckReport from this module.
-    from realsynth.data.check_relcoco import check_relcoco
-    from realsynth.data.check_vg150 import check_vg150
-
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
     fmt = format or detect_format(path)
     if fmt == "relcoco":
         root = Path(image_root) if image_root is not None else path.parent / "images"
@@ -237,4 +227,4 @@ def check_dataset(
     if fmt == "vg150":
         root = Path(image_root) if image_root is not None else path / "VG_100K"
         return check_vg150(path, root, check_image_content=check_image_content)
-    raise ValueError(f"unknown dataset format {fmt!r}; expected 'relcoco' or 'vg150'")
+    raise ValueError(f"unknown dataset format {fmt!r}; use --format relcoco or --format vg150")

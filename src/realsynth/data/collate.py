@@ -6,12 +6,15 @@ from typing import Any
 
 import torch
 
+from realsynth.data.images import SkippedSample
 
-def collate_relations(items: list[dict[str, Any] | None]) -> dict[str, Any]:
+
+def collate_relations(items: list[dict[str, Any] | SkippedSample | None]) -> dict[str, Any]:
     """Collates dataset items into a batch (use as a DataLoader's ``collate_fn``).
 
-    ``None`` items (bad samples skipped by a dataset with ``skip_bad_samples=True``) are dropped
-    and counted in ``num_skipped``.
+    :class:`SkippedSample` items (bad images skipped by a dataset with ``skip_bad_samples=True``)
+    and ``None`` items (the same from a third-party dataset) are dropped, counted in
+    ``num_skipped`` and, when named, listed in ``skipped``.
 
     Args:
         items: dicts with ``image`` float [3, H_i, W_i] and target keys (``boxes`` cxcywh
@@ -23,9 +26,11 @@ def collate_relations(items: list[dict[str, Any] | None]) -> dict[str, Any]:
         ``images`` float [B, 3, H, W] zero-padded at the bottom/right to the largest item;
         ``pixel_mask`` bool [B, H, W], True on padding; ``targets`` list of B dicts holding every
         key but ``image`` (with the defaults above filled in); ``loss_weights`` float32 [B];
-        ``source_ids`` int64 [B]; ``num_skipped`` int.
+        ``source_ids`` int64 [B]; ``num_skipped`` int; ``skipped`` list of ``source/file_name``
+        of the named skipped items.
     """
-    kept = [item for item in items if item is not None]
+    kept = [item for item in items if item is not None and not isinstance(item, SkippedSample)]
+    skipped = [item.key for item in items if isinstance(item, SkippedSample)]
     num_skipped = len(items) - len(kept)
     if not kept:
         return {
@@ -35,6 +40,7 @@ def collate_relations(items: list[dict[str, Any] | None]) -> dict[str, Any]:
             "loss_weights": torch.zeros(0),
             "source_ids": torch.zeros(0, dtype=torch.int64),
             "num_skipped": num_skipped,
+            "skipped": skipped,
         }
     for i, item in enumerate(kept):
         image = item.get("image")
@@ -67,4 +73,5 @@ def collate_relations(items: list[dict[str, Any] | None]) -> dict[str, Any]:
         ),
         "source_ids": torch.tensor([int(t["source_id"]) for t in targets], dtype=torch.int64),
         "num_skipped": num_skipped,
+        "skipped": skipped,
     }

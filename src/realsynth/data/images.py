@@ -4,15 +4,19 @@ A format (relcoco, VG150) only says where an item's image is and what its annota
 (:meth:`RelationDataset.annotation`); this base turns that into a dataset item: it loads the image,
 applies the seeded transforms and converts boxes to the contract (cxcywh normalized to [0, 1]).
 
-Bad samples: a missing or corrupt image raises :class:`BadSampleError` naming the file and the
-source. With ``skip_bad_samples=True`` the dataset returns ``None`` for such an item instead;
-:func:`realsynth.data.collate.collate_relations` drops ``None`` items and counts them in the batch's
-``num_skipped`` so the trainer can report the total at the end.
+Bad samples: the format's rules run when a dataset is built (see :mod:`realsynth.data.problems`),
+so a missing file or a box outside its image stops the run before it starts, or, with
+``skip_bad_samples=True``, leaves the image out (listed in ``skipped``). What only shows when the
+pixels are read (a corrupt file, a size that disagrees with the annotation) raises
+:class:`BadSampleError` naming the file and the source; with ``skip_bad_samples=True`` the item is
+a :class:`SkippedSample` instead, which :func:`realsynth.data.collate.collate_relations` drops and
+names in the batch's ``skipped`` list so the trainer can report every distinct file.
 """
 
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +29,27 @@ from realsynth.data.transforms import Transform, finalize_item, item_rng
 
 class BadSampleError(ValueError):
     """An item whose image is missing, unreadable or inconsistent with its annotation."""
+
+
+@dataclass(frozen=True)
+class SkippedSample:
+    """An item left out (``skip_bad_samples``): which source, which file, and why.
+
+    Attributes:
+        source: the dataset's source name.
+        file_name: the image file, as the annotation names it.
+        reason: the problem found (a :class:`~realsynth.data.problems.Problem` at construction,
+            the error's text when the pixels could not be read).
+    """
+
+    source: str
+    file_name: str
+    reason: object
+
+    @property
+    def key(self) -> str:
+        """``source/file_name``: one name per distinct file, however often it is drawn."""
+        return f"{self.source}/{self.file_name}"
 
 
 def load_image(path: str | Path, *, source: str) -> Image.Image:
@@ -49,7 +74,8 @@ class RelationDataset(torch.utils.data.Dataset, abc.ABC):
         source: name used in error messages and in the items' ``source`` field.
         transforms: called as ``t(image, target, rng)``; None keeps the image as is.
         seed: base of the per-item generator ``item_rng(seed, epoch, index)``.
-        skip_bad_samples: return None for an item whose image is bad instead of raising.
+        skip_bad_samples: return a :class:`SkippedSample` for an item whose image is bad instead
+            of raising (a format also leaves out images its rules reject).
     """
 
     #: When the file's size differs from the annotated one: False raises, True rescales the boxes
@@ -69,6 +95,8 @@ class RelationDataset(torch.utils.data.Dataset, abc.ABC):
         self.seed = int(seed)
         self.epoch = 0
         self.skip_bad_samples = skip_bad_samples
+        #: Images left out when the dataset was built (``skip_bad_samples``), in file order.
+        self.skipped: list[SkippedSample] = []
 
     def set_epoch(self, epoch: int) -> None:
         """Selects the epoch whose augmentations ``__getitem__`` draws."""
@@ -92,24 +120,24 @@ class RelationDataset(torch.utils.data.Dataset, abc.ABC):
         """Per-item random choices on the annotation itself (none by default)."""
         return target
 
-    def __getitem__(self, index: int) -> dict[str, Any] | None:
+    def __getitem__(self, index: int) -> dict[str, Any] | SkippedSample:
         return self.get_item(index, item_rng(self.seed, self.epoch, index))
 
-    def get_item(self, index: int, rng: np.random.Generator) -> dict[str, Any] | None:
+    def get_item(self, index: int, rng: np.random.Generator) -> dict[str, Any] | SkippedSample:
         """Loads item ``index`` using ``rng`` for its augmentation (a mixing dataset passes one
         derived from its global index).
 
         Returns:
             ``image`` float [3, H, W] (in [0, 1] unless the transforms normalize), ``boxes`` float
             [N, 4] cxcywh normalized, ``labels``, ``relations``, ``image_id``, ``orig_size`` (h, w)
-            of the file, ``size`` (h, w) after transforms, ``file_name``, ``source``; or None for
-            a bad sample when ``skip_bad_samples`` is on.
+            of the file, ``size`` (h, w) after transforms, ``file_name``, ``source``; or a
+            :class:`SkippedSample` for a bad image when ``skip_bad_samples`` is on.
         """
         try:
             image, target = self._load(index)
-        except BadSampleError:
+        except BadSampleError as exc:
             if self.skip_bad_samples:
-                return None
+                return SkippedSample(self.source, self.annotation(index)["file_name"], str(exc))
             raise
         target = self.sample_annotation(target, rng)
         if self.transforms is not None:

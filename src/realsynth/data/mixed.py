@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from realsynth.data.images import SkippedSample
 from realsynth.data.sampler import MixedBatchSampler
 from realsynth.data.transforms import item_rng
 from realsynth.engine.distributed import get_rank, get_world_size
@@ -68,8 +69,8 @@ class MixedDataset(Dataset):
     so no two items of the mix share their random draws and an item's augmentation does not
     depend on the number of workers or on where a run was resumed.
 
-    A source item that is ``None`` (a bad sample skipped by its dataset) stays ``None``;
-    ``collate_relations`` drops and counts it.
+    A source item that is a ``SkippedSample`` or ``None`` (a bad sample skipped by its dataset)
+    passes through untagged; ``collate_relations`` drops and counts it.
 
     Args:
         sources: the sources, in global index order (real first, by convention).
@@ -116,15 +117,15 @@ class MixedDataset(Dataset):
         k = bisect.bisect_right(self.offsets, index) - 1
         return k, index - self.offsets[k]
 
-    def __getitem__(self, index: int) -> dict[str, Any] | None:
+    def __getitem__(self, index: int) -> dict[str, Any] | SkippedSample | None:
         k, local = self.source_of(int(index))
         source = self.sources[k]
         if hasattr(source.dataset, "get_item"):
             item = source.dataset.get_item(local, item_rng(self.seed, self.epoch, int(index)))
         else:
             item = source.dataset[local]
-        if item is None:
-            return None
+        if item is None or isinstance(item, SkippedSample):
+            return item
         if not isinstance(item, Mapping):
             raise TypeError(
                 f"source {source.name!r} item {local} is a {type(item).__name__}, expected a dict"

@@ -22,74 +22,40 @@ from typing import Any
 import numpy as np
 import torch
 
-from realsynth.data.images import RelationDataset
+from realsynth.data.formats.relcoco_rules import (
+    REQUIRED_KEYS,
+    image_location,
+    index_relcoco,
+    is_listed_image,
+)
+from realsynth.data.image_files import ImageEntry, check_image_files
+from realsynth.data.images import RelationDataset, SkippedSample
+from realsynth.data.problems import DatasetProblems, raise_or_skip
 from realsynth.data.transforms import Transform
 from realsynth.utils.atomic import atomic_write_text
 
-REQUIRED_KEYS = ("images", "annotations", "categories", "predicates", "relationships")
 
-
-def load_relcoco_json(ann_file: str | Path) -> dict[str, Any]:
-    """Reads a relcoco file and checks that the top-level keys are there.
+def load_relcoco_json(ann_file: str | Path) -> Any:
+    """Reads a relcoco file (the rules in ``relcoco_rules`` judge its content).
 
     Raises:
-        ValueError: unreadable JSON or a missing top-level list.
+        FileNotFoundError: no such file.
+        ValueError: the file is not valid UTF-8 JSON (names the file and the position).
     """
     try:
         with open(ann_file, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{ann_file}: not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ValueError(f"{ann_file}: expected a JSON object at the top level")
-    missing = [k for k in REQUIRED_KEYS if not isinstance(data.get(k), list)]
-    if missing:
-        raise ValueError(
-            f"{ann_file}: missing top-level list(s) {missing} (expected {list(REQUIRED_KEYS)})"
-        )
-    return data
-
-
-ENTRY_KEYS = {
-    "images": ("id", "file_name", "width", "height"),
-    "annotations": ("id", "image_id", "category_id", "bbox"),
-    "categories": ("id", "name"),
-    "predicates": ("id", "name"),
-    "relationships": ("subject_id", "object_id", "predicate_id"),
-}
-
-
-def require_entry_keys(data: dict[str, Any], ann_file: Path) -> None:
-    """Every entry of every list is an object with its keys, and every bbox is [x, y, w, h]
-    with w, h > 0.
-
-    Raises:
-        ValueError: naming the file, the list, the entry's position and what is wrong.
-    """
-    for name, keys in ENTRY_KEYS.items():
-        for k, entry in enumerate(data[name]):
-            missing = [key for key in keys if key not in entry] if isinstance(entry, dict) else keys
-            if missing:
-                raise ValueError(f"{ann_file}: {name}[{k}] lacks {list(missing)}")
-    for k, ann in enumerate(data["annotations"]):
-        box = ann["bbox"]
-        if not (isinstance(box, list) and len(box) == 4 and box[2] > 0 and box[3] > 0):
-            raise ValueError(
-                f"{ann_file}: annotations[{k}] (id {ann['id']}): bbox must be [x, y, w, h] "
-                f"in pixels with w, h > 0, got {box!r}"
-            )
-
-
-def _id_index(entries: list[dict[str, Any]], what: str, ann_file: Path) -> dict[int, int]:
-    """Maps sorted ids to contiguous 0-based indices; duplicates are an error."""
-    ids = [e["id"] for e in entries]
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"{ann_file}: duplicate {what} ids")
-    return {i: k for k, i in enumerate(sorted(ids))}
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{ann_file}: not valid JSON: {exc}") from None
 
 
 class RelCocoDataset(RelationDataset):
     """A relcoco annotation file and its image folder.
+
+    Every rule of :func:`~realsynth.data.formats.relcoco_rules.index_relcoco` is applied at
+    construction, and (``check_files``) every listed image file must exist. Problems of the whole
+    file always raise; problems of single images raise too unless ``skip_bad_samples``, which
+    leaves those images out and lists them in :attr:`skipped`.
 
     Args:
         ann_file: the JSON file.
@@ -97,11 +63,19 @@ class RelCocoDataset(RelationDataset):
         transforms: seeded transforms ``t(image, target, rng)``.
         source: name in error messages and items (default: the JSON's parent folder name).
         seed: base of the per-item augmentation generator.
-        skip_bad_samples: return None for a bad image instead of raising.
+        skip_bad_samples: leave out images with problems (and return a ``SkippedSample`` for an
+            image that turns out unreadable when loaded) instead of raising.
+        check_files: check at construction that every image file exists (one directory scan).
 
     Attributes:
         classes: category names by 0-based index; ``category_ids`` the file ids.
         predicates: predicate names by 0-based index; ``predicate_ids`` the file ids.
+        skipped: the images left out at construction, with the first problem of each.
+
+    Raises:
+        FileNotFoundError: ``ann_file`` does not exist.
+        ValueError: invalid JSON; :class:`~realsynth.data.problems.DatasetProblems` listing the
+            count and first locations of every kind of problem.
     """
 
     def __init__(
@@ -113,6 +87,7 @@ class RelCocoDataset(RelationDataset):
         source: str | None = None,
         seed: int = 0,
         skip_bad_samples: bool = False,
+        check_files: bool = True,
     ) -> None:
         ann_file = Path(ann_file)
         super().__init__(
@@ -123,57 +98,30 @@ class RelCocoDataset(RelationDataset):
         )
         self.ann_file = ann_file
         self.image_root = Path(image_root)
-        data = load_relcoco_json(ann_file)
-        require_entry_keys(data, ann_file)
-        categories = sorted(data["categories"], key=lambda c: c["id"])
-        predicates = sorted(data["predicates"], key=lambda p: p["id"])
-        self._cat_index = _id_index(categories, "category", ann_file)
-        self._pred_index = _id_index(predicates, "predicate", ann_file)
-        self.classes = [str(c["name"]) for c in categories]
-        self.category_ids = [int(c["id"]) for c in categories]
-        self.predicates = [str(p["name"]) for p in predicates]
-        self.predicate_ids = [int(p["id"]) for p in predicates]
-        self.images = list(data["images"])
-        self._build_index(data)
-
-    def _build_index(self, data: dict[str, Any]) -> None:
-        image_pos = {img["id"]: k for k, img in enumerate(self.images)}
-        if len(image_pos) != len(self.images):
-            raise ValueError(f"{self.ann_file}: duplicate image ids")
-        self._anns: list[list[dict[str, Any]]] = [[] for _ in self.images]
-        ann_where: dict[int, tuple[int, int]] = {}
-        for ann in data["annotations"]:
-            pos = image_pos.get(ann["image_id"])
-            if pos is None:
-                raise ValueError(
-                    f"{self.ann_file}: annotation {ann['id']}: unknown image_id {ann['image_id']}"
-                )
-            if ann["category_id"] not in self._cat_index:
-                raise ValueError(
-                    f"{self.ann_file}: annotation {ann['id']}: "
-                    f"unknown category_id {ann['category_id']}"
-                )
-            if ann["id"] in ann_where:
-                raise ValueError(f"{self.ann_file}: duplicate annotation id {ann['id']}")
-            ann_where[ann["id"]] = (pos, len(self._anns[pos]))
-            self._anns[pos].append(ann)
-        self._rels: list[list[tuple[int, int, int]]] = [[] for _ in self.images]
-        for k, rel in enumerate(data["relationships"]):
-            sub, obj = ann_where.get(rel["subject_id"]), ann_where.get(rel["object_id"])
-            if sub is None or obj is None:
-                raise ValueError(
-                    f"{self.ann_file}: relationships[{k}] points to an unknown annotation id"
-                )
-            if sub[0] != obj[0]:
-                raise ValueError(
-                    f"{self.ann_file}: relationships[{k}] joins annotations of two images"
-                )
-            if rel["predicate_id"] not in self._pred_index:
-                raise ValueError(
-                    f"{self.ann_file}: relationships[{k}]: "
-                    f"unknown predicate_id {rel['predicate_id']}"
-                )
-            self._rels[sub[0]].append((sub[1], obj[1], self._pred_index[rel["predicate_id"]]))
+        index, findings = index_relcoco(load_relcoco_json(ann_file), ann_file)
+        what = f"{ann_file} (source '{self.source}')"
+        if index is None:
+            raise DatasetProblems(what, findings, skippable=False)
+        if check_files:
+            broken = findings.bad_images()
+            entries = [
+                ImageEntry(image_location(k, img), img["file_name"], (0, 0), k)
+                for k, img in enumerate(index.images)
+                if k not in broken and is_listed_image(index, k)
+            ]
+            check_image_files(findings, self.image_root, entries, check_content=False)
+        bad = raise_or_skip(what, findings, skip=skip_bad_samples)
+        self.classes, self.category_ids = index.classes, index.category_ids
+        self.predicates, self.predicate_ids = index.predicates, index.predicate_ids
+        keep = [k for k in range(len(index.images)) if k not in bad]
+        self.images = [index.images[k] for k in keep]
+        self._boxes = [index.boxes[k] for k in keep]
+        self._labels = [index.labels[k] for k in keep]
+        self._relations = [index.relations[k] for k in keep]
+        self.skipped = [
+            SkippedSample(self.source, str(index.images[k].get("file_name", f"images[{k}]")), p)
+            for k, p in sorted(bad.items())
+        ]
 
     def __len__(self) -> int:
         return len(self.images)
@@ -183,15 +131,12 @@ class RelCocoDataset(RelationDataset):
 
     def annotation(self, index: int) -> dict[str, Any]:
         info = self.images[index]
-        anns = self._anns[index]
-        xywh = np.array([a["bbox"] for a in anns], dtype=np.float32).reshape(-1, 4)
+        xywh = np.array(self._boxes[index], dtype=np.float32).reshape(-1, 4)
         boxes = torch.from_numpy(np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1))
         return {
             "boxes": boxes,
-            "labels": torch.tensor(
-                [self._cat_index[a["category_id"]] for a in anns], dtype=torch.int64
-            ),
-            "relations": torch.tensor(self._rels[index], dtype=torch.int64).reshape(-1, 3),
+            "labels": torch.tensor(self._labels[index], dtype=torch.int64),
+            "relations": torch.tensor(self._relations[index], dtype=torch.int64).reshape(-1, 3),
             "image_id": int(info["id"]),
             "orig_size": torch.tensor([int(info["height"]), int(info["width"])], dtype=torch.int64),
             "file_name": str(info["file_name"]),

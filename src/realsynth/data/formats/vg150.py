@@ -1,108 +1,32 @@
 """VG150: the Neural-Motifs / Scene-Graph-Benchmark files, with Scene-Graph-Benchmark semantics.
 
-Files: ``VG-SGG-with-attri.h5`` (or ``VG-SGG.h5``), ``VG-SGG-dicts-with-attri.json`` (or
-``VG-SGG-dicts.json``), ``image_data.json`` and the ``VG_100K/`` image folder.
-
-h5 datasets used: ``split`` [I] (0 train pool, 2 test); ``img_to_first_box``,
-``img_to_last_box``, ``img_to_first_rel``, ``img_to_last_rel`` [I] (inclusive, -1 for none);
-``labels`` [B, 1] (1-based); ``boxes_{box_scale}`` [B, 4] cx, cy, w, h in pixels of the image
-scaled so its longest side is ``box_scale``; ``relationships`` [R, 2] (global box indices);
-``predicates`` [R, 1] (1-based). Rows align with ``image_data.json`` once image ids 1592, 1722,
-4616, 4617 (corrupted) are dropped.
+The file layout and box decoding are in :mod:`realsynth.data.formats.vg150_files`, the rules a
+row must pass in :mod:`realsynth.data.formats.vg150_rules`; this module turns the rows of one
+split into dataset items.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import torch
 
-from realsynth.data.images import RelationDataset
-from realsynth.data.transforms import Transform
-
-VG_CORRUPTED_IMAGE_IDS = frozenset({1592, 1722, 4616, 4617})
-SPLIT_FLAGS = {"train": 0, "val": 0, "test": 2}
-H5_NAMES = ("VG-SGG-with-attri.h5", "VG-SGG.h5")
-DICTS_NAMES = ("VG-SGG-dicts-with-attri.json", "VG-SGG-dicts.json")
-
-
-H5_REQUIRED = (
-    "split",
-    "img_to_first_box",
-    "img_to_last_box",
-    "img_to_first_rel",
-    "img_to_last_rel",
-    "labels",
-    "relationships",
-    "predicates",
+from realsynth.data.formats.vg150_files import (
+    SPLIT_FLAGS,
+    VGArrays,
+    decode_vg_boxes,
+    find_vg150_files,
+    load_vg_dicts,
+    load_vg_image_data,
+    read_vg_h5,
 )
-
-
-def find_vg150_files(folder: str | Path) -> dict[str, Path]:
-    """Locates ``h5``, ``dicts``, ``image_data`` and ``image_root`` (``VG_100K``) in a folder.
-
-    Raises:
-        FileNotFoundError: one of them is missing (names the candidates).
-    """
-    folder = Path(folder)
-    found: dict[str, Path] = {}
-    for key, names in (
-        ("h5", H5_NAMES),
-        ("dicts", DICTS_NAMES),
-        ("image_data", ("image_data.json",)),
-    ):
-        hits = [folder / n for n in names if (folder / n).is_file()]
-        if not hits:
-            raise FileNotFoundError(f"{folder}: none of {list(names)} found (needed for VG150)")
-        found[key] = hits[0]
-    found["image_root"] = folder / "VG_100K"
-    return found
-
-
-def load_vg_dicts(dicts_file: str | Path) -> tuple[list[str], list[str]]:
-    """Class and predicate names in 0-based order from 1-based ``label_to_idx`` /
-    ``predicate_to_idx``.
-
-    Raises:
-        ValueError: a mapping is missing or its indices are not exactly 1..K.
-    """
-    with open(dicts_file, encoding="utf-8") as f:
-        info = json.load(f)
-    names = []
-    for key in ("label_to_idx", "predicate_to_idx"):
-        mapping = info.get(key)
-        if not isinstance(mapping, dict):
-            raise ValueError(f"{dicts_file}: missing mapping '{key}'")
-        ordered = sorted(mapping, key=lambda k: mapping[k])
-        if [mapping[k] for k in ordered] != list(range(1, len(ordered) + 1)):
-            raise ValueError(f"{dicts_file}: '{key}' indices must be exactly 1..{len(ordered)}")
-        names.append(ordered)
-    return names[0], names[1]
-
-
-def load_vg_image_data(image_data_file: str | Path, num_rows: int) -> list[dict[str, Any]]:
-    """``image_data.json`` entries aligned with the h5 rows (corrupted ids dropped).
-
-    Raises:
-        ValueError: the count after dropping differs from the h5 row count.
-    """
-    with open(image_data_file, encoding="utf-8") as f:
-        entries = json.load(f)
-    for k, entry in enumerate(entries):
-        missing = [key for key in ("image_id", "width", "height") if key not in entry]
-        if missing:
-            raise ValueError(f"{image_data_file}: entry {k} lacks {missing}")
-    kept = [e for e in entries if int(e["image_id"]) not in VG_CORRUPTED_IMAGE_IDS]
-    if len(kept) != num_rows:
-        raise ValueError(
-            f"{image_data_file}: {len(kept)} images after dropping corrupted ids "
-            f"{sorted(VG_CORRUPTED_IMAGE_IDS)}, but the h5 has {num_rows} rows"
-        )
-    return kept
+from realsynth.data.formats.vg150_rules import check_vg150_arrays, row_location
+from realsynth.data.image_files import ImageEntry, check_image_files
+from realsynth.data.images import RelationDataset, SkippedSample
+from realsynth.data.problems import Findings, raise_or_skip
+from realsynth.data.transforms import Transform
 
 
 def split_rows(
@@ -115,18 +39,33 @@ def split_rows(
     filter_empty_rels: bool,
 ) -> np.ndarray:
     """h5 row indices of a split: flag match, at least one box, (optionally) one relation; val is
-    the first ``num_val_images`` of the filtered train pool and train the rest."""
+    the first ``num_val_images`` of the filtered train pool and train the rest.
+
+    Raises:
+        ValueError: unknown split; ``val`` with ``num_val_images`` 0; a carve that leaves the
+            train pool less than half of its images (names NUM_VAL_IMAGES and a value that works).
+    """
     if split not in SPLIT_FLAGS:
         raise ValueError(f"split must be one of {list(SPLIT_FLAGS)}, got {split!r}")
     mask = (split_flags == SPLIT_FLAGS[split]) & (first_box >= 0)
     if filter_empty_rels:
         mask &= first_rel >= 0
     rows = np.flatnonzero(mask)
-    if num_val_images > 0 and split == "val":
-        rows = rows[:num_val_images]
-    elif num_val_images > 0 and split == "train":
-        rows = rows[num_val_images:]
-    return rows
+    if split == "test":
+        return rows
+    pool = len(rows)
+    if split == "val" and num_val_images <= 0:
+        raise ValueError(
+            "NUM_VAL_IMAGES is 0, so there is no validation split; set NUM_VAL_IMAGES > 0 "
+            "or use VAL_SPLIT: test"
+        )
+    if num_val_images > 0 and pool - num_val_images < pool / 2:
+        raise ValueError(
+            f"NUM_VAL_IMAGES={num_val_images} would leave {max(0, pool - num_val_images)} of the "
+            f"{pool} images of the train pool for training; use at most {pool // 2} "
+            f"(e.g. NUM_VAL_IMAGES={max(1, pool // 10)})"
+        )
+    return rows[:num_val_images] if split == "val" else rows[num_val_images:]
 
 
 def _overlapping(boxes: np.ndarray, relations: np.ndarray) -> np.ndarray:
@@ -140,6 +79,10 @@ def _overlapping(boxes: np.ndarray, relations: np.ndarray) -> np.ndarray:
 class VG150Dataset(RelationDataset):
     """Visual Genome 150/50 in the Scene-Graph-Benchmark h5 format.
 
+    Every rule of :func:`~realsynth.data.formats.vg150_rules.check_vg150_arrays` is applied to
+    the split's rows at construction, and (``check_files``) every image file must exist; an image
+    with a problem raises, or with ``skip_bad_samples`` is left out and listed in ``skipped``.
+
     Args:
         h5_file, dicts_file, image_data_file: the three annotation files.
         image_root: folder of ``{image_id}.jpg``.
@@ -151,6 +94,7 @@ class VG150Dataset(RelationDataset):
             object) pair, drawn from the item's generator.
         filter_non_overlap: (train only) keep relations whose boxes intersect; drop images left
             without any.
+        check_files: check that every image file of the split exists (one directory scan).
         transforms, source, seed, skip_bad_samples: see :class:`RelationDataset`.
     """
 
@@ -169,6 +113,7 @@ class VG150Dataset(RelationDataset):
         filter_empty_rels: bool = True,
         filter_duplicate_rels: bool = True,
         filter_non_overlap: bool = False,
+        check_files: bool = True,
         transforms: Transform | None = None,
         source: str = "vg150",
         seed: int = 0,
@@ -182,52 +127,72 @@ class VG150Dataset(RelationDataset):
         self.box_scale = int(box_scale)
         self.filter_duplicate_rels = filter_duplicate_rels and split == "train"
         self.classes, self.predicates = load_vg_dicts(dicts_file)
-        with h5py.File(h5_file, "r") as h5:
-            missing = [key for key in H5_REQUIRED if key not in h5]
-            if missing:
-                raise ValueError(f"{h5_file}: missing h5 datasets {missing} (VG-SGG schema)")
+        arrays = read_vg_h5(h5_file, self.box_scale)
+        image_data = load_vg_image_data(image_data_file, len(arrays.split))
+        try:
             rows = split_rows(
-                h5["split"][:],
-                h5["img_to_first_box"][:],
-                h5["img_to_first_rel"][:],
+                arrays.split,
+                arrays.first_box,
+                arrays.first_rel,
                 split=split,
                 num_val_images=num_val_images,
                 filter_empty_rels=filter_empty_rels,
             )
-            image_data = load_vg_image_data(image_data_file, int(h5["split"].shape[0]))
-            self._load_graphs(h5, rows, filter_non_overlap and split == "train", Path(h5_file))
+        except ValueError as exc:
+            raise ValueError(f"{h5_file} (source '{source}', split {split}): {exc}") from None
+        ids = np.array([int(e["image_id"]) for e in image_data], dtype=np.int64)
+        sizes = np.array([[int(e["width"]), int(e["height"])] for e in image_data], np.int64)
+        findings = self._findings(arrays, rows, ids, sizes, check_files)
+        bad = raise_or_skip(
+            f"{h5_file} (source '{source}', split {split})", findings, skip=skip_bad_samples
+        )
+        self.skipped = [SkippedSample(source, f"{ids[r]}.jpg", p) for r, p in sorted(bad.items())]
+        rows = np.array([r for r in rows.tolist() if r not in bad], dtype=np.int64)
+        self._load_graphs(arrays, rows, filter_non_overlap and split == "train")
         self.image_info = [image_data[r] for r in self.rows]
 
-    def _load_graphs(self, h5: h5py.File, rows: np.ndarray, non_overlap: bool, name: Path) -> None:
-        key = f"boxes_{self.box_scale}"
-        if key not in h5:
-            raise ValueError(f"{name}: no dataset '{key}' (box_scale={self.box_scale})")
-        cxcywh = h5[key][:].astype(np.float32)
-        if (cxcywh[:, :2] < 0).any() or (cxcywh[:, 2:] <= 0).any():
-            bad = int(np.flatnonzero((cxcywh[:, :2] < 0).any(1) | (cxcywh[:, 2:] <= 0).any(1))[0])
-            raise ValueError(
-                f"{name}: {key}[{bad}] = {cxcywh[bad].tolist()} needs cx, cy >= 0 and w, h > 0"
-            )
-        xyxy = np.concatenate(
-            [cxcywh[:, :2] - cxcywh[:, 2:] / 2, cxcywh[:, :2] + cxcywh[:, 2:] / 2], 1
+    def _findings(
+        self,
+        arrays: VGArrays,
+        rows: np.ndarray,
+        ids: np.ndarray,
+        sizes: np.ndarray,
+        check_files: bool,
+    ) -> Findings:
+        """The problems of the split's rows (and of the whole file)."""
+        every = Findings()
+        check_vg150_arrays(
+            every,
+            arrays,
+            ids,
+            sizes,
+            num_classes=len(self.classes),
+            num_predicates=len(self.predicates),
         )
-        labels = h5["labels"][:, 0].astype(np.int64) - 1
-        pairs = h5["relationships"][:].astype(np.int64)
-        predicates = h5["predicates"][:, 0].astype(np.int64) - 1
-        first_box, last_box = h5["img_to_first_box"][:], h5["img_to_last_box"][:]
-        first_rel, last_rel = h5["img_to_first_rel"][:], h5["img_to_last_rel"][:]
+        wanted = set(rows.tolist())
+        findings = Findings(
+            errors=[p for p in every.errors if p.image is None or p.image in wanted]
+        )
+        if check_files:
+            broken = findings.bad_images()
+            entries = [
+                ImageEntry(row_location(r, ids), f"{ids[r]}.jpg", (0, 0), r)
+                for r in rows.tolist()
+                if r not in broken
+            ]
+            check_image_files(findings, self.image_root, entries, check_content=False)
+        return findings
+
+    def _load_graphs(self, arrays: VGArrays, rows: np.ndarray, non_overlap: bool) -> None:
+        xyxy = decode_vg_boxes(arrays.boxes)
+        labels, predicates = arrays.labels - 1, arrays.predicates - 1
         self.rows, self._boxes, self._labels, self._relations = [], [], [], []
         for row in rows.tolist():
-            b0, b1 = int(first_box[row]), int(last_box[row]) + 1
+            b0, b1 = int(arrays.first_box[row]), int(arrays.last_box[row]) + 1
             boxes = xyxy[b0:b1]
-            if first_rel[row] >= 0:
-                r0, r1 = int(first_rel[row]), int(last_rel[row]) + 1
-                rels = np.column_stack([pairs[r0:r1] - b0, predicates[r0:r1]])
-                if rels.size and (rels[:, :2].min() < 0 or rels[:, :2].max() >= len(boxes)):
-                    raise ValueError(
-                        f"{name}: row {row}: relationships {r0}..{r1 - 1} point outside "
-                        f"boxes {b0}..{b1 - 1}"
-                    )
+            if arrays.first_rel[row] >= 0:
+                r0, r1 = int(arrays.first_rel[row]), int(arrays.last_rel[row]) + 1
+                rels = np.column_stack([arrays.pairs[r0:r1] - b0, predicates[r0:r1]])
             else:
                 rels = np.zeros((0, 3), dtype=np.int64)
             if non_overlap:

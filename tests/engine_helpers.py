@@ -30,3 +30,30 @@ def tiny_config(tmp_path: Path, *overrides: str, demo_root: Path | None = None):
         None,
         [*TINY, f"DATASETS.DEMO.ROOT={root}", f"OUTPUT_DIR={tmp_path / 'run'}", *overrides],
     )
+
+
+class AtStep:
+    """A training callback that runs ``action()`` when step ``step`` starts (before its forward)."""
+
+    def __init__(self, step: int, action) -> None:
+        self.step, self.action = step, action
+
+    def on_step_start(self, step: int) -> None:
+        if step == self.step:
+            self.action()
+
+
+def train_records(run: Path) -> list[dict]:
+    """The ``train`` records of a run folder's metrics.jsonl."""
+    from realsynth.engine.run_log import read_metrics
+
+    return [r for r in read_metrics(run) if r["kind"] == "train"]
+
+
+def assert_same_records(ours: list[dict], theirs: list[dict]) -> None:
+    """Two runs logged the same steps with the same values (bit for bit up to float printing)."""
+    assert [r["step"] for r in ours] == [r["step"] for r in theirs]
+    for a, b in zip(ours, theirs):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key] == b[key], (a["step"], key)

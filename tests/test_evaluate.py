@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from realsynth.engine.evaluate import SceneGraphEvaluator, format_table
+from realsynth.engine.evaluate import SceneGraphEvaluator
+from realsynth.engine.tables import format_table
 from realsynth.engine.sgg_metrics import match_triplets
 
 A = [0.0, 0.0, 10.0, 10.0]
@@ -198,9 +199,9 @@ def test_format_table_shows_percentages_in_metric_order():
     lines = table.splitlines()
     assert [c.strip() for c in lines[0].strip("|").split("|")] == [
         "source",
-        "R@20",
-        "R@50",
-        "mR@50",
+        "R@20 %",
+        "R@50 %",
+        "mR@50 %",
     ]
     assert [c.strip() for c in lines[2].strip("|").split("|")] == [
         "real",

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from engine_helpers import tiny_config
+from engine_helpers import AtStep, assert_same_records, tiny_config, train_records
 
 from realsynth.config import load_config, to_yaml
-from realsynth.engine import train as train_module
 from realsynth.engine.checkpoint import load_checkpoint
 from realsynth.engine.run_log import read_metrics
 from realsynth.engine.train import TrainingInterrupted, train
@@ -62,7 +61,8 @@ def test_metrics_total_is_the_coefficient_sum_and_diagnostics_stay_out(finished_
     train_records = [r for r in records if r["kind"] == "train"]
     assert [r["step"] for r in train_records] == [1, 2, 3, 4, 5, 6]
     # Evaluation at step 4 (TEST.EVAL_PERIOD) and at the end.
-    assert [r["step"] for r in records if r["kind"] == "eval"] == [4, 6]
+    evals = [(r["step"], r["final"]) for r in records if r["kind"] == "eval"]
+    assert evals == [(4, False), (6, True)]
     coefficient = {"loss_relation": 1.0, "loss_ce": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}
     for record in train_records:
         terms = {k: v for k, v in record.items() if k.startswith("loss_")}
@@ -78,38 +78,21 @@ def test_metrics_total_is_the_coefficient_sum_and_diagnostics_stay_out(finished_
             assert f"diag/loss_relation/{source}" in record
 
 
-def test_resume_after_ctrl_c_reproduces_the_uninterrupted_run(tmp_path, demo_root, monkeypatch):
+def test_resume_after_ctrl_c_reproduces_the_uninterrupted_run(tmp_path, demo_root):
     common = ("SOLVER.MAX_ITER=6", "SOLVER.CHECKPOINT_PERIOD=100", "TEST.EVAL_PERIOD=100")
-    whole = tiny_config(tmp_path / "a", *common, demo_root=demo_root)
-    train(whole)
-    reference = [r for r in read_metrics(tmp_path / "a" / "run") if r["kind"] == "train"]
+    train(tiny_config(tmp_path / "a", *common, demo_root=demo_root))
+    reference = train_records(tmp_path / "a" / "run")
 
     cut = tiny_config(tmp_path / "b", *common, demo_root=demo_root)
-    real_step = train_module._Loop.step
-    calls = {"n": 0}
-
-    def step_with_ctrl_c(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            # Ctrl-C arrives in the middle of step 4: the step completes, then the run stops.
-            os.kill(os.getpid(), signal.SIGINT)
-        return real_step(self, batch)
-
-    monkeypatch.setattr(train_module._Loop, "step", step_with_ctrl_c)
-    with pytest.raises(TrainingInterrupted, match="interrupted at step 4; checkpoint saved"):
-        train(cut)
-    monkeypatch.setattr(train_module._Loop, "step", real_step)
+    # Ctrl-C arrives once step 4 has its batch: the step completes, then the run stops.
+    ctrl_c = AtStep(4, lambda: os.kill(os.getpid(), signal.SIGINT))
+    with pytest.raises(TrainingInterrupted, match=r"saved the checkpoint of step 4; continue"):
+        train(cut, callbacks=[ctrl_c])
     assert load_checkpoint(tmp_path / "b" / "run")["run_state"]["step"] == 4
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     torch.manual_seed(12345)  # the resumed run must not depend on the process's RNG state
     train(cut, resume=True)
-    resumed = [r for r in read_metrics(tmp_path / "b" / "run") if r["kind"] == "train"]
-    assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 6]
-    for ours, theirs in zip(resumed, reference):
-        assert ours.keys() == theirs.keys()
-        for key in ours:
-            if key != "kind":
-                assert ours[key] == pytest.approx(theirs[key], rel=1e-6, abs=1e-9), key
+    assert_same_records(train_records(tmp_path / "b" / "run"), reference)
 
 
 def test_resume_refuses_a_different_seed_or_global_batch(finished_run):
@@ -125,33 +108,48 @@ def _children() -> list[int]:
     return [int(p) for t in tasks.iterdir() for p in (t / "children").read_text().split()]
 
 
-def test_workers_survive_ctrl_c_and_resume_matches_a_run_without_workers(
-    tmp_path, demo_root, monkeypatch
-):
+def test_workers_survive_ctrl_c_and_resume_matches_a_run_without_workers(tmp_path, demo_root):
     common = ("SOLVER.MAX_ITER=5", "SOLVER.CHECKPOINT_PERIOD=100", "TEST.EVAL_PERIOD=100")
     train(tiny_config(tmp_path / "a", *common, demo_root=demo_root))
-    reference = [r for r in read_metrics(tmp_path / "a" / "run") if r["kind"] == "train"]
+    reference = train_records(tmp_path / "a" / "run")
 
     workers = tiny_config(tmp_path / "b", *common, "DATALOADER.NUM_WORKERS=2", demo_root=demo_root)
-    real_step = train_module._Loop.step
-    calls = {"n": 0}
 
-    def step_with_terminal_ctrl_c(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            # A terminal's Ctrl-C reaches the loader workers too; the run must still stop
-            # cleanly after this step and resume exactly, prefetched batches notwithstanding.
-            for pid in [*_children(), os.getpid()]:
-                os.kill(pid, signal.SIGINT)
-        return real_step(self, batch)
+    def terminal_ctrl_c():
+        # A terminal's Ctrl-C reaches the loader workers too; the run must still stop cleanly
+        # after this step and resume exactly, prefetched batches notwithstanding.
+        for pid in [*_children(), os.getpid()]:
+            os.kill(pid, signal.SIGINT)
 
-    monkeypatch.setattr(train_module._Loop, "step", step_with_terminal_ctrl_c)
-    with pytest.raises(TrainingInterrupted, match="interrupted at step 2"):
-        train(workers)
-    monkeypatch.setattr(train_module._Loop, "step", real_step)
+    with pytest.raises(TrainingInterrupted, match="checkpoint of step 2"):
+        train(workers, callbacks=[AtStep(2, terminal_ctrl_c)])
     train(workers, resume=True)
-    resumed = [r for r in read_metrics(tmp_path / "b" / "run") if r["kind"] == "train"]
+    resumed = train_records(tmp_path / "b" / "run")
     # Same losses as the run without workers: augmentation is tied to (seed, epoch, item).
     assert len(resumed) == len(reference) == 5
     for ours, theirs in zip(resumed, reference):
         assert ours["total"] == pytest.approx(theirs["total"], rel=1e-6)
+
+
+def test_second_ctrl_c_before_any_checkpoint_says_nothing_was_saved(tmp_path, demo_root):
+    cfg = tiny_config(tmp_path, "SOLVER.MAX_ITER=4", demo_root=demo_root)
+
+    def two_ctrl_c():
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)  # the second one stops at once, inside step 1
+
+    with pytest.raises(TrainingInterrupted) as info:
+        train(cfg, callbacks=[AtStep(1, two_ctrl_c)])
+    message = str(info.value)
+    assert "nothing was saved" in message and "--resume" not in message
+    assert info.value.saved_step is None
+    # The folder holds no run, so the same command starts again (no --overwrite needed).
+    assert not (tmp_path / "run" / "config.yaml").exists()
+    train(cfg)
+    assert len(train_records(tmp_path / "run")) == 4
+
+
+def test_eval_period_zero_evaluates_only_at_the_end(tmp_path, demo_root):
+    train(tiny_config(tmp_path, "SOLVER.MAX_ITER=4", "TEST.EVAL_PERIOD=0", demo_root=demo_root))
+    evals = [r for r in read_metrics(tmp_path / "run") if r["kind"] == "eval"]
+    assert [(r["step"], r["final"]) for r in evals] == [(4, True)]

@@ -28,12 +28,18 @@ def _parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train (default: the demo data) and evaluate")
     _add_config_args(train)
-    train.add_argument(
+    how = train.add_mutually_exclusive_group()
+    how.add_argument(
         "--resume",
         type=Path,
         default=None,
         metavar="RUN_DIR",
         help="continue the run in RUN_DIR exactly where its checkpoint stopped",
+    )
+    how.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run OUTPUT_DIR already holds (without it such a folder is refused)",
     )
 
     evaluate = commands.add_parser("eval", help="evaluate a run folder or checkpoint")
@@ -44,6 +50,14 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         metavar="CONFIG",
         help="config whose validation sources to use (default: the run's own)",
+    )
+    evaluate.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="where to write the results (default: eval_<checkpoint>[_<data>].json in the run "
+        "folder; the run's own eval.json is never replaced)",
     )
     evaluate.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
 
@@ -58,7 +72,13 @@ def _parser() -> argparse.ArgumentParser:
 
     data = commands.add_parser("data", help="dataset tools")
     data_cmds = data.add_subparsers(dest="data_command", required=True)
-    check = data_cmds.add_parser("check", help="validate a dataset and summarize it")
+    check = data_cmds.add_parser(
+        "check",
+        help="validate a dataset and summarize it",
+        description="Apply the rules training applies to a dataset and list every problem. "
+        "Exit status: 0 clean (warnings allowed), 1 problems found, 2 cannot run (no such path, "
+        "a format it cannot tell, bad arguments).",
+    )
     check.add_argument("path", type=Path)
     check.add_argument("--format", choices=("relcoco", "vg150"), default=None)
     check.add_argument("--image-root", type=Path, default=None)
@@ -71,6 +91,11 @@ def _parser() -> argparse.ArgumentParser:
     demo = data_cmds.add_parser("demo", help="write the procedural demo dataset")
     demo.add_argument("out", type=Path)
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--force",
+        action="store_true",
+        help="write into a non-empty OUT that an earlier `data demo` did not make",
+    )
     for name, default in (
         ("real-train", 300),
         ("real-val", 100),
@@ -83,15 +108,33 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``realsynth`` console script; returns the exit status."""
+    """Entry point of the ``realsynth`` console script; returns the exit status.
+
+    Exit status: 0 done; 1 an error during training (the checkpoint of the last complete step
+    is kept) or problems found by ``data check``; 2 bad input (config, data, arguments); 130
+    Ctrl-C; 141 the output pipe was closed (``realsynth eval RUN | head -1``).
+    """
     args = _parser().parse_args(argv)
     try:
         return _dispatch(args)
+    except BrokenPipeError:
+        return _closed_pipe()
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         if os.environ.get("REALSYNTH_DEBUG"):
             raise
         print(f"realsynth: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("realsynth: interrupted before training started; nothing was saved", file=sys.stderr)
+        return 130
+
+
+def _closed_pipe() -> int:
+    """The reader of our output went away: stop quietly, as ``yes | head`` does."""
+    # Python would report the failed flush of the dead pipe again at exit: point it elsewhere.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 141
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -105,7 +148,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "eval":
         from realsynth.engine.inference import evaluate_checkpoint
 
-        evaluate_checkpoint(args.checkpoint, data_config=args.data, overrides=args.overrides)
+        evaluate_checkpoint(
+            args.checkpoint, data_config=args.data, overrides=args.overrides, output=args.output
+        )
         return 0
     from realsynth.engine.compare import compare
 
@@ -115,7 +160,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from realsynth.engine.launch import shutdown_distributed
-    from realsynth.engine.train import TrainingInterrupted, train
+    from realsynth.engine.train import TrainingFailed, TrainingInterrupted, train
 
     if args.resume is not None:
         saved = args.resume / "config.yaml"
@@ -127,10 +172,16 @@ def _train(args: argparse.Namespace) -> int:
     else:
         cfg = load_config(args.config_file, args.overrides)
     try:
-        train(cfg, resume=args.resume is not None)
+        train(cfg, resume=args.resume is not None, overwrite=args.overwrite)
     except TrainingInterrupted as exc:
-        print(f"\nrealsynth: {exc}", file=sys.stderr)
+        print(f"realsynth: {exc}", file=sys.stderr)
         return 130
+    except TrainingFailed as exc:
+        if os.environ.get("REALSYNTH_DEBUG"):
+            raise
+        print(f"realsynth: error: {exc}", file=sys.stderr)
+        # Bad data or settings are the user's to fix (2); anything else is a failure (1).
+        return 2 if isinstance(exc.__cause__, ValueError | OSError) else 1
     finally:
         shutdown_distributed()
     return 0
@@ -141,7 +192,9 @@ def _data(args: argparse.Namespace) -> int:
         from realsynth.data.demo import generate_demo
 
         sizes = ("real_train", "real_val", "synthetic_train", "synthetic_val", "label_noise")
-        paths = generate_demo(args.out, seed=args.seed, **{k: getattr(args, k) for k in sizes})
+        paths = generate_demo(
+            args.out, seed=args.seed, force=args.force, **{k: getattr(args, k) for k in sizes}
+        )
         for name, path in paths.items():
             print(f"{name}: {path}")
         return 0

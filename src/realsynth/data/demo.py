@@ -15,6 +15,7 @@ different, uniformly drawn one with probability ``label_noise``.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -24,12 +25,17 @@ import numpy as np
 
 from realsynth.data.demo_render import PALETTE, SHAPES, DemoObject, render_real, render_synthetic
 from realsynth.data.formats.relcoco import write_relcoco
+from realsynth.utils.atomic import atomic_write_text
 
 DEMO_CLASSES = SHAPES
 DEMO_PREDICATES = ("left of", "right of", "above", "below", "same color as")
 DOMAINS = ("real", "synthetic")
 SPLITS = ("train", "val")
 MAX_RELATIONS = 8
+#: Marks a folder written by :func:`generate_demo` (and whether it finished).
+DEMO_MARKER = ".realsynth-demo"
+#: What the demo cache of realsynth 0.1 wrote when complete (still recognized).
+LEGACY_DEMO_MARKER = ".complete"
 DOMINANCE = 1.5
 
 
@@ -125,6 +131,31 @@ def make_scene(
     return image, ann
 
 
+def _claim_folder(out: Path, settings: dict[str, Any], *, force: bool) -> None:
+    """Refuse a non-empty folder that an earlier ``generate_demo`` did not make; mark it ours."""
+    ours = (out / DEMO_MARKER).exists() or (out / LEGACY_DEMO_MARKER).exists()
+    if out.exists() and any(out.iterdir()) and not ours and not force:
+        raise ValueError(
+            f"{out} is not empty and was not made by `realsynth data demo`; choose an empty "
+            "folder, or pass --force (generate_demo(..., force=True)) to replace its real/ and "
+            "synthetic/ folders"
+        )
+    atomic_write_text(
+        out / DEMO_MARKER, json.dumps({"complete": False, "settings": settings}) + "\n"
+    )
+    (out / LEGACY_DEMO_MARKER).unlink(missing_ok=True)
+
+
+def demo_is_complete(out: str | Path) -> bool:
+    """Whether ``out`` holds a finished ``generate_demo`` output."""
+    if (Path(out) / LEGACY_DEMO_MARKER).exists():
+        return True
+    try:
+        return bool(json.loads((Path(out) / DEMO_MARKER).read_text()).get("complete"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _write_split(
     folder: Path,
     domain: str,
@@ -136,10 +167,6 @@ def _write_split(
     label_noise: float,
 ) -> Path:
     """Writes one split into a temporary sibling folder, then moves it into place."""
-    if folder.exists() and not (folder / "annotations.json").is_file():
-        raise ValueError(
-            f"{folder} exists and is not a demo split (no annotations.json); refusing to replace it"
-        )
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
@@ -176,15 +203,19 @@ def generate_demo(
     synthetic_val: int = 100,
     label_noise: float = 0.1,
     image_size: int = 64,
+    force: bool = False,
 ) -> dict[str, Path]:
     """Writes the demo data set; the same arguments give byte-identical files.
 
     Args:
-        out_dir: output folder (``real/`` and ``synthetic/`` are created or replaced in it).
+        out_dir: output folder (``real/`` and ``synthetic/`` are created or replaced in it). A
+            non-empty folder is refused unless an earlier call made it (the ``.realsynth-demo``
+            marker says so) or ``force`` is set.
         seed: base seed; image k of (domain, split) uses ``default_rng([seed, d, s, k])``.
         real_train, real_val, synthetic_train, synthetic_val: image counts (>= 0).
         label_noise: synthetic class/predicate noise rate in [0, 1].
         image_size: square image side in pixels (>= 24).
+        force: replace ``real/`` and ``synthetic/`` in a folder this function did not make.
 
     Returns:
         ``{"real/train": path to annotations.json, "real/val": ..., "synthetic/train": ...,
@@ -204,7 +235,10 @@ def generate_demo(
     if image_size < 24:
         raise ValueError(f"image_size must be >= 24 pixels, got {image_size}")
     out = Path(out_dir)
-    return {
+    settings = {f"{d}_{s}": int(n) for (d, s), n in counts.items()}
+    settings.update(seed=seed, label_noise=label_noise, image_size=image_size)
+    _claim_folder(out, settings, force=force)
+    paths = {
         f"{domain}/{split}": _write_split(
             out / domain / split,
             domain,
@@ -216,3 +250,7 @@ def generate_demo(
         )
         for (domain, split), n in counts.items()
     }
+    atomic_write_text(
+        out / DEMO_MARKER, json.dumps({"complete": True, "settings": settings}) + "\n"
+    )
+    return paths

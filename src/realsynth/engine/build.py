@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from realsynth.config import ConfigError
 from realsynth.data.collate import collate_relations
 from realsynth.data.mixed import Source, build_mixed_loader
 from realsynth.engine.data_setup import RunData, build_data
@@ -28,6 +29,7 @@ __all__ = [
     "build_train_loader",
     "wrap_distributed",
     "print_run_summary",
+    "best_metric_key",
 ]
 
 
@@ -156,3 +158,23 @@ def print_run_summary(cfg: DictConfig, data: RunData, loader: DataLoader) -> Non
         f"{len(data.classes)} classes, {len(data.predicates)} predicates; "
         f"validation: {', '.join(data.val) or 'none'}; output: {cfg.OUTPUT_DIR}"
     )
+
+
+def best_metric_key(cfg: DictConfig, data: RunData) -> str | None:
+    """``source/metric`` that selects ``best.pt``: ``TEST.BEST_METRIC`` on ``TEST.BEST_SOURCE``,
+    by default the first real validation source (else the first one); None without validation.
+
+    Raises:
+        ConfigError: ``TEST.BEST_SOURCE`` names a source without a validation set.
+    """
+    if not data.val:
+        return None
+    source = cfg.TEST.BEST_SOURCE
+    if source and source not in data.val:
+        raise ConfigError(
+            f"TEST.BEST_SOURCE={source!r} has no validation set; choose one of {sorted(data.val)}"
+        )
+    if not source:
+        real = [name for name in data.val if data.kinds.get(name) == "real"]
+        source = real[0] if real else next(iter(data.val))
+    return f"{source}/{cfg.TEST.BEST_METRIC}"

@@ -12,8 +12,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from realsynth.utils.atomic import atomic_write
-
 CHECKPOINT_VERSION = 1
 
 
@@ -38,17 +36,11 @@ def restore_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Atomically write ``state`` (plus a format version) to ``path`` with ``torch.save``."""
-    payload = {"version": CHECKPOINT_VERSION, **state}
-    return atomic_write(path, lambda handle: torch.save(payload, handle))
-
-
 def load_checkpoint(path: str | Path, *, required: tuple[str, ...] = ("model",)) -> dict[str, Any]:
     """Load a checkpoint onto the CPU.
 
     Args:
-        path: a ``.pt`` file written by :func:`save_checkpoint`, or a run folder (then
+        path: a ``.pt`` file written by the trainer, or a run folder (then
             ``checkpoints/last.pt`` inside it).
         required: keys the caller needs; a missing one is a clear error.
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from realsynth.engine.tables import markdown_table, percent
 from realsynth.engine.train import train
 from realsynth.utils.atomic import atomic_write_json
 
@@ -48,15 +49,8 @@ def compare(cfg: DictConfig, variants: tuple[str, ...] = tuple(VARIANTS)) -> dic
 
 
 def format_comparison(results: dict[str, dict], metric: str = "R@50") -> str:
-    """A table of ``metric`` per validation source (rows) and variant (columns)."""
+    """``metric`` in percent per validation source (rows) and variant (columns)."""
     sources = sorted({s for per_source in results.values() for s in per_source})
-    width = max([len(s) for s in sources] + [8])
-    header = f"{'source':<{width}} " + " ".join(f"{name:>10}" for name in results)
-    rows = [header, "-" * len(header)]
-    for source in sources:
-        cells = [results[name].get(source, {}).get(metric) for name in results]
-        rows.append(
-            f"{source:<{width}} "
-            + " ".join(f"{c:>10.4f}" if c is not None else f"{'-':>10}" for c in cells)
-        )
-    return f"Validation {metric}, same training budget:\n" + "\n".join(rows)
+    rows = [[s, *(percent(results[v].get(s, {}).get(metric)) for v in results)] for s in sources]
+    header = ["source", *(f"{v} {metric} %" for v in results)]
+    return "Validation, same training budget:\n" + markdown_table(header, rows)

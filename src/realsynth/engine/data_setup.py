@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from realsynth.config import ConfigError
 from realsynth.data.collate import collate_relations
-from realsynth.data.demo import demo_predicate_flip_map, generate_demo
+from realsynth.data.demo import demo_is_complete, demo_predicate_flip_map, generate_demo
 from realsynth.data.formats.relcoco import RelCocoDataset
 from realsynth.data.formats.vg150 import vg150_from_folder
 from realsynth.data.mixed import ignore_interrupts
@@ -20,8 +20,6 @@ from realsynth.data.transforms import build_transforms, predicate_flip_indices
 from realsynth.engine.distributed import get_rank, get_world_size
 from realsynth.engine.launch import barrier
 from realsynth.mix import SourceMix, resolve_mix
-
-DEMO_DONE = ".complete"
 
 
 @dataclass
@@ -34,6 +32,8 @@ class RunData:
         train: each source's training dataset.
         val: validation datasets by source name (sources without one are absent).
         classes / predicates: the shared label names (0-based; background is the last index).
+        skipped: images left out when the datasets were built (``DATALOADER.SKIP_BAD_SAMPLES``),
+            by "source 'NAME' (train|val)"; empty lists are not kept.
     """
 
     names: list[str]
@@ -42,6 +42,7 @@ class RunData:
     val: dict[str, Dataset]
     classes: list[str]
     predicates: list[str]
+    skipped: dict[str, list[Any]] = field(default_factory=dict)
 
     @property
     def kinds(self) -> dict[str, str]:
@@ -93,6 +94,14 @@ def build_data(cfg: DictConfig) -> RunData:
     classes, predicates = _shared_labels(sources, train)
     mix = resolve_mix(sources, cfg.DATASETS.MULTI_DATASET, [len(d) for d in train])
     active = [k for k, m in enumerate(mix) if m.ratio > 0]
+    skipped = {
+        f"source '{name}' ({split})": list(dataset.skipped)
+        for name, split, dataset in [
+            *((sources[k].NAME, "train", train[k]) for k in active),
+            *((name, "val", dataset) for name, dataset in val.items()),
+        ]
+        if getattr(dataset, "skipped", None)
+    }
     return RunData(
         names=[sources[k].NAME for k in active],
         mix=[mix[k] for k in active],
@@ -100,14 +109,18 @@ def build_data(cfg: DictConfig) -> RunData:
         val=val,
         classes=classes,
         predicates=predicates,
+        skipped=skipped,
     )
 
 
 def _dataset(cfg: DictConfig, src: Any, *, train: bool) -> Dataset:
+    # Images the rules reject are left out of validation sets too when asked (the start-up
+    # report names each one), but an image that cannot be decoded during an evaluation stops
+    # the run (its checkpoint kept): a score must not silently cover fewer images.
     common = {
         "source": src.NAME,
         "seed": cfg.SEED,
-        "skip_bad_samples": cfg.DATALOADER.SKIP_BAD_SAMPLES and train,
+        "skip_bad_samples": cfg.DATALOADER.SKIP_BAD_SAMPLES,
     }
     if src.FORMAT == "vg150":
         folder = _existing(src.PATH, f"{src.NAME}.PATH")
@@ -124,6 +137,8 @@ def _dataset(cfg: DictConfig, src: Any, *, train: bool) -> Dataset:
         ann = _existing(src.PATH if train else src.VAL_PATH, key)
         root = Path(src.IMAGE_ROOT) if src.IMAGE_ROOT else ann.parent / "images"
         dataset = RelCocoDataset(ann, root, **common)
+    if not train:
+        dataset.skip_bad_samples = False
     # The flip map is given by predicate name: translate it with the dataset's own names.
     dataset.transforms = _transforms(cfg, dict(src.PREDICATE_FLIP_MAP), dataset.predicates, train)
     return dataset
@@ -184,7 +199,7 @@ def demo_root(cfg: DictConfig) -> Path:
 def ensure_demo_data(cfg: DictConfig) -> Path:
     """Generate the demo data on first use (rank 0; other ranks wait) and return its folder."""
     root, demo = demo_root(cfg), cfg.DATASETS.DEMO
-    if get_rank() == 0 and not (root / DEMO_DONE).exists():
+    if get_rank() == 0 and not demo_is_complete(root):
         print(f"Generating the demo data into {root} ...")
         generate_demo(
             root,
@@ -195,7 +210,6 @@ def ensure_demo_data(cfg: DictConfig) -> Path:
             synthetic_val=demo.SYNTHETIC_VAL,
             label_noise=demo.LABEL_NOISE,
         )
-        (root / DEMO_DONE).write_text("ok\n")
     barrier()
     return root
 

@@ -37,3 +37,11 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if is_dist_avail_and_initialized():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def all_ranks_agree(ok: bool, device: torch.device | str = "cpu") -> bool:
+    """True when ``ok`` holds on every rank (one all-reduce; ``ok`` itself without a group)."""
+    if not is_dist_avail_and_initialized():
+        return ok
+    flag = torch.tensor([0.0 if ok else 1.0], device=device)
+    return all_reduce_sum(flag).item() == 0

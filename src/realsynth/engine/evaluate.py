@@ -33,8 +33,6 @@ from realsynth.engine.sgg_metrics import (
     ranked_triplets,
 )
 
-METRIC_ORDER = ("R", "ngR", "mR", "zsR")
-
 
 class SceneGraphEvaluator:
     """Accumulates per-image recall records and summarizes them.
@@ -218,37 +216,3 @@ def _same_triplet_set(a: np.ndarray | None, b: np.ndarray | None) -> bool:
     if a is None or b is None:
         return a is None and b is None
     return {tuple(t) for t in a.tolist()} == {tuple(t) for t in b.tolist()}
-
-
-def _metric_sort_key(name: str) -> tuple[int, int, str]:
-    prefix, _, k = name.partition("@")
-    rank = METRIC_ORDER.index(prefix) if prefix in METRIC_ORDER else len(METRIC_ORDER)
-    return (rank, int(k) if k.isdigit() else 0, name)
-
-
-def format_table(results_by_source: Mapping[str, Mapping[str, float]]) -> str:
-    """A markdown table, one row per source, recalls shown as percentages.
-
-    Args:
-        results_by_source: ``{source name: {"R@50": 0.61, ...}}`` (fractions in [0, 1]).
-
-    Returns:
-        the table as text; metrics a source lacks show as ``-``.
-    """
-    if not results_by_source:
-        raise ValueError("format_table: no results to show")
-    names = sorted(
-        {key for metrics in results_by_source.values() for key in metrics}, key=_metric_sort_key
-    )
-    header = ["source", *names]
-    rows = [
-        [source, *(f"{100 * metrics[n]:.2f}" if n in metrics else "-" for n in names)]
-        for source, metrics in results_by_source.items()
-    ]
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(str(c).rjust(w) for c, w in zip(cells, widths)) + " |"
-
-    separator = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(header), separator, *(line(row) for row in rows)])

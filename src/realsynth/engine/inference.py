@@ -7,6 +7,7 @@ records are gathered and put back in dataset order, so the summary equals the si
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,9 @@ from realsynth.engine.build import build_model_and_criterion
 from realsynth.engine.checkpoint import load_checkpoint
 from realsynth.engine.data_setup import build_data
 from realsynth.engine.distributed import get_rank, get_world_size, is_dist_avail_and_initialized
-from realsynth.engine.evaluate import SceneGraphEvaluator, format_table
+from realsynth.engine.evaluate import SceneGraphEvaluator
 from realsynth.engine.launch import resolve_device
+from realsynth.engine.tables import format_table
 from realsynth.modeling.postprocess import ground_truth_from_target, relation_predictions
 from realsynth.utils.atomic import atomic_write_json
 
@@ -94,13 +96,18 @@ def gather_in_order(records: np.ndarray) -> np.ndarray:
 
 
 def evaluate_checkpoint(
-    checkpoint: str | Path, *, data_config: str | Path | None = None, overrides: list[str] = ()
+    checkpoint: str | Path,
+    *,
+    data_config: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    output: str | Path | None = None,
 ) -> dict[str, dict[str, float]]:
     """``realsynth eval``: score a run folder or checkpoint on its (or another config's) val sets.
 
     The model settings come from the config saved with the checkpoint; ``data_config`` replaces
-    the datasets. Prints the table and writes ``eval.json`` into the run folder (the folder
-    given, or the one holding ``checkpoints/``; else the checkpoint's folder).
+    the datasets. Prints the table and writes the results to ``output``, by default
+    ``eval_<checkpoint>[_<data config>].json`` in the run folder (``eval_last.json``,
+    ``eval_best_other.json``, ...): the run's own ``eval.json`` is never replaced.
     """
     state = load_checkpoint(checkpoint, required=("model", "config"))
     cfg = load_config(None, overrides, base_yaml=state["config"])
@@ -120,9 +127,19 @@ def evaluate_checkpoint(
         num_predicates=len(data.predicates),
     )
     if get_rank() == 0:
+        target = Path(output) if output is not None else _default_output(checkpoint, data_config)
+        atomic_write_json(target, results)
         print(format_table(results))
-        atomic_write_json(_run_folder(Path(checkpoint)) / "eval.json", results)
+        print(f"written to {target}")
     return results
+
+
+def _default_output(checkpoint: str | Path, data_config: str | Path | None) -> Path:
+    """``eval_<checkpoint stem>[_<data config stem>].json`` in the checkpoint's run folder."""
+    checkpoint = Path(checkpoint)
+    stem = "last" if checkpoint.is_dir() else checkpoint.stem
+    suffix = f"_{Path(data_config).stem}" if data_config is not None else ""
+    return _run_folder(checkpoint) / f"eval_{stem}{suffix}.json"
 
 
 def _check_label_space(checkpoint: str | Path, weights: dict[str, Any], data: Any) -> None:

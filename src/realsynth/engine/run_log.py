@@ -13,23 +13,34 @@ class MetricsLog:
     """Appends records to ``<run_dir>/metrics.jsonl``; mirrors scalars to TensorBoard if installed.
 
     Each record is flushed as soon as it is written, so a killed run keeps every finished step.
-    On resume the file is truncated to the records before the resumed step, so the log never holds
+    On resume the file is cut back to the records the checkpoint had seen, so the log never holds
     two versions of the same step.
 
     Args:
         run_dir: the run folder.
-        resume_step: when resuming, the first step the new process will log; records with
-            ``step >= resume_step`` are dropped.
+        resume_step: when resuming, the step of the checkpoint; later records are dropped, and so
+            is a final evaluation of that step when ``redo_final`` (it is about to run again).
+        redo_final: see ``resume_step``.
         tensorboard: write TensorBoard events when ``torch.utils.tensorboard`` imports.
     """
 
     def __init__(
-        self, run_dir: str | Path, *, resume_step: int | None = None, tensorboard: bool = True
+        self,
+        run_dir: str | Path,
+        *,
+        resume_step: int | None = None,
+        redo_final: bool = False,
+        tensorboard: bool = True,
     ):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.exists():
-            kept = [r for r in read_metrics(self.path) if r.get("step", 0) < resume_step]
+            kept = [
+                r
+                for r in read_metrics(self.path)
+                if r.get("step", 0) <= resume_step
+                and not (redo_final and r.get("final") and r.get("step") == resume_step)
+            ]
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         elif resume_step is None:
             atomic_write_text(self.path, "")
@@ -43,7 +54,7 @@ class MetricsLog:
         if self._writer is not None:
             prefix = record.get("kind", "train")
             for key, value in record.items():
-                if isinstance(value, int | float) and key != "step":
+                if isinstance(value, int | float) and not isinstance(value, bool) and key != "step":
                     self._writer.add_scalar(f"{prefix}/{key}", value, record["step"])
 
     def close(self) -> None:

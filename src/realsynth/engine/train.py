@@ -1,67 +1,110 @@
-"""The training loop: mixed batches, weighted criterion, checkpoints, periodic evaluation, logs.
+"""``train``: one run into its run folder, from the first step or from where it stopped.
 
-One process or many (``torchrun``): the loop is the same; with a process group the model is
-wrapped in ``DistributedDataParallel``, every rank draws its own batches from the
-``MixedBatchSampler`` and only rank 0 writes to the run folder.
+One process or many (``torchrun``): with a process group the model is wrapped in
+``DistributedDataParallel``, every rank draws its own batches from the ``MixedBatchSampler`` and
+only rank 0 writes to (and locks) the run folder.
+
+Whatever ends a run early (Ctrl-C, a corrupt image first drawn at step 19, a NaN, an
+out-of-memory error, a bug), the checkpoint of the last complete step is written before the
+error reaches the caller, and the error says how to continue.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from realsynth.config import to_yaml
 from realsynth.engine import build
 from realsynth.engine.checkpoint import load_checkpoint, restore_rng_states
-from realsynth.engine.data_setup import RunData
-from realsynth.engine.distributed import all_reduce_sum, get_rank
-from realsynth.engine.inference import evaluate_sources
+from realsynth.engine.distributed import all_ranks_agree, get_rank
 from realsynth.engine.interrupt import StepInterrupt
 from realsynth.engine.launch import barrier, init_distributed, resolve_device, seed_all
-from realsynth.engine.records import loss_record, progress_postfix, reduce_record
-from realsynth.engine.run_log import MetricsLog
-from realsynth.engine.run_state import RunState, save_run_state, write_final_outputs
-from realsynth.modeling.criterion import RelationCriterion
+from realsynth.engine.loop import Components, TrainingLoop
+from realsynth.engine.run_folder import RunFolder, RunFolderError
+from realsynth.engine.run_log import MetricsLog, read_metrics
+from realsynth.engine.run_report import write_final_outputs, write_skipped_samples
+from realsynth.engine.run_state import RunState
 from realsynth.utils.atomic import atomic_write_text
 
+RESUME_KEYS = ("model", "optimizer", "scheduler", "run_state", "sampler", "rng")
 
-class TrainingInterrupted(RuntimeError):
-    """Raised after Ctrl-C once the checkpoint of the last complete step is safely written.
 
-    The first Ctrl-C lets the current step finish (see :class:`StepInterrupt`); a second one
-    stops at once, and the checkpoint then holds the last step that completed.
+class TrainingStopped(RuntimeError):
+    """A run ended before ``SOLVER.MAX_ITER``; the message says what was saved and how to go on.
+
+    Attributes:
+        saved_step: the step of the checkpoint the run folder now ends with (None: none).
     """
 
-
-@dataclass
-class StepResult:
-    """What one optimizer step logs: every loss term, the total and the per-source diagnostics."""
-
-    record: dict[str, float]
-    num_skipped: int
+    def __init__(self, message: str, saved_step: int | None) -> None:
+        super().__init__(message)
+        self.saved_step = saved_step
 
 
-def train(cfg: DictConfig, *, resume: bool = False) -> dict[str, dict[str, float]]:
+class TrainingInterrupted(TrainingStopped):
+    """Ctrl-C. The first one lets the current step finish; a second one stops at once."""
+
+
+class TrainingFailed(TrainingStopped):
+    """An error during training; the original exception is ``__cause__``."""
+
+
+def train(
+    cfg: DictConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    callbacks: Sequence[Any] = (),
+) -> dict[str, dict[str, float]]:
     """Train with ``cfg`` into ``cfg.OUTPUT_DIR``; returns the final recall per validation source.
 
     Args:
         cfg: resolved run config (see :mod:`realsynth.config`).
-        resume: continue from ``OUTPUT_DIR/checkpoints/last.pt`` (model, optimizer, scheduler,
-            sampler position and RNG states), reproducing the uninterrupted run.
+        resume: continue from the newest readable checkpoint of ``OUTPUT_DIR`` (model,
+            optimizer, scheduler, sampler position and RNG states), reproducing the
+            uninterrupted run. A run that already finished returns its saved results.
+        overwrite: replace the run that ``OUTPUT_DIR`` holds (without it, such a folder is
+            refused).
+        callbacks: objects with optional ``on_step_start(step)`` / ``on_step_end(step, record)``.
 
     Raises:
-        TrainingInterrupted: on Ctrl-C, after writing the checkpoint of the last finished step.
+        RunFolderError: the folder holds another run, or another process uses it.
+        TrainingInterrupted: Ctrl-C, after the checkpoint of the last complete step is written.
+        TrainingFailed: any other error during training, after the same.
     """
     device = resolve_device(cfg.MODEL.DEVICE)
     init_distributed(device)
     seed_all(cfg.SEED)
-    run_dir = Path(cfg.OUTPUT_DIR)
+    folder = RunFolder(cfg.OUTPUT_DIR, keep=cfg.SOLVER.KEEP_CHECKPOINTS)
+    _claim(folder, resume=resume, overwrite=overwrite, device=device)
+    try:
+        return _train(cfg, folder, device, resume, callbacks)
+    finally:
+        folder.unlock()
+
+
+def _claim(folder: RunFolder, *, resume: bool, overwrite: bool, device: Any) -> None:
+    """Rank 0 locks and checks the folder; every rank learns whether that worked."""
+    error: RunFolderError | None = None
+    if get_rank() == 0:
+        try:
+            folder.lock()
+            folder.prepare(resume=resume, overwrite=overwrite, command="realsynth train")
+        except RunFolderError as exc:
+            folder.unlock()
+            error = exc
+    if not all_ranks_agree(error is None, device):
+        raise error or RunFolderError(f"rank 0 could not use the run folder {folder.path}")
+
+
+def _train(
+    cfg: DictConfig, folder: RunFolder, device: Any, resume: bool, callbacks: Sequence[Any]
+) -> dict[str, dict[str, float]]:
     is_main = get_rank() == 0
     data = build.build_data(cfg)
     model, criterion = build.build_model_and_criterion(cfg, data, device)
@@ -70,55 +113,100 @@ def train(cfg: DictConfig, *, resume: bool = False) -> dict[str, dict[str, float
     loader = build.build_train_loader(cfg, data)
     state = RunState()
     if resume:
-        state = _restore(run_dir, model, optimizer, scheduler, loader.batch_sampler)
-    model = build.wrap_distributed(model, device)
+        state = _restore(folder, model, optimizer, scheduler, loader.batch_sampler)
+        done = _finished_results(folder, state, cfg.SOLVER.MAX_ITER)
+        if done is not None:
+            return done
+    parts = Components(
+        cfg,
+        data,
+        build.wrap_distributed(model, device),
+        criterion,
+        optimizer,
+        scheduler,
+        loader,
+        device,
+    )
     if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
+        atomic_write_text(folder.path / "config.yaml", to_yaml(cfg))
+        write_skipped_samples(folder.path, data)
         build.print_run_summary(cfg, data, loader)
-    log = MetricsLog(run_dir, resume_step=state.step + 1 if resume else None) if is_main else None
-    loop = _Loop(cfg, data, model, criterion, optimizer, scheduler, loader, device, log, run_dir)
+    log = None
+    if is_main:
+        redo_final = state.step >= cfg.SOLVER.MAX_ITER
+        log = MetricsLog(
+            folder.path, resume_step=state.step if resume else None, redo_final=redo_final
+        )
+    loop = TrainingLoop(parts, folder, log, build.best_metric_key(cfg, data), callbacks)
     loop.saved_step = state.step if resume else None
     try:
         with StepInterrupt() as interrupt:
             loop.run(state, interrupt)
-            results = loop.evaluate(state.step)
+            results = loop.finish(state)
     except KeyboardInterrupt:
-        raise _interrupted(loop, state, run_dir) from None
+        barrier()  # every rank stopped after the same step (StepInterrupt agrees on it)
+        raise TrainingInterrupted(
+            *_keep_what_was_done(loop, state, folder, "interrupted")
+        ) from None
+    except Exception as exc:
+        message, saved = _keep_what_was_done(loop, state, folder, _cause(exc))
+        raise TrainingFailed(message, saved) from exc
     finally:
         if log is not None:
             log.close()
     if is_main:
-        write_final_outputs(run_dir, results, state)
+        write_final_outputs(folder.path, results, state)
     return results
 
 
-def _interrupted(loop: _Loop, state: RunState, run_dir: Path) -> TrainingInterrupted:
-    """Save the last complete step (never half of one) and say how to continue."""
-    resume = f"continue with `realsynth train --resume {run_dir}`"
-    if not loop.mid_step:
-        barrier()
+def _cause(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else 'no message'}"
+
+
+def _keep_what_was_done(
+    loop: TrainingLoop, state: RunState, folder: RunFolder, what: str
+) -> tuple[str, int | None]:
+    """Save the last complete step if it is not saved yet; the message and the saved step."""
+    at = f"stopped at step {state.step + 1} ({what})"
+    resume = f"continue with `realsynth train --resume {folder.path}`"
+    if loop.can_save and state.step > 0 and state.step != loop.saved_step:
         loop.save(state)
-        return TrainingInterrupted(f"interrupted at step {state.step}; checkpoint saved, {resume}")
-    kept = f"step {loop.saved_step}" if loop.saved_step is not None else "none yet"
-    return TrainingInterrupted(
-        f"interrupted in the middle of step {state.step + 1}; its weights are half-updated, so "
-        f"the last checkpoint is kept ({kept}); {resume}"
-    )
+        return f"{at}; saved the checkpoint of step {state.step}; {resume}", state.step
+    if loop.saved_step is not None:
+        how = "that step was half done, so " if not loop.can_save else ""
+        return (
+            f"{at}; {how}the last checkpoint (step {loop.saved_step}) is kept; {resume}",
+            loop.saved_step,
+        )
+    if get_rank() == 0:
+        folder.prepare(resume=False, overwrite=True, command="realsynth train")
+    return f"{at}; nothing was saved (no step had completed); run the same command again", None
 
 
 def _restore(
-    run_dir: Path,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    folder: RunFolder,
+    model: Any,
+    optimizer: Any,
     scheduler: Any,
     sampler: Any,
 ) -> RunState:
-    """Load the run's checkpoint into the fresh objects; refuse a changed seed or global batch."""
-    ckpt = load_checkpoint(
-        run_dir, required=("model", "optimizer", "scheduler", "run_state", "sampler", "rng")
-    )
-    _check_same_stream(run_dir, ckpt["sampler"], sampler.state_dict())
+    """Load the newest readable checkpoint into the fresh objects; refuse a changed stream."""
+    candidates = folder.resume_candidates()
+    if not candidates:
+        raise FileNotFoundError(f"--resume {folder.path}: no checkpoint in {folder.checkpoints}")
+    unreadable = []
+    for path in candidates:
+        try:
+            ckpt = load_checkpoint(path, required=RESUME_KEYS)
+            break
+        except ValueError as exc:
+            unreadable.append(str(exc))
+    else:
+        raise ValueError(f"--resume {folder.path}: no readable checkpoint: {'; '.join(unreadable)}")
+    if unreadable and get_rank() == 0:
+        print(f"realsynth: {'; '.join(unreadable)}; resuming from {path} instead")
+    _check_same_stream(folder.path, ckpt["sampler"], sampler.state_dict())
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
@@ -139,138 +227,28 @@ def _check_same_stream(run_dir: Path, saved: dict[str, int], live: dict[str, int
         )
 
 
-class _Loop:
-    """Holds the pieces of one run and advances them step by step."""
-
-    def __init__(
-        self,
-        cfg: DictConfig,
-        data: RunData,
-        model: torch.nn.Module,
-        criterion: RelationCriterion,
-        optimizer: torch.optim.Optimizer,
-        scheduler: Any,
-        loader: DataLoader,
-        device: torch.device,
-        log: MetricsLog | None,
-        run_dir: Path,
-    ) -> None:
-        self.cfg, self.data, self.model, self.criterion = cfg, data, model, criterion
-        self.optimizer, self.scheduler, self.loader = optimizer, scheduler, loader
-        self.device, self.log, self.run_dir = device, log, Path(run_dir)
-        self.is_main = get_rank() == 0
-        self.mid_step, self.saved_step = False, None
-        use_bf16 = cfg.SOLVER.AMP and device.type == "cuda"
-        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
-
-    def run(self, state: RunState, interrupt: StepInterrupt) -> None:
-        solver, max_iter = self.cfg.SOLVER, self.cfg.SOLVER.MAX_ITER
-        bar = tqdm(total=max_iter, initial=state.step, disable=not self.is_main, dynamic_ncols=True)
-        sampler = self.loader.batch_sampler
-        while state.step < max_iter:
-            self.loader.dataset.set_epoch(state.epoch)
-            sampler.set_epoch(state.epoch)
-            sampler.load_state_dict(state.sampler_state(sampler))
-            for batch in self.loader:
-                self.mid_step = True
-                result = self.step(batch)
-                state.advance(result.num_skipped)
-                self.mid_step = False
-                record = {"kind": "train", "step": state.step, **result.record}
-                if self.log is not None:
-                    self.log.write(record)
-                bar.update(1)
-                bar.set_postfix(progress_postfix(record, self.data.kinds), refresh=False)
-                if state.step % solver.CHECKPOINT_PERIOD == 0 or state.step == max_iter:
-                    self.save(state)
-                if state.step % self.cfg.TEST.EVAL_PERIOD == 0 and state.step < max_iter:
-                    self.evaluate(state.step)
-                if state.step >= max_iter:
-                    break
-                if interrupt.should_stop(self.device):
-                    raise KeyboardInterrupt
-            else:
-                state.next_epoch()
-        bar.close()
-
-    def step(self, batch: dict[str, Any]) -> StepResult:
-        self.model.train()
-        images = batch["images"].to(self.device, non_blocking=True)
-        mask = batch["pixel_mask"].to(self.device, non_blocking=True)
-        targets = [_to_device(t, self.device) for t in batch["targets"]]
-        with self.autocast:
-            outputs = self.model(images, mask)
-        outputs = _to_float(outputs)
-        try:
-            losses = self.criterion(outputs, targets)
-        except ValueError as exc:
-            # The criterion speaks of batch positions; name the images behind them.
-            images = ", ".join(
-                f"{i}: {t.get('source', '?')}/{t.get('file_name', t.get('image_id', '?'))}"
-                for i, t in enumerate(targets)
-            )
-            raise ValueError(f"{exc} [batch positions: {images}]") from None
-        total = self.criterion.total_loss(losses)
-        if not _finite_on_every_rank(total):
-            raise FloatingPointError(
-                f"loss is {total.item()} at step {self.scheduler.last_epoch + 1} "
-                f"({ {k: round(v.item(), 4) for k, v in losses.items()} }); lower SOLVER.BASE_LR"
-            )
-        self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        if self.cfg.SOLVER.CLIP_GRAD_NORM > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.SOLVER.CLIP_GRAD_NORM)
-        self.optimizer.step()
-        lr = self.optimizer.param_groups[0]["lr"]
-        self.scheduler.step()
-        record = loss_record(losses, total, self.criterion.weight_dict, self.data.names)
-        record["lr"] = lr
-        return StepResult(reduce_record(record, self.device), int(batch.get("num_skipped", 0)))
-
-    def evaluate(self, step: int) -> dict[str, dict[str, float]]:
-        model = getattr(self.model, "module", self.model)
-        results = evaluate_sources(
-            model,
-            self.data.val_loaders(self.cfg),
-            device=self.device,
-            top_k=self.cfg.TEST.TOP_K,
-            num_predicates=len(self.data.predicates),
-            autocast=self.autocast,
+def _finished_results(
+    folder: RunFolder, state: RunState, max_iter: int
+) -> dict[str, dict[str, float]] | None:
+    """The saved results when the run already made its final evaluation at its last step."""
+    if state.step < max_iter:
+        return None
+    if state.step > max_iter:
+        raise ValueError(
+            f"--resume {folder.path}: its checkpoint is at step {state.step}, past "
+            f"SOLVER.MAX_ITER={max_iter}; raise SOLVER.MAX_ITER to continue"
         )
-        if self.log is not None:
-            flat = {f"{src}/{k}": v for src, metrics in results.items() for k, v in metrics.items()}
-            self.log.write({"kind": "eval", "step": step, **flat})
-        return results
-
-    def save(self, state: RunState) -> None:
-        self.saved_step = state.step
-        save_run_state(
-            self.run_dir,
-            state,
-            self.model,
-            self.optimizer,
-            self.scheduler,
-            self.loader.batch_sampler,
-            to_yaml(self.cfg),
+    records = read_metrics(folder.path) if (folder.path / "metrics.jsonl").exists() else []
+    final = any(
+        r.get("kind") == "eval" and r.get("final") and r["step"] == state.step for r in records
+    )
+    results_file = folder.path / "eval.json"
+    if not final or not results_file.exists():
+        return None  # stopped during the final evaluation: do that now
+    if get_rank() == 0:
+        print(
+            f"realsynth: {folder.path} finished at step {state.step} (SOLVER.MAX_ITER={max_iter}); "
+            f"raise SOLVER.MAX_ITER to continue, e.g. `realsynth train --resume {folder.path} "
+            f"SOLVER.MAX_ITER={2 * state.step}`"
         )
-
-
-def _finite_on_every_rank(total: torch.Tensor) -> bool:
-    """Whether the loss is finite on all ranks (all raise together; none waits in backward)."""
-    bad = (~torch.isfinite(total.detach())).float().reshape(1)
-    return all_reduce_sum(bad).item() == 0
-
-
-def _to_device(target: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in target.items()}
-
-
-def _to_float(outputs: Any) -> Any:
-    """Model outputs in float32 (bf16 autocast must not reach the loss and the matcher)."""
-    if isinstance(outputs, torch.Tensor):
-        return outputs.float()
-    if isinstance(outputs, dict):
-        return {k: _to_float(v) for k, v in outputs.items()}
-    if isinstance(outputs, list):
-        return [_to_float(v) for v in outputs]
-    return outputs
+    return json.loads(results_file.read_text())

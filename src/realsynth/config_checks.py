@@ -1,0 +1,106 @@
+"""Checks of config values the schema's types cannot express; errors name the key."""
+
+from __future__ import annotations
+
+import math
+import re
+
+from omegaconf import DictConfig, OmegaConf
+
+from realsynth.config_schema import _CHOICES, ConfigError
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check values the schema's types cannot express. Raises ConfigError naming the key."""
+    for key, choices in _CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in choices:
+            raise ConfigError(f"{key} must be one of {choices}, got {value!r}", key)
+    md = cfg.DATASETS.MULTI_DATASET
+    _check_ratio(md.REAL_SAMPLING_RATIO, "DATASETS.MULTI_DATASET.REAL_SAMPLING_RATIO")
+    for name in ("REAL_LOSS_WEIGHT", "SYNTHETIC_LOSS_WEIGHT"):
+        _check_weight(md[name], f"DATASETS.MULTI_DATASET.{name}")
+    _check_positive(cfg.SOLVER.IMS_PER_BATCH, "SOLVER.IMS_PER_BATCH")
+    _check_positive(cfg.SOLVER.MAX_ITER, "SOLVER.MAX_ITER")
+    _check_positive(cfg.SOLVER.CHECKPOINT_PERIOD, "SOLVER.CHECKPOINT_PERIOD")
+    _check_positive(cfg.SOLVER.KEEP_CHECKPOINTS, "SOLVER.KEEP_CHECKPOINTS")
+    if cfg.TEST.EVAL_PERIOD < 0:
+        raise ConfigError(
+            f"TEST.EVAL_PERIOD must be >= 0 (0 = final evaluation only), got "
+            f"{cfg.TEST.EVAL_PERIOD}",
+            "TEST.EVAL_PERIOD",
+        )
+    if not re.fullmatch(r"(R|ngR|mR|zsR)@(20|50|100)", cfg.TEST.BEST_METRIC):
+        raise ConfigError(
+            f"TEST.BEST_METRIC must be one of R@K, ngR@K, mR@K, zsR@K with K in 20, 50, 100, "
+            f"got {cfg.TEST.BEST_METRIC!r}",
+            "TEST.BEST_METRIC",
+        )
+    _check_positive(cfg.TEST.IMS_PER_BATCH, "TEST.IMS_PER_BATCH")
+    if cfg.TEST.TOP_K < 100:
+        raise ConfigError(
+            f"TEST.TOP_K must be >= 100 (Recall@100 needs 100 triplets), got {cfg.TEST.TOP_K}",
+            "TEST.TOP_K",
+        )
+    if cfg.SOLVER.BASE_LR <= 0 or cfg.SOLVER.WEIGHT_DECAY < 0:
+        raise ConfigError("SOLVER.BASE_LR must be > 0 and SOLVER.WEIGHT_DECAY >= 0", "SOLVER")
+    for key in ("SEED", "DATALOADER.NUM_WORKERS", "SOLVER.WARMUP_ITERS"):
+        if OmegaConf.select(cfg, key) < 0:
+            raise ConfigError(f"{key} must be >= 0, got {OmegaConf.select(cfg, key)}", key)
+    for key in ("NUM_QUERIES", "D_MODEL", "ENC_LAYERS", "DEC_LAYERS", "DIM_FEEDFORWARD"):
+        if cfg.MODEL[key] is not None:
+            _check_positive(cfg.MODEL[key], f"MODEL.{key}")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.MODEL.DEVICE):
+        raise ConfigError(
+            f"MODEL.DEVICE must be auto, cpu, cuda or cuda:N, got {cfg.MODEL.DEVICE!r}",
+            "MODEL.DEVICE",
+        )
+    _check_ratio(cfg.INPUT.FLIP_PROB, "INPUT.FLIP_PROB")
+    _check_ratio(cfg.DATASETS.DEMO.LABEL_NOISE, "DATASETS.DEMO.LABEL_NOISE")
+    _validate_sources(cfg)
+
+
+def _validate_sources(cfg: DictConfig) -> None:
+    seen: set[str] = set()
+    for i, src in enumerate(cfg.DATASETS.SOURCES):
+        key = f"DATASETS.SOURCES[{i}]"
+        for required in ("NAME", "PATH"):
+            if OmegaConf.is_missing(src, required):
+                raise ConfigError(f"{key}.{required} is required", key)
+        if src.NAME in seen:
+            raise ConfigError(f"{key}.NAME: duplicate source name {src.NAME!r}", key)
+        seen.add(src.NAME)
+        if src.TYPE not in ("real", "synthetic"):
+            raise ConfigError(f"{key}.TYPE must be 'real' or 'synthetic', got {src.TYPE!r}", key)
+        if src.FORMAT not in ("relcoco", "vg150"):
+            raise ConfigError(f"{key}.FORMAT must be 'relcoco' or 'vg150', got {src.FORMAT!r}", key)
+        if src.FORMAT == "vg150" and src.VAL_SPLIT not in ("val", "test"):
+            raise ConfigError(
+                f"{key}.VAL_SPLIT must be 'val' or 'test', got {src.VAL_SPLIT!r}", key
+            )
+        if src.RATIO is not None:
+            _check_ratio(src.RATIO, f"{key}.RATIO")
+        if src.LOSS_WEIGHT is not None:
+            _check_weight(src.LOSS_WEIGHT, f"{key}.LOSS_WEIGHT")
+    explicit = [s.RATIO for s in cfg.DATASETS.SOURCES if s.RATIO is not None]
+    if len(explicit) == len(cfg.DATASETS.SOURCES) and explicit and abs(sum(explicit) - 1) > 1e-6:
+        raise ConfigError(
+            f"DATASETS.SOURCES[*].RATIO must sum to 1, got {sum(explicit):.6g} "
+            f"({', '.join(f'{s.NAME}={s.RATIO}' for s in cfg.DATASETS.SOURCES)})",
+            "DATASETS.SOURCES",
+        )
+
+
+def _check_ratio(value: float, key: str) -> None:
+    if not (0.0 <= value <= 1.0):
+        raise ConfigError(f"{key} must be in [0, 1], got {value}", key)
+
+
+def _check_weight(value: float, key: str) -> None:
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{key} must be a finite number >= 0, got {value}", key)
+
+
+def _check_positive(value: int, key: str) -> None:
+    if value <= 0:
+        raise ConfigError(f"{key} must be > 0, got {value}", key)

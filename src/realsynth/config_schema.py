@@ -1,0 +1,164 @@
+"""The run configuration's schema: typed dataclasses with the design note's keys and defaults.
+
+The schema keeps the keys of the original design note (``DATASETS.MULTI_DATASET.*``) and
+detectron2's solver names (``SOLVER.BASE_LR``, ``SOLVER.MAX_ITER``, ...), so existing YAML files
+work unchanged. Loading and overrides are in :mod:`realsynth.config`, value checks in
+:mod:`realsynth.config_checks`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class ConfigError(ValueError):
+    """A configuration value a user can fix; the message names the key and where it came from."""
+
+    def __init__(self, message: str, key: str = "") -> None:
+        super().__init__(message)
+        self.key = key
+
+
+@dataclass
+class MultiDatasetConfig:
+    ENABLED: bool = True
+    REAL_SAMPLING_RATIO: float = 0.7
+    REAL_LOSS_WEIGHT: float = 1.0
+    SYNTHETIC_LOSS_WEIGHT: float = 0.5
+    # Naive concatenation baseline: every source's share is its size / total size.
+    RATIO_BY_SIZE: bool = False
+
+
+@dataclass
+class SourceConfig:
+    NAME: str = "???"
+    TYPE: str = "real"  # real | synthetic
+    FORMAT: str = "relcoco"  # relcoco | vg150
+    # relcoco: the train annotation JSON; vg150: the folder with the h5, dicts and image_data files.
+    PATH: str = "???"
+    # relcoco: the validation annotation JSON ("" = none); vg150: ignored, VAL_SPLIT is used.
+    VAL_PATH: str = ""
+    VAL_SPLIT: str = "val"
+    NUM_VAL_IMAGES: int = 5000  # vg150: val = the first N images of the filtered train pool
+    # relcoco: defaults to images/ beside each JSON; vg150: defaults to PATH/VG_100K.
+    IMAGE_ROOT: str = ""
+    RATIO: float | None = None
+    LOSS_WEIGHT: float | None = None
+    # Predicate names swapped by a horizontal flip, e.g. {"left of": "right of"}.
+    PREDICATE_FLIP_MAP: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class DemoConfig:
+    ROOT: str = ""  # "" = $XDG_CACHE_HOME/realsynth/demo (or ~/.cache/...)
+    SEED: int = 0
+    REAL_TRAIN: int = 300
+    REAL_VAL: int = 100
+    SYNTHETIC_TRAIN: int = 3000
+    SYNTHETIC_VAL: int = 100
+    LABEL_NOISE: float = 0.1
+
+
+@dataclass
+class DatasetsConfig:
+    MULTI_DATASET: MultiDatasetConfig = field(default_factory=MultiDatasetConfig)
+    SOURCES: list[SourceConfig] = field(default_factory=list)
+    DEMO: DemoConfig = field(default_factory=DemoConfig)
+
+
+@dataclass
+class CriterionConfig:
+    CE_SCOPE: str = "all"  # all | matched
+    NORMALIZATION: str = "count"  # count | weight
+    ON_INVALID_WEIGHT: str = "error"  # error | fallback
+    EMPTY_WEIGHT: float = 0.1
+    EMPTY_REL_WEIGHT: float = 0.1
+    CLASS_WEIGHT: float = 1.0
+    L1_WEIGHT: float = 5.0
+    GIOU_WEIGHT: float = 2.0
+    COST_CLASS: float = 1.0
+    COST_BBOX: float = 5.0
+    COST_GIOU: float = 2.0
+
+
+@dataclass
+class ModelConfig:
+    PRESET: str = "tiny"  # tiny | base
+    DEVICE: str = "auto"  # auto | cpu | cuda | cuda:N
+    NUM_QUERIES: int | None = None
+    D_MODEL: int | None = None
+    ENC_LAYERS: int | None = None
+    DEC_LAYERS: int | None = None
+    DIM_FEEDFORWARD: int | None = None
+    # Stage widths of the default CNN backbone; empty = the preset's.
+    BACKBONE_CHANNELS: list[int] = field(default_factory=list)
+    # batch | group | "" (the preset's: batch). group makes every image independent of its
+    # batch (exact DDP equivalence on CPUs); batch learns much faster from scratch.
+    BACKBONE_NORM: str = ""
+    CRITERION: CriterionConfig = field(default_factory=CriterionConfig)
+
+
+@dataclass
+class SolverConfig:
+    BASE_LR: float = 1e-3
+    WEIGHT_DECAY: float = 1e-4
+    BACKBONE_LR_MULTIPLIER: float = 1.0
+    MAX_ITER: int = 2000
+    IMS_PER_BATCH: int = 16
+    WARMUP_ITERS: int = 100
+    LR_SCHEDULE: str = "cosine"  # cosine | constant
+    CLIP_GRAD_NORM: float = 0.1
+    CHECKPOINT_PERIOD: int = 500
+    KEEP_CHECKPOINTS: int = 2  # step checkpoints kept (the newest), besides best.pt
+    AMP: bool = True  # bf16 autocast, on CUDA only
+
+
+@dataclass
+class TestConfig:
+    EVAL_PERIOD: int = 500  # 0: no periodic evaluation (the final one still runs)
+    TOP_K: int = 100
+    IMS_PER_BATCH: int = 32
+    # checkpoints/best.pt keeps the best BEST_METRIC on BEST_SOURCE ("" = the first real
+    # validation source).
+    BEST_METRIC: str = "R@50"
+    BEST_SOURCE: str = ""
+
+
+@dataclass
+class InputConfig:
+    # Empty = keep the images at their native size (the demo data is already small).
+    MIN_SIZE_TRAIN: list[int] = field(default_factory=list)
+    MAX_SIZE_TRAIN: int = 1333
+    MIN_SIZE_TEST: int = 0
+    MAX_SIZE_TEST: int = 1333
+    FLIP_PROB: float = 0.5
+    NORMALIZE: bool = True
+
+
+@dataclass
+class DataLoaderConfig:
+    NUM_WORKERS: int = 0
+    SKIP_BAD_SAMPLES: bool = False
+    REPLACEMENT: bool = False
+
+
+@dataclass
+class RunConfig:
+    SEED: int = 0
+    OUTPUT_DIR: str = "runs/default"
+    DATASETS: DatasetsConfig = field(default_factory=DatasetsConfig)
+    MODEL: ModelConfig = field(default_factory=ModelConfig)
+    SOLVER: SolverConfig = field(default_factory=SolverConfig)
+    TEST: TestConfig = field(default_factory=TestConfig)
+    INPUT: InputConfig = field(default_factory=InputConfig)
+    DATALOADER: DataLoaderConfig = field(default_factory=DataLoaderConfig)
+
+
+_CHOICES = {
+    "MODEL.PRESET": ("tiny", "base"),
+    "MODEL.BACKBONE_NORM": ("", "batch", "group"),
+    "MODEL.CRITERION.CE_SCOPE": ("all", "matched"),
+    "MODEL.CRITERION.NORMALIZATION": ("count", "weight"),
+    "MODEL.CRITERION.ON_INVALID_WEIGHT": ("error", "fallback"),
+    "SOLVER.LR_SCHEDULE": ("cosine", "constant"),
+}

@@ -1,0 +1,275 @@
+"""The step loop: mixed batches, weighted criterion, periodic evaluation and checkpoints.
+
+The loop knows at every moment whether the model, the optimizer and the step counter agree
+(``consistent``): they do between steps and during a step's forward and backward passes, and do
+not while the optimizer and the scheduler update (``committing``). Whatever stops a run, the
+trainer saves a checkpoint only in a consistent moment, with the RNG states of the last step
+boundary, so a resumed run reproduces the uninterrupted one bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from realsynth.config import to_yaml
+from realsynth.engine.checkpoint import rng_states
+from realsynth.engine.data_setup import RunData
+from realsynth.engine.distributed import all_reduce_sum, get_rank
+from realsynth.engine.inference import evaluate_sources
+from realsynth.engine.interrupt import StepInterrupt
+from realsynth.engine.records import loss_record, progress_postfix, reduce_record
+from realsynth.engine.run_folder import RunFolder
+from realsynth.engine.run_log import MetricsLog
+from realsynth.engine.run_state import RunState, checkpoint_payload, payload_writer
+from realsynth.modeling.criterion import RelationCriterion
+
+
+class TrainingCallback(Protocol):
+    """Called by the loop at step boundaries (every method optional)."""
+
+    def on_step_start(self, step: int) -> None:
+        """Before step ``step`` (1-based) begins; its batch is already loaded."""
+
+    def on_step_end(self, step: int, record: dict[str, float]) -> None:
+        """After step ``step`` completed, with its logged record."""
+
+
+@dataclass
+class StepResult:
+    """What one optimizer step logs and which bad samples its batch left out."""
+
+    record: dict[str, float]
+    num_skipped: int
+    skipped: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Components:
+    """Everything one run trains with (built by ``realsynth.engine.build``)."""
+
+    cfg: DictConfig
+    data: RunData
+    model: torch.nn.Module
+    criterion: RelationCriterion
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    loader: DataLoader
+    device: torch.device
+
+
+class TrainingLoop:
+    """Advances one run step by step and keeps track of what may be saved.
+
+    Args:
+        parts: the model, data and optimizer of the run.
+        folder: the run folder (checkpoints are written by rank 0 only).
+        log: the metrics log (rank 0), or None.
+        best_key: ``source/metric`` that selects ``best.pt`` (None: no validation).
+        callbacks: called at step boundaries.
+    """
+
+    def __init__(
+        self,
+        parts: Components,
+        folder: RunFolder,
+        log: MetricsLog | None,
+        best_key: str | None,
+        callbacks: Sequence[Any] = (),
+    ) -> None:
+        self.parts, self.folder, self.log = parts, folder, log
+        self.best_key = best_key
+        self.callbacks = list(callbacks)
+        self.is_main = get_rank() == 0
+        self.committing = False
+        self.saved_step: int | None = None
+        self.boundary_rng = rng_states()
+        use_bf16 = parts.cfg.SOLVER.AMP and parts.device.type == "cuda"
+        self.autocast = torch.autocast(parts.device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+    def run(self, state: RunState, interrupt: StepInterrupt) -> None:
+        """Train until ``SOLVER.MAX_ITER`` steps (the final evaluation is :meth:`finish`'s)."""
+        cfg, loader = self.parts.cfg, self.parts.loader
+        max_iter = cfg.SOLVER.MAX_ITER
+        bar = tqdm(total=max_iter, initial=state.step, disable=not self.is_main, dynamic_ncols=True)
+        sampler = loader.batch_sampler
+        try:
+            while state.step < max_iter:
+                loader.dataset.set_epoch(state.epoch)
+                sampler.set_epoch(state.epoch)
+                state.align_with(sampler)
+                sampler.load_state_dict(state.sampler_state(sampler))
+                for batch in loader:
+                    record = self._one_step(state, batch)
+                    bar.update(1)
+                    bar.set_postfix(progress_postfix(record, self.parts.data.kinds), refresh=False)
+                    if state.step >= max_iter:
+                        break
+                    self._after_step(state)
+                    if interrupt.should_stop(self.parts.device):
+                        raise KeyboardInterrupt
+                else:
+                    state.next_epoch()
+        finally:
+            bar.close()  # nothing printed later lands on the progress bar's line
+
+    def _one_step(self, state: RunState, batch: dict[str, Any]) -> dict[str, float]:
+        for callback in self.callbacks:
+            if hasattr(callback, "on_step_start"):
+                callback.on_step_start(state.step + 1)
+        result = self.step(batch)
+        state.advance(result.skipped, result.num_skipped)
+        self.committing = False
+        self.boundary_rng = rng_states()
+        record = {"kind": "train", "step": state.step, **result.record}
+        if self.log is not None:
+            self.log.write(record)
+        for callback in self.callbacks:
+            if hasattr(callback, "on_step_end"):
+                callback.on_step_end(state.step, record)
+        return record
+
+    def _after_step(self, state: RunState) -> None:
+        """Periodic evaluation (first, so a checkpoint of the same step knows its score), then
+        the periodic checkpoint."""
+        cfg = self.parts.cfg
+        improved = False
+        if cfg.TEST.EVAL_PERIOD and state.step % cfg.TEST.EVAL_PERIOD == 0:
+            improved = self._record_best(state, self.evaluate(state.step))
+        if state.step % cfg.SOLVER.CHECKPOINT_PERIOD == 0:
+            self.save(state)
+        if improved:
+            self.save_best(state)
+
+    def finish(self, state: RunState) -> dict[str, dict[str, float]]:
+        """Final evaluation, then the final checkpoint (and ``best.pt`` if it is the best)."""
+        results = self.evaluate(state.step, final=True)
+        improved = self._record_best(state, results)
+        self.save(state)
+        if improved:
+            self.save_best(state)
+        return results
+
+    def step(self, batch: dict[str, Any]) -> StepResult:
+        """One optimizer step on a collated batch."""
+        parts = self.parts
+        parts.model.train()
+        images = batch["images"].to(parts.device, non_blocking=True)
+        mask = batch["pixel_mask"].to(parts.device, non_blocking=True)
+        targets = [_to_device(t, parts.device) for t in batch["targets"]]
+        with self.autocast:
+            outputs = parts.model(images, mask)
+        outputs = _to_float(outputs)
+        try:
+            losses = parts.criterion(outputs, targets)
+        except ValueError as exc:
+            # The criterion speaks of batch positions; name the images behind them.
+            named = ", ".join(
+                f"{i}: {t.get('source', '?')}/{t.get('file_name', t.get('image_id', '?'))}"
+                for i, t in enumerate(targets)
+            )
+            raise ValueError(f"{exc} [batch positions: {named}]") from None
+        total = parts.criterion.total_loss(losses)
+        if not _finite_on_every_rank(total):
+            raise FloatingPointError(
+                f"loss is {total.item()} at step {parts.scheduler.last_epoch + 1} "
+                f"({ {k: round(v.item(), 4) for k, v in losses.items()} }); lower SOLVER.BASE_LR"
+            )
+        parts.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if parts.cfg.SOLVER.CLIP_GRAD_NORM > 0:
+            torch.nn.utils.clip_grad_norm_(
+                parts.model.parameters(), parts.cfg.SOLVER.CLIP_GRAD_NORM
+            )
+        self.committing = True  # from here until the step is counted, a save would be torn
+        parts.optimizer.step()
+        lr = parts.optimizer.param_groups[0]["lr"]
+        parts.scheduler.step()
+        record = loss_record(losses, total, parts.criterion.weight_dict, parts.data.names)
+        record["lr"] = lr
+        return StepResult(
+            reduce_record(record, parts.device),
+            int(batch.get("num_skipped", 0)),
+            list(batch.get("skipped", [])),
+        )
+
+    def evaluate(self, step: int, *, final: bool = False) -> dict[str, dict[str, float]]:
+        """Recall@K per validation source, logged as an ``eval`` record."""
+        parts = self.parts
+        results = evaluate_sources(
+            getattr(parts.model, "module", parts.model),
+            parts.data.val_loaders(parts.cfg),
+            device=parts.device,
+            top_k=parts.cfg.TEST.TOP_K,
+            num_predicates=len(parts.data.predicates),
+            autocast=self.autocast,
+        )
+        if self.log is not None:
+            flat = {f"{src}/{k}": v for src, metrics in results.items() for k, v in metrics.items()}
+            self.log.write({"kind": "eval", "step": step, "final": final, **flat})
+        return results
+
+    def _record_best(self, state: RunState, results: dict[str, dict[str, float]]) -> bool:
+        if self.best_key is None:
+            return False
+        source, metric = self.best_key.split("/", 1)
+        value = results.get(source, {}).get(metric)
+        if value is None or not state.improves(value):
+            return False
+        state.best_value, state.best_step = float(value), state.step
+        return True
+
+    def _payload(self, state: RunState, rng: dict[str, Any]) -> dict[str, Any]:
+        parts = self.parts
+        return checkpoint_payload(
+            state,
+            parts.model,
+            parts.optimizer,
+            parts.scheduler,
+            parts.loader.batch_sampler,
+            to_yaml(parts.cfg),
+            rng,
+        )
+
+    def save(self, state: RunState) -> None:
+        """Checkpoint of the last complete step, with the RNG states of that step's end."""
+        self.saved_step = state.step
+        if self.is_main:
+            self.folder.save(state.step, payload_writer(self._payload(state, self.boundary_rng)))
+
+    def save_best(self, state: RunState) -> None:
+        if self.is_main:
+            payload = self._payload(state, self.boundary_rng)
+            self.folder.save_best(state.step, payload_writer(payload))
+
+    @property
+    def can_save(self) -> bool:
+        """Whether model, optimizer and step counter agree right now."""
+        return not self.committing
+
+
+def _finite_on_every_rank(total: torch.Tensor) -> bool:
+    """Whether the loss is finite on all ranks (all raise together; none waits in backward)."""
+    bad = (~torch.isfinite(total.detach())).float().reshape(1)
+    return all_reduce_sum(bad).item() == 0
+
+
+def _to_device(target: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in target.items()}
+
+
+def _to_float(outputs: Any) -> Any:
+    """Model outputs in float32 (bf16 autocast must not reach the loss and the matcher)."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs.float()
+    if isinstance(outputs, dict):
+        return {k: _to_float(v) for k, v in outputs.items()}
+    if isinstance(outputs, list):
+        return [_to_float(v) for v in outputs]
+    return outputs

@@ -176,3 +176,51 @@ def test_unknown_key_inside_a_source_names_its_position():
         "command line: unknown key DATASETS.SOURCES[1].RATIOO "
         "(did you mean DATASETS.SOURCES[1].RATIO?)"
     )
+
+
+def test_list_items_can_be_overridden_by_position(tmp_path):
+    path = write(tmp_path, SOURCES)
+    for key in ("DATASETS.SOURCES[1].LOSS_WEIGHT", "DATASETS.SOURCES.1.LOSS_WEIGHT"):
+        cfg = load_config(path, [f"{key}=0.25"])
+        assert [s.LOSS_WEIGHT for s in cfg.DATASETS.SOURCES] == [None, 0.25, 0.2]
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ["DATASETS.SOURCES[3].LOSS_WEIGHT=0.2"])
+    assert str(info.value) == (
+        "command line: DATASETS.SOURCES[3].LOSS_WEIGHT: DATASETS.SOURCES is a list of 3 item(s) "
+        "(positions 0..2), there is no position 3"
+    )
+    with pytest.raises(ConfigError, match=r"unknown key DATASETS\.SOURCES\[1\]\.LOSS_WEIGTH "):
+        load_config(path, ["DATASETS.SOURCES[1].LOSS_WEIGTH=0.2"])
+    with pytest.raises(ConfigError, match=r"key DATASETS\.SOURCES\[1\]\.LOSS_WEIGHT: Value 'x'"):
+        load_config(path, ["DATASETS.SOURCES[1].LOSS_WEIGHT=x"])
+
+
+def test_relative_paths_follow_the_config_file_and_the_command_line_the_cwd(tmp_path, monkeypatch):
+    folder = tmp_path / "project" / "configs"
+    folder.mkdir(parents=True)
+    path = folder / "run.yaml"
+    path.write_text(
+        "DATASETS:\n  SOURCES:\n"
+        "    - {NAME: a, PATH: ../data/a.json, IMAGE_ROOT: imgs}\n"
+        "    - {NAME: b, TYPE: synthetic, PATH: /abs/b.json}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(path, ["DATASETS.SOURCES[1].VAL_PATH=val/b.json", "OUTPUT_DIR=runs/x"])
+    a, b = cfg.DATASETS.SOURCES
+    assert str(tmp_path / "project" / "data" / "a.json") == a.PATH
+    assert str(folder / "imgs") == a.IMAGE_ROOT
+    assert a.VAL_PATH == ""  # unset stays unset
+    assert b.PATH == "/abs/b.json"
+    assert str(tmp_path / "val" / "b.json") == b.VAL_PATH
+    assert cfg.OUTPUT_DIR == "runs/x"
+    from realsynth.cli import main
+
+    assert main(["config", "show", "--config-file", str(path)]) == 0
+
+
+def test_eval_period_zero_is_allowed_and_negative_is_not():
+    assert load_config(None, ["TEST.EVAL_PERIOD=0"]).TEST.EVAL_PERIOD == 0
+    with pytest.raises(ConfigError, match="TEST.EVAL_PERIOD must be >= 0"):
+        load_config(None, ["TEST.EVAL_PERIOD=-1"])
+    with pytest.raises(ConfigError, match="TEST.BEST_METRIC must be one of"):
+        load_config(None, ["TEST.BEST_METRIC=AP"])

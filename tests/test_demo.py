@@ -114,7 +114,7 @@ def test_rejects_bad_settings(tmp_path: Path) -> None:
         generate_demo(tmp_path, real_train=-1)
     (tmp_path / "real" / "train").mkdir(parents=True)
     (tmp_path / "real" / "train" / "keep.txt").write_text("user data")
-    with pytest.raises(ValueError, match="not a demo split"):
+    with pytest.raises(ValueError, match="was not made by `realsynth data demo`"):
         generate_demo(tmp_path, **SMALL)
     assert (tmp_path / "real" / "train" / "keep.txt").exists()
     np.testing.assert_equal(sorted(p.name for p in (tmp_path / "real").iterdir()), ["train"])

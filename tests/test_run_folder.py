@@ -1,4 +1,4 @@
-"""The run folder is the user's data: refusal, lock, checkpoint rotation, fallback, finished runs."""
+"""The run folder is the user's data: refusal, lock, rotation, fallback, finished runs."""
 
 from __future__ import annotations
 

@@ -194,3 +194,13 @@ def test_a_vg150_source_in_the_run_config_builds_train_and_val_sets(tmp_path: Pa
     assert len(data.val["vg"]) == 1
     assert len(data.train[0]) == len(vg150_from_folder(root, split="train", num_val_images=1)) > 0
     assert data.classes == ["cat", "dog", "tree"] and data.predicates == ["on", "near"]
+
+
+def test_a_validation_carve_that_swallows_the_train_pool_names_the_key(vg: Path) -> None:
+    with pytest.raises(ValueError) as info:
+        vg150_from_folder(vg, split="train", num_val_images=5000)
+    message = str(info.value)
+    assert "NUM_VAL_IMAGES=5000 would leave 0 of the 2 images of the train pool" in message
+    assert "use at most 1 (e.g. NUM_VAL_IMAGES=1)" in message
+    with pytest.raises(ValueError, match="NUM_VAL_IMAGES is 0, so there is no validation split"):
+        vg150_from_folder(vg, split="val", num_val_images=0)

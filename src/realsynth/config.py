@@ -105,7 +105,8 @@ def _absolute_paths(node: Any, folder: Path) -> None:
     sources = datasets.get("SOURCES")
     for source in sources if isinstance(sources, ListConfig) else []:
         for key in SOURCE_PATH_KEYS if isinstance(source, DictConfig) else ():
-            source[key] = _absolute(source.get(key), folder)
+            if key in source:
+                source[key] = _absolute(source[key], folder)
     demo = datasets.get("DEMO")
     if isinstance(demo, DictConfig) and "ROOT" in demo:
         demo.ROOT = _absolute(demo.ROOT, folder)

@@ -54,10 +54,8 @@ def test_an_image_that_breaks_at_step_3_keeps_step_2_and_resume_is_exact(tmp_pat
     message = str(info.value)
     assert message.startswith("stopped at step 3 (BadSampleError: source 'real': cannot read image")
     assert str(image) in message
-    assert (
-        f"saved the checkpoint of step 2; continue with `realsynth train --resume {tmp_path / 'b' / 'run'}`"
-        in message
-    )
+    resume = f"`realsynth train --resume {tmp_path / 'b' / 'run'}`"
+    assert f"saved the checkpoint of step 2; continue with {resume}" in message
     assert load_checkpoint(tmp_path / "b" / "run")["run_state"]["step"] == 2
     image.write_bytes(original)
     train(cfg, resume=True)
@@ -165,6 +163,6 @@ def test_skipped_draws_are_reported_as_distinct_files(tmp_path, demo_root, capsy
     train(cfg)  # 10 steps cross two epochs: the broken file is drawn twice
     out = capsys.readouterr().out
     assert (
-        f"Skipped 2 draw(s) of 1 unreadable image file(s) (DATALOADER.SKIP_BAD_SAMPLES): real/{broken.name}"
-        in out
-    )
+        "Skipped 2 draw(s) of 1 unreadable image file(s) (DATALOADER.SKIP_BAD_SAMPLES): "
+        f"real/{broken.name}"
+    ) in out

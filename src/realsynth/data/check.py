@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from realsynth.data.formats.relcoco import load_relcoco_json
-from realsynth.data.formats.relcoco_rules import image_location, index_relcoco, is_listed_image
+from realsynth.data.formats.relcoco_rules import image_location, index_relcoco
 from realsynth.data.formats.vg150_files import (
     find_vg150_files,
     load_vg_dicts,
@@ -31,6 +31,7 @@ from realsynth.data.formats.vg150_files import (
 from realsynth.data.formats.vg150_rules import check_vg150_arrays, row_location
 from realsynth.data.image_files import ImageEntry, check_image_files
 from realsynth.data.problems import Findings, Problem, summarize_problems
+from realsynth.utils.gc_pause import gc_paused
 
 TEXT_PROBLEMS_PER_CODE = 10
 
@@ -126,11 +127,12 @@ def check_relcoco(ann_file: Path, image_root: Path, *, check_image_content: bool
     """Check a relcoco file and its images under ``image_root``."""
     report = CheckReport(path=str(ann_file), format="relcoco")
     try:
-        data = load_relcoco_json(ann_file)
+        with gc_paused():
+            data = load_relcoco_json(ann_file)
+            index, report.findings = index_relcoco(data, ann_file)
     except ValueError as exc:
         report.findings.error("invalid_file", str(ann_file), str(exc).split(": ", 1)[-1])
         return report
-    index, report.findings = index_relcoco(data, ann_file)
     if index is None:
         return report
     report.num_images = len(data["images"])
@@ -139,11 +141,17 @@ def check_relcoco(ann_file: Path, image_root: Path, *, check_image_content: bool
     report.class_counts = count_names(index.class_counts, index.classes)
     report.predicate_counts = count_names(index.predicate_counts, index.predicates)
     entries = [
-        ImageEntry(image_location(k, img), img["file_name"], (img["width"], img["height"]), k)
+        ImageEntry(img["file_name"], (img["width"], img["height"]), k)
         for k, img in enumerate(index.images)
-        if is_listed_image(index, k)
+        if index.listed[k]
     ]
-    check_image_files(report.findings, image_root, entries, check_content=check_image_content)
+    check_image_files(
+        report.findings,
+        image_root,
+        entries,
+        lambda k: image_location(k, index.images[k]),
+        check_content=check_image_content,
+    )
     return report
 
 
@@ -184,13 +192,14 @@ def check_vg150(folder: Path, image_root: Path, *, check_image_content: bool) ->
         dict(enumerate(np.bincount(preds, minlength=len(predicates)).tolist())), predicates
     )
     entries = [
-        ImageEntry(row_location(r, ids), f"{ids[r]}.jpg", (int(sizes[r, 0]), int(sizes[r, 1])), r)
+        ImageEntry(f"{ids[r]}.jpg", (int(sizes[r, 0]), int(sizes[r, 1])), r)
         for r in range(len(ids))
     ]
     check_image_files(
         report.findings,
         image_root,
         entries,
+        lambda r: row_location(r, ids),
         check_content=check_image_content,
         size_mismatch_is_error=False,
     )

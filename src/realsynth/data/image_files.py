@@ -8,27 +8,24 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from PIL import Image
 
 from realsynth.data.problems import Findings
 
 
-@dataclass(frozen=True)
-class ImageEntry:
-    """One image to check.
+class ImageEntry(NamedTuple):
+    """One image to check (a plain tuple: datasets list 10^5 of them).
 
     Attributes:
-        location: where the image is listed (e.g. ``images[3] (id 4, a.png)``).
         name: file name relative to the image root.
         size: annotated (width, height) in pixels.
         image: the image's position in its dataset (what a problem spoils).
     """
 
-    location: str
     name: str
     size: tuple[int, int]
     image: int
@@ -74,6 +71,7 @@ def check_image_files(
     findings: Findings,
     root: Path,
     entries: Sequence[ImageEntry],
+    locate: Callable[[int], str],
     *,
     check_content: bool,
     size_mismatch_is_error: bool = True,
@@ -81,31 +79,37 @@ def check_image_files(
     """Record ``missing_image`` and, with ``check_content``, ``unreadable_image`` and
     ``size_mismatch`` problems of ``entries`` (files relative to ``root``).
 
+    ``locate(image)`` names where an image is listed (e.g. ``images[3] (id 4, a.png)``); it is
+    called for problems only.
+
     ``size_mismatch_is_error=False`` makes a wrong size a warning (VG150, whose loader rescales
     the boxes as Scene-Graph-Benchmark does).
     """
     present = list_files(root, (e.name for e in entries))
     for entry in entries:
-        path = root / entry.name
         if entry.name not in present:
             findings.error(
-                "missing_image", entry.location, f"image file not found: {path}", entry.image
+                "missing_image",
+                locate(entry.image),
+                f"image file not found: {root / entry.name}",
+                entry.image,
             )
             continue
         if not check_content:
             continue
+        path = root / entry.name
         try:
             actual = read_image_size(path)
         except OSError as exc:
             findings.error(
-                "unreadable_image", entry.location, f"cannot read {path}: {exc}", entry.image
+                "unreadable_image", locate(entry.image), f"cannot read {path}: {exc}", entry.image
             )
             continue
         if actual != entry.size:
             add = findings.error if size_mismatch_is_error else findings.warn
             add(
                 "size_mismatch",
-                entry.location,
+                locate(entry.image),
                 f"{path} is {actual[0]}x{actual[1]} (w x h), "
                 f"annotation says {entry.size[0]}x{entry.size[1]}",
                 entry.image,

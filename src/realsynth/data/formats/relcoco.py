@@ -24,15 +24,17 @@ import torch
 
 from realsynth.data.formats.relcoco_rules import (
     REQUIRED_KEYS,
+    RelCocoIndex,
+    grouped,
     image_location,
     index_relcoco,
-    is_listed_image,
 )
 from realsynth.data.image_files import ImageEntry, check_image_files
 from realsynth.data.images import RelationDataset, SkippedSample
 from realsynth.data.problems import DatasetProblems, raise_or_skip
 from realsynth.data.transforms import Transform
 from realsynth.utils.atomic import atomic_write_text
+from realsynth.utils.gc_pause import gc_paused
 
 
 def load_relcoco_json(ann_file: str | Path) -> Any:
@@ -98,50 +100,80 @@ class RelCocoDataset(RelationDataset):
         )
         self.ann_file = ann_file
         self.image_root = Path(image_root)
-        index, findings = index_relcoco(load_relcoco_json(ann_file), ann_file)
+        with gc_paused():
+            index, findings = index_relcoco(load_relcoco_json(ann_file), ann_file)
         what = f"{ann_file} (source '{self.source}')"
         if index is None:
             raise DatasetProblems(what, findings, skippable=False)
         if check_files:
             broken = findings.bad_images()
             entries = [
-                ImageEntry(image_location(k, img), img["file_name"], (0, 0), k)
+                ImageEntry(img["file_name"], (0, 0), k)
                 for k, img in enumerate(index.images)
-                if k not in broken and is_listed_image(index, k)
+                if index.listed[k] and k not in broken
             ]
-            check_image_files(findings, self.image_root, entries, check_content=False)
+            locate = lambda k: image_location(k, index.images[k])  # noqa: E731
+            check_image_files(findings, self.image_root, entries, locate, check_content=False)
         bad = raise_or_skip(what, findings, skip=skip_bad_samples)
         self.classes, self.category_ids = index.classes, index.category_ids
         self.predicates, self.predicate_ids = index.predicates, index.predicate_ids
-        keep = [k for k in range(len(index.images)) if k not in bad]
-        self.images = [index.images[k] for k in keep]
-        self._boxes = [index.boxes[k] for k in keep]
-        self._labels = [index.labels[k] for k in keep]
-        self._relations = [index.relations[k] for k in keep]
         self.skipped = [
-            SkippedSample(self.source, str(index.images[k].get("file_name", f"images[{k}]")), p)
+            SkippedSample(self.source, _file_name(index.images[k], k), p)
             for k, p in sorted(bad.items())
         ]
+        self._keep(index, np.array([k for k in range(len(index.images)) if k not in bad], np.int64))
+
+    def _keep(self, index: RelCocoIndex, keep: np.ndarray) -> None:
+        """Pack the kept images' boxes and relations contiguously, image after image."""
+        images = index.images
+        self._file_names = [str(images[k]["file_name"]) for k in keep.tolist()]
+        self._image_ids = np.array([images[k]["id"] for k in keep.tolist()], dtype=np.int64)
+        self._sizes = np.array(
+            [(images[k]["height"], images[k]["width"]) for k in keep.tolist()], dtype=np.int64
+        ).reshape(-1, 2)
+        kept = np.zeros(len(images), dtype=bool)
+        kept[keep] = True
+        boxes, self._box_starts = _packed(index.box_image, kept, keep)
+        self._boxes = index.boxes[boxes].astype(np.float32)
+        self._labels = index.labels[boxes]
+        relations, self._relation_starts = _packed(index.relation_image, kept, keep)
+        self._relations = index.relations[relations]
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self._file_names)
 
     def image_path(self, index: int) -> Path:
-        return self.image_root / self.images[index]["file_name"]
+        return self.image_root / self._file_names[index]
 
     def annotation(self, index: int) -> dict[str, Any]:
-        info = self.images[index]
-        xywh = np.array(self._boxes[index], dtype=np.float32).reshape(-1, 4)
+        b0, b1 = self._box_starts[index], self._box_starts[index + 1]
+        r0, r1 = self._relation_starts[index], self._relation_starts[index + 1]
+        xywh = self._boxes[b0:b1]
         boxes = torch.from_numpy(np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1))
         return {
             "boxes": boxes,
-            "labels": torch.tensor(self._labels[index], dtype=torch.int64),
-            "relations": torch.tensor(self._relations[index], dtype=torch.int64).reshape(-1, 3),
-            "image_id": int(info["id"]),
-            "orig_size": torch.tensor([int(info["height"]), int(info["width"])], dtype=torch.int64),
-            "file_name": str(info["file_name"]),
+            "labels": torch.from_numpy(self._labels[b0:b1].copy()),
+            "relations": torch.from_numpy(self._relations[r0:r1].copy()),
+            "image_id": int(self._image_ids[index]),
+            "orig_size": torch.from_numpy(self._sizes[index].copy()),
+            "file_name": self._file_names[index],
             "source": self.source,
         }
+
+
+def _file_name(image: Any, position: int) -> str:
+    return str(image.get("file_name")) if isinstance(image, dict) else f"images[{position}]"
+
+
+def _packed(
+    image_of: np.ndarray, kept: np.ndarray, keep: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of the kept images, grouped image by image in ``keep`` order (file order within an
+    image), and where each image's rows start (int64 [len(keep) + 1])."""
+    order, _ = grouped(image_of, len(kept))
+    rows = order[kept[image_of[order]]]
+    counts = np.bincount(image_of, minlength=len(kept))[keep]
+    return rows, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
 
 
 def _image_entries(

@@ -176,11 +176,10 @@ class VG150Dataset(RelationDataset):
         if check_files:
             broken = findings.bad_images()
             entries = [
-                ImageEntry(row_location(r, ids), f"{ids[r]}.jpg", (0, 0), r)
-                for r in rows.tolist()
-                if r not in broken
+                ImageEntry(f"{ids[r]}.jpg", (0, 0), r) for r in rows.tolist() if r not in broken
             ]
-            check_image_files(findings, self.image_root, entries, check_content=False)
+            locate = lambda r: row_location(r, ids)  # noqa: E731
+            check_image_files(findings, self.image_root, entries, locate, check_content=False)
         return findings
 
     def _load_graphs(self, arrays: VGArrays, rows: np.ndarray, non_overlap: bool) -> None:

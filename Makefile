@@ -14,8 +14,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+# The demo is meant to be run again: it replaces its own earlier run in runs/demo.
 demo: $(STAMP)
-	$(VENV)/bin/realsynth train --config-file configs/demo.yaml
+	$(VENV)/bin/realsynth train --config-file configs/demo.yaml --overwrite
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

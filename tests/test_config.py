@@ -195,7 +195,9 @@ def test_list_items_can_be_overridden_by_position(tmp_path):
         load_config(path, ["DATASETS.SOURCES[1].LOSS_WEIGHT=x"])
 
 
-def test_relative_paths_follow_the_config_file_and_the_command_line_the_cwd(tmp_path, monkeypatch):
+def test_relative_paths_follow_the_config_file_and_the_command_line_the_cwd(
+    tmp_path, monkeypatch, capsys
+):
     folder = tmp_path / "project" / "configs"
     folder.mkdir(parents=True)
     path = folder / "run.yaml"
@@ -216,6 +218,9 @@ def test_relative_paths_follow_the_config_file_and_the_command_line_the_cwd(tmp_
     from realsynth.cli import main
 
     assert main(["config", "show", "--config-file", str(path)]) == 0
+    shown = capsys.readouterr().out
+    assert f"PATH: {tmp_path / 'project' / 'data' / 'a.json'}" in shown
+    assert f"IMAGE_ROOT: {folder / 'imgs'}" in shown
 
 
 def test_eval_period_zero_is_allowed_and_negative_is_not():

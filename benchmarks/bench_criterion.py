@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from common import machine, write_result
 from scipy.optimize import linear_sum_assignment
 
-from realsynth.modeling.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
 from realsynth.modeling.criterion import RelationCriterion
+from realsynth.utils.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
 
 NUM_CLASSES, NUM_PREDICATES, BATCH = 150, 50, 16
 REL_CLASS_KEYS = ("relation_logits", "relation_subject_logits", "relation_object_logits")

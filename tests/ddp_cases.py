@@ -11,7 +11,7 @@ from realsynth.config import load_config
 from realsynth.data.collate import collate_relations
 from realsynth.engine.build import build_model_and_criterion, wrap_distributed
 from realsynth.engine.data_setup import build_data
-from realsynth.engine.inference import evaluate_sources
+from realsynth.engine.evaluation import evaluate_sources
 from realsynth.engine.launch import seed_all
 
 CPU = torch.device("cpu")

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from realsynth.modeling.box_ops import (
+from realsynth.utils.box_ops import (
     box_cxcywh_to_xyxy,
     box_iou,
     box_xyxy_to_cxcywh,

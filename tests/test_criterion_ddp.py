@@ -14,11 +14,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from criterion_cases import make_outputs, make_targets, slice_batch
 
-from realsynth.engine.distributed import all_reduce_sum, get_rank, get_world_size
 from realsynth.modeling.criterion import RelationCriterion
 from realsynth.modeling.set_losses import box_denominator
 from realsynth.modeling.set_targets import RELATION_HEADS, flatten_targets
 from realsynth.modeling.weighting import image_weights
+from realsynth.utils.distributed import all_reduce_sum, get_rank, get_world_size
 
 C, R, Q = 6, 5, 8
 LAYOUT = [(3, 4), (2, 1), (5, 7), (0, 0)]

@@ -146,7 +146,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "train":
         return _train(args)
     if args.command == "eval":
-        from realsynth.engine.inference import evaluate_checkpoint
+        from realsynth.engine.evaluation import evaluate_checkpoint
 
         evaluate_checkpoint(
             args.checkpoint, data_config=args.data, overrides=args.overrides, output=args.output

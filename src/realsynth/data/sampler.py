@@ -1,12 +1,12 @@
 """MixedBatchSampler: batches with an exact per-source composition (the note's
 MultiDatasetDynamicSampler, without its reliance on index order).
 
-Global indices follow :class:`realsynth.data.mixed.MixedDataset`: source k occupies
+Global indices follow :class:`realsynth.data.mixed_dataset.MixedDataset`: source k occupies
 ``[offset_k, offset_k + sizes[k])``, offsets being cumulative sizes in the given order.
 
 The sampler sees one infinite stream of global batches ``g = 0, 1, 2, ...``. Batch ``g`` holds
-``counts_k(g)`` items of source k (see :mod:`realsynth.data.composition`), taken from source k's
-own infinite stream (see :mod:`realsynth.data.permutation`) at positions
+``counts_k(g)`` items of source k (see :mod:`realsynth.data.batch_composition`), taken from
+source k's own infinite stream (see :mod:`realsynth.data.permutation`) at positions
 ``[X_k(g), X_k(g) + counts_k(g))``, ``X_k(g)`` being the items of k in batches before ``g``.
 Epoch ``e`` is global batches ``[e * L, (e + 1) * L)``; rank ``r`` of ``W`` takes ``r, r + W, ...``
 of them. Everything is a pure function of ``(seed, epoch, batch index)``, so resuming costs
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Sampler
 
-from realsynth.data.composition import CompositionSchedule, exact_shares
+from realsynth.data.batch_composition import CompositionSchedule, exact_shares
 from realsynth.data.permutation import KeyedStream
 
 __all__ = ["MixedBatchSampler"]

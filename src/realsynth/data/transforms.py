@@ -19,6 +19,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from realsynth.utils.box_ops import (
+    box_xyxy_to_cxcywh,
+    clip_boxes_to_image,
+    horizontal_flip_boxes,
+    normalize_boxes,
+)
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -45,15 +52,6 @@ def _image_size(image: ImageLike) -> tuple[int, int]:
     if isinstance(image, Image.Image):
         return image.size
     return int(image.shape[-1]), int(image.shape[-2])
-
-
-def clip_boxes(boxes: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """Clips xyxy pixel boxes ``[N, 4]`` to the image; boxes are never dropped so that relation
-    indices stay valid."""
-    out = boxes.clone()
-    out[:, 0::2] = out[:, 0::2].clamp(0, width)
-    out[:, 1::2] = out[:, 1::2].clamp(0, height)
-    return out
 
 
 class Compose:
@@ -114,7 +112,7 @@ class RandomResize:
         image = image.resize((new_w, new_h), Image.BILINEAR)
         scale = torch.tensor([new_w / width, new_h / height] * 2, dtype=torch.float32)
         target = dict(target)
-        target["boxes"] = clip_boxes(target["boxes"] * scale, new_w, new_h)
+        target["boxes"] = clip_boxes_to_image(target["boxes"] * scale, new_w, new_h)
         return image, target
 
     def __repr__(self) -> str:
@@ -166,10 +164,7 @@ class RandomHorizontalFlip:
         else:
             image = image.flip(-1)
         target = dict(target)
-        boxes = target["boxes"]
-        target["boxes"] = torch.stack(
-            [width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1
-        )
+        target["boxes"] = horizontal_flip_boxes(target["boxes"], width)
         target["relations"] = self._remap(target["relations"])
         return image, target
 
@@ -226,16 +221,8 @@ def finalize_item(image: ImageLike, target: dict[str, Any]) -> dict[str, Any]:
     """
     tensor = to_tensor(image)
     height, width = int(tensor.shape[-2]), int(tensor.shape[-1])
-    boxes = clip_boxes(target["boxes"].to(torch.float32), width, height)
-    cxcywh = torch.stack(
-        [
-            (boxes[:, 0] + boxes[:, 2]) / (2 * width),
-            (boxes[:, 1] + boxes[:, 3]) / (2 * height),
-            (boxes[:, 2] - boxes[:, 0]) / width,
-            (boxes[:, 3] - boxes[:, 1]) / height,
-        ],
-        dim=1,
-    )
+    boxes = clip_boxes_to_image(target["boxes"].to(torch.float32), width, height)
+    cxcywh = normalize_boxes(box_xyxy_to_cxcywh(boxes), width, height)
     item = dict(target)
     item["image"] = tensor
     item["boxes"] = cxcywh

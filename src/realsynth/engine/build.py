@@ -13,13 +13,13 @@ from torch.utils.data import DataLoader
 
 from realsynth.config import ConfigError
 from realsynth.data.collate import collate_relations
-from realsynth.data.mixed import Source, build_mixed_loader
+from realsynth.data.mixed_dataset import Source, build_mixed_loader
 from realsynth.engine.data_setup import RunData, build_data
-from realsynth.engine.distributed import get_rank, get_world_size, is_dist_avail_and_initialized
 from realsynth.modeling.criterion import RelationCriterion
 from realsynth.modeling.matcher import HungarianMatcher
 from realsynth.modeling.model import build_model
 from realsynth.modeling.set_targets import ENTITY_HEADS, RELATION_HEADS
+from realsynth.utils.distributed import get_rank, get_world_size, is_dist_avail_and_initialized
 
 __all__ = [
     "build_data",

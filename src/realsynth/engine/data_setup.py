@@ -15,11 +15,10 @@ from realsynth.data.collate import collate_relations
 from realsynth.data.demo import demo_is_complete, demo_predicate_flip_map, generate_demo
 from realsynth.data.formats.relcoco import RelCocoDataset
 from realsynth.data.formats.vg150 import vg150_from_folder
-from realsynth.data.mixed import ignore_interrupts
+from realsynth.data.mixed_dataset import ignore_interrupts
 from realsynth.data.transforms import build_transforms, predicate_flip_indices
-from realsynth.engine.distributed import get_rank, get_world_size
-from realsynth.engine.launch import barrier
-from realsynth.mix import SourceMix, resolve_mix
+from realsynth.source_mix import SourceMix, resolve_mix
+from realsynth.utils.distributed import barrier, get_rank, get_world_size
 
 
 @dataclass

@@ -8,7 +8,7 @@ from types import FrameType, TracebackType
 
 import torch
 
-from realsynth.engine.distributed import all_reduce_sum, get_world_size
+from realsynth.utils.distributed import all_reduce_sum, get_world_size
 
 
 class StepInterrupt:

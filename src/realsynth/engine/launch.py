@@ -60,9 +60,3 @@ def shutdown_distributed() -> None:
     """Leave the process group if this process joined one."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def barrier() -> None:
-    """Wait for every rank (no-op without a process group)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()

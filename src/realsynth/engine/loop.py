@@ -21,14 +21,14 @@ from tqdm import tqdm
 from realsynth.config import to_yaml
 from realsynth.engine.checkpoint import rng_states
 from realsynth.engine.data_setup import RunData
-from realsynth.engine.distributed import all_reduce_sum, get_rank
-from realsynth.engine.inference import evaluate_sources
+from realsynth.engine.evaluation import evaluate_sources
 from realsynth.engine.interrupt import StepInterrupt
 from realsynth.engine.records import loss_record, progress_postfix, reduce_record
 from realsynth.engine.run_folder import RunFolder
 from realsynth.engine.run_log import MetricsLog
 from realsynth.engine.run_state import RunState, checkpoint_payload, payload_writer
 from realsynth.modeling.criterion import RelationCriterion
+from realsynth.utils.distributed import all_reduce_sum, get_rank
 
 
 class TrainingCallback(Protocol):

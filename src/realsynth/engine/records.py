@@ -7,8 +7,8 @@ import math
 import torch
 from torch import Tensor
 
-from realsynth.engine.distributed import all_reduce_sum, get_world_size
 from realsynth.modeling.criterion import DEFAULT_COEFFICIENTS
+from realsynth.utils.distributed import all_reduce_sum, get_world_size
 
 
 def loss_record(

@@ -21,15 +21,15 @@ from omegaconf import DictConfig
 from realsynth.config import to_yaml
 from realsynth.engine import build
 from realsynth.engine.checkpoint import load_checkpoint, restore_rng_states
-from realsynth.engine.distributed import all_ranks_agree, get_rank
 from realsynth.engine.interrupt import StepInterrupt
-from realsynth.engine.launch import barrier, init_distributed, resolve_device, seed_all
+from realsynth.engine.launch import init_distributed, resolve_device, seed_all
 from realsynth.engine.loop import Components, TrainingLoop
 from realsynth.engine.run_folder import RunFolder, RunFolderError
 from realsynth.engine.run_log import MetricsLog, read_metrics
 from realsynth.engine.run_report import write_final_outputs, write_skipped_samples
 from realsynth.engine.run_state import RunState
 from realsynth.utils.atomic import atomic_write_text
+from realsynth.utils.distributed import all_ranks_agree, barrier, get_rank
 
 RESUME_KEYS = ("model", "optimizer", "scheduler", "run_state", "sampler", "rng")
 

@@ -14,7 +14,6 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
-from realsynth.modeling.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
 from realsynth.modeling.set_targets import (
     ENTITY_HEADS,
     PROBLEM_NAMES,
@@ -23,6 +22,7 @@ from realsynth.modeling.set_targets import (
     HeadSpec,
     flatten_targets,
 )
+from realsynth.utils.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
 
 Assignment = list[tuple[np.ndarray, np.ndarray]]
 

@@ -1,7 +1,7 @@
 """Model outputs -> ranked triplets per image, and targets -> evaluation ground truth.
 
 Both produce plain numpy arrays with xyxy boxes in one coordinate frame (pixels when image sizes
-are given, else normalized to [0, 1]), the input format of ``realsynth.engine.evaluate``.
+are given, else normalized to [0, 1]), the input format of ``realsynth.engine.recall``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from realsynth.modeling.box_ops import box_cxcywh_to_xyxy, box_iou
+from realsynth.utils.box_ops import box_cxcywh_to_xyxy, box_iou
 
 
 @torch.no_grad()
@@ -180,7 +180,7 @@ def _same_box(boxes: Tensor, threshold: float) -> Tensor:
 def ground_truth_from_target(
     target: dict[str, Any], image_size: Tensor | tuple[int, int] | None = None
 ) -> dict[str, np.ndarray]:
-    """Convert a dataset target to the ground-truth format of ``realsynth.engine.evaluate``.
+    """Convert a dataset target to the ground-truth format of ``realsynth.engine.recall``.
 
     Args:
         target: dict with ``boxes`` float[N, 4] cxcywh normalized, ``labels`` int[N] and

@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from realsynth.engine.distributed import all_reduce_sum, get_world_size
-from realsynth.modeling.box_ops import box_cxcywh_to_xyxy, elementwise_generalized_box_iou
 from realsynth.modeling.matcher import Assignment
 from realsynth.modeling.set_targets import FlatTargets
 from realsynth.modeling.weighting import WEIGHT_FLOOR, Normalization, weighted_loss
+from realsynth.utils.box_ops import box_cxcywh_to_xyxy, elementwise_generalized_box_iou
+from realsynth.utils.distributed import all_reduce_sum, get_world_size
 
 CeScope = Literal["all", "matched"]
 

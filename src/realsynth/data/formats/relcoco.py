@@ -34,6 +34,7 @@ from realsynth.data.images import RelationDataset, SkippedSample
 from realsynth.data.problems import DatasetProblems, raise_or_skip
 from realsynth.data.transforms import Transform
 from realsynth.utils.atomic import atomic_write_text
+from realsynth.utils.box_ops import box_xywh_to_xyxy
 from realsynth.utils.gc_pause import gc_paused
 
 
@@ -148,10 +149,8 @@ class RelCocoDataset(RelationDataset):
     def annotation(self, index: int) -> dict[str, Any]:
         b0, b1 = self._box_starts[index], self._box_starts[index + 1]
         r0, r1 = self._relation_starts[index], self._relation_starts[index + 1]
-        xywh = self._boxes[b0:b1]
-        boxes = torch.from_numpy(np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1))
         return {
-            "boxes": boxes,
+            "boxes": box_xywh_to_xyxy(torch.from_numpy(self._boxes[b0:b1])),
             "labels": torch.from_numpy(self._labels[b0:b1].copy()),
             "relations": torch.from_numpy(self._relations[r0:r1].copy()),
             "image_id": int(self._image_ids[index]),

@@ -19,6 +19,9 @@ from typing import Any
 
 import h5py
 import numpy as np
+import torch
+
+from realsynth.utils.box_ops import box_xywh_to_xyxy
 
 VG_CORRUPTED_IMAGE_IDS = frozenset({1592, 1722, 4616, 4617})
 SPLIT_FLAGS = {"train": 0, "val": 0, "test": 2}
@@ -167,5 +170,6 @@ def decode_vg_boxes(cxcywh: np.ndarray) -> np.ndarray:
         float64 [B, 4] xyxy at the same scale (integer values).
     """
     boxes = np.asarray(cxcywh, dtype=np.float64).reshape(-1, 4)
-    x1y1 = np.trunc(boxes[:, :2] - boxes[:, 2:] / 2)
-    return np.concatenate([x1y1, x1y1 + boxes[:, 2:]], axis=1)
+    corner = np.trunc(boxes[:, :2] - boxes[:, 2:] / 2)  # where SGB's int32 assignment truncates
+    xywh = torch.from_numpy(np.concatenate([corner, boxes[:, 2:]], axis=1))
+    return box_xywh_to_xyxy(xywh).numpy()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from torch.utils.data import Dataset
 
-from realsynth.data.mixed import MixedDataset, Source, build_mixed_loader
+from realsynth.data.mixed_dataset import MixedDataset, Source, build_mixed_loader
 from realsynth.data.sampler import MixedBatchSampler
 
 

@@ -1,9 +1,11 @@
 """Box conversions, IoU and generalized IoU (torchvision is not a dependency).
 
-Formats: ``cxcywh`` is (center x, center y, width, height) and ``xyxy`` is (x1, y1, x2, y2). All
-functions work for normalized [0, 1] and pixel coordinates alike. Pairwise functions accept
-leading batch dimensions: boxes1 [..., N, 4] and boxes2 [..., M, 4] give [..., N, M], so a matcher
-can build the cost of every image of a batch in one call.
+Formats: ``cxcywh`` is (center x, center y, width, height), ``xyxy`` is (x1, y1, x2, y2) and
+``xywh`` is COCO's (top-left x, top-left y, width, height). All functions work for normalized
+[0, 1] and pixel coordinates alike. They live in ``utils`` so that the data layer (formats,
+transforms) and the modeling layer (matcher, losses) share one implementation. Pairwise functions
+accept leading batch dimensions: boxes1 [..., N, 4] and boxes2 [..., M, 4] give [..., N, M], so a
+matcher can build the cost of every image of a batch in one call.
 
 Degenerate boxes (x2 < x1 or y2 < y1) make GIoU meaningless and raise a ``ValueError``. The check
 needs the result on the host (one device->host sync on an accelerator); callers that validate
@@ -26,6 +28,31 @@ def box_xyxy_to_cxcywh(boxes: Tensor) -> Tensor:
     """Convert [..., 4] boxes from xyxy to cxcywh (same units)."""
     x1, y1, x2, y2 = boxes.unbind(-1)
     return torch.stack(((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1), dim=-1)
+
+
+def box_xywh_to_xyxy(boxes: Tensor) -> Tensor:
+    """Convert [..., 4] boxes from COCO's xywh (top-left corner, width, height) to xyxy."""
+    x, y, w, h = boxes.unbind(-1)
+    return torch.stack((x, y, x + w, y + h), dim=-1)
+
+
+def clip_boxes_to_image(boxes: Tensor, width: float, height: float) -> Tensor:
+    """Clip [..., 4] xyxy boxes to ``[0, width] x [0, height]`` (a new tensor; none dropped)."""
+    out = boxes.clone()
+    out[..., 0::2] = out[..., 0::2].clamp(0, width)
+    out[..., 1::2] = out[..., 1::2].clamp(0, height)
+    return out
+
+
+def horizontal_flip_boxes(boxes: Tensor, width: float) -> Tensor:
+    """Mirror [..., 4] xyxy boxes of an image ``width`` wide about its vertical center line."""
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    return torch.stack((width - x2, y1, width - x1, y2), dim=-1)
+
+
+def normalize_boxes(boxes: Tensor, width: float, height: float) -> Tensor:
+    """Divide [..., 4] boxes (xyxy or cxcywh) in pixels by the image size: [0, 1] coordinates."""
+    return boxes / boxes.new_tensor([width, height, width, height])
 
 
 def box_area(boxes: Tensor) -> Tensor:

@@ -22,12 +22,12 @@ from realsynth.config import load_config
 from realsynth.engine.build import build_model_and_criterion
 from realsynth.engine.checkpoint import load_checkpoint
 from realsynth.engine.data_setup import build_data
-from realsynth.engine.distributed import get_rank, get_world_size, is_dist_avail_and_initialized
-from realsynth.engine.evaluate import SceneGraphEvaluator
 from realsynth.engine.launch import resolve_device
+from realsynth.engine.recall import SceneGraphEvaluator
 from realsynth.engine.tables import format_table
 from realsynth.modeling.postprocess import ground_truth_from_target, relation_predictions
 from realsynth.utils.atomic import atomic_write_json
+from realsynth.utils.distributed import get_rank, get_world_size, is_dist_avail_and_initialized
 
 
 @torch.no_grad()

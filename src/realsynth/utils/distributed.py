@@ -1,7 +1,8 @@
 """Thin helpers over ``torch.distributed`` that degrade to single-process behaviour.
 
-The criterion and the trainer call these instead of ``torch.distributed`` directly so that the
-same code runs unchanged without a process group (tests, CPU runs, notebooks).
+The data, modeling and engine layers call these instead of ``torch.distributed`` directly so
+that the same code runs unchanged without a process group (tests, CPU runs, notebooks). Joining
+and leaving a process group is the engine's (``realsynth.engine.launch``).
 """
 
 from __future__ import annotations
@@ -45,3 +46,9 @@ def all_ranks_agree(ok: bool, device: torch.device | str = "cpu") -> bool:
         return ok
     flag = torch.tensor([0.0 if ok else 1.0], device=device)
     return all_reduce_sum(flag).item() == 0
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op without a process group)."""
+    if is_dist_avail_and_initialized():
+        dist.barrier()

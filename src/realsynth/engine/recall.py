@@ -1,7 +1,7 @@
 """Scene-graph Recall@K, no-graph-constraint Recall@K, mean Recall@K and zero-shot Recall@K.
 
 Definitions follow Scene-Graph-Benchmark.pytorch (``sgg_eval.py``); matching lives in
-``realsynth.engine.sgg_metrics``. Per image with at least one ground-truth relation:
+``realsynth.engine.triplet_matching``. Per image with at least one ground-truth relation:
 
 - ``R@K``: share of ground-truth triplets hit by the K best predicted triplets;
 - ``ngR@K``: the same over the K best (pair, predicate) candidates, every predicate of every
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from realsynth.engine.sgg_metrics import (
+from realsynth.engine.triplet_matching import (
     ground_truth_triplets,
     hits_at_k,
     match_triplets,
@@ -113,7 +113,7 @@ class SceneGraphEvaluator:
     def update(
         self, predictions: Sequence[Mapping[str, Any]], ground_truths: Sequence[Mapping[str, Any]]
     ) -> None:
-        """Score one batch of images (formats in ``realsynth.engine.sgg_metrics``)."""
+        """Score one batch of images (formats in ``realsynth.engine.triplet_matching``)."""
         if len(predictions) != len(ground_truths):
             raise ValueError(
                 f"update: {len(predictions)} predictions but {len(ground_truths)} ground truths"

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from realsynth.data.images import SkippedSample
 from realsynth.data.sampler import MixedBatchSampler
 from realsynth.data.transforms import item_rng
-from realsynth.engine.distributed import get_rank, get_world_size
+from realsynth.utils.distributed import get_rank, get_world_size
 
 __all__ = ["MixedDataset", "Source", "build_mixed_loader"]
 

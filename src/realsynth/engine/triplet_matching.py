@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from realsynth.modeling.box_ops import box_iou
+from realsynth.utils.box_ops import box_iou
 
 RANKED_KEYS = ("subject_boxes", "object_boxes", "subject_labels", "object_labels", "predicates")
 PAIR_KEYS = (

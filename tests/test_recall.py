@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from realsynth.engine.evaluate import SceneGraphEvaluator
-from realsynth.engine.sgg_metrics import match_triplets
+from realsynth.engine.recall import SceneGraphEvaluator
 from realsynth.engine.tables import format_table
+from realsynth.engine.triplet_matching import match_triplets
 
 A = [0.0, 0.0, 10.0, 10.0]
 B = [20.0, 0.0, 30.0, 10.0]

@@ -167,3 +167,16 @@ def reference_layer_losses(layer, targets, relation, class_weights):
         losses["loss_bbox" + suffix] = l1 / num_boxes
         losses["loss_giou" + suffix] = giou / num_boxes
     return losses
+
+
+def match(matcher, outputs, targets):
+    """Per image (query indices, target indices) as int64 tensors, through the criterion's path."""
+    from realsynth.modeling.heads import ENTITY_HEADS, RELATION_HEADS
+    from realsynth.modeling.matcher import foreground_classes
+    from realsynth.modeling.set_targets import flatten_targets
+
+    spec = RELATION_HEADS if "relation_logits" in outputs else ENTITY_HEADS
+    flat = flatten_targets(targets, spec, foreground_classes(outputs, spec), device="cpu")
+    return [
+        (torch.from_numpy(q), torch.from_numpy(t)) for q, t in matcher.assign(outputs, flat, spec)
+    ]

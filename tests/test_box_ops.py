@@ -80,3 +80,24 @@ def test_degenerate_boxes_raise_clear_error():
 def test_elementwise_shape_mismatch():
     with pytest.raises(ValueError, match="equal shape"):
         elementwise_generalized_box_iou(_random_xyxy(0, 2), _random_xyxy(0, 3))
+
+
+def test_xywh_flip_clip_and_normalize_by_hand():
+    from realsynth.utils.box_ops import (
+        box_xywh_to_xyxy,
+        clip_boxes_to_image,
+        horizontal_flip_boxes,
+        normalize_boxes,
+    )
+
+    xywh = torch.tensor([[4.0, 6.0, 20.0, 30.0]])
+    assert box_xywh_to_xyxy(xywh).tolist() == [[4, 6, 24, 36]]
+    assert horizontal_flip_boxes(torch.tensor([[4.0, 6.0, 24.0, 36.0]]), 64).tolist() == [
+        [40, 6, 60, 36]
+    ]
+    boxes = torch.tensor([[-3.0, 2.0, 70.0, 50.0]])
+    assert clip_boxes_to_image(boxes, 64, 48).tolist() == [[0, 2, 64, 48]]
+    assert boxes.tolist() == [[-3, 2, 70, 50]]  # the input is left alone
+    assert normalize_boxes(torch.tensor([[32.0, 24.0, 16.0, 12.0]]), 64, 48).tolist() == [
+        [0.5, 0.5, 0.25, 0.25]
+    ]

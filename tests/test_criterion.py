@@ -150,11 +150,12 @@ def test_diagnostics_are_detached_unweighted_per_source_and_excluded_from_total(
         alone = criterion(slice_batch(outputs, b, b + 1), [unweighted])
         for term in ("loss_relation", "loss_bbox_subject", "loss_giou_object"):
             torch.testing.assert_close(diag[f"diag/{term}/{source}"], alone[term].detach())
-    manual = sum(
-        criterion.weight_dict[k] * v for k, v in losses.items() if k in criterion.weight_dict
-    )
+    terms = {k: v for k, v in losses.items() if not k.startswith("diag/")}
+    assert len(terms) == 14  # 7 terms of the final layer and 7 of the auxiliary one
+    manual = sum(criterion.weight_dict[k.removesuffix("_0")] * v for k, v in terms.items())
     torch.testing.assert_close(criterion.total_loss(losses), manual)
-    assert criterion.weight_dict["loss_bbox_subject_0"] == 5.0
+    assert criterion.coefficient("loss_bbox_subject_0") == 5.0
+    assert criterion.coefficient("diag/loss_bbox_subject/real") is None
 
 
 def test_ce_scope_matched_is_ce_over_matched_queries_only():
@@ -197,8 +198,11 @@ def test_invalid_weight_error_and_fallback():
         torch.testing.assert_close(fallback[key], plain[key])
 
 
-def test_total_loss_uses_coefficients_and_aux_copies():
+def test_total_loss_uses_coefficients_and_aux_copies_without_changing_the_criterion():
     criterion = RelationCriterion(C, R, loss_coefficients={"loss_giou_subject": 3.0})
+    before = dict(criterion.weight_dict)
+    criterion(make_outputs(2, 1, Q, C, R, aux=2), make_targets(1, [(2, 1)], C, R))
+    assert criterion.weight_dict == before  # forward never adds keys
     losses = {
         "loss_giou_subject": torch.tensor(1.0),
         "loss_giou_subject_3": torch.tensor(2.0),
@@ -223,3 +227,82 @@ def test_constructor_and_shape_errors():
     outputs = {k: v for k, v in make_outputs(19, 1, Q, C, R).items() if k != REL_KEYS[0]}
     with pytest.raises(ValueError, match="relation_logits"):
         RelationCriterion(C, R)(outputs, make_targets(0, [(1, 1)], C, R))
+
+
+def _box_case(l1_per_pair, batch_index, image_weights, num_images, normalization="count"):
+    """Relation outputs whose matched subject-box L1 is ``l1_per_pair`` (one triplet per pair,
+    pair i in image ``batch_index[i]``); every other term is far from the targets' queries."""
+    counts = [list(batch_index).count(b) for b in range(num_images)]
+    queries = max(counts)
+    targets, subject = [], torch.full((num_images, queries, 4), 0.5)
+    pair = 0
+    for b, n in enumerate(counts):
+        boxes = torch.tensor([[0.1 + 0.8 * k / max(n, 1), 0.5, 0.05, 0.05] for k in range(n)] * 2)
+        rel = torch.tensor([[k, n + k, 0] for k in range(n)], dtype=torch.int64).reshape(-1, 3)
+        targets.append(
+            {
+                "boxes": boxes.reshape(-1, 4),
+                "labels": torch.zeros(2 * n, dtype=torch.int64),
+                "relations": rel,
+                "loss_weight": image_weights[b],
+                "source": "s",
+            }
+        )
+        for k in range(n):
+            subject[b, k] = boxes[k] + torch.tensor([0.0, 0.0, l1_per_pair[pair], 0.0])
+            pair += 1
+    outputs = {
+        "relation_logits": torch.zeros(num_images, queries, R + 1),
+        "relation_subject_logits": torch.zeros(num_images, queries, C + 1),
+        "relation_object_logits": torch.zeros(num_images, queries, C + 1),
+        "relation_subject_boxes": subject,
+        "relation_object_boxes": torch.stack(
+            [
+                torch.cat(
+                    [
+                        t["boxes"][len(t["boxes"]) // 2 :],
+                        torch.full((queries - len(t["boxes"]) // 2, 4), 0.5),
+                    ]
+                )
+                for t in targets
+            ]
+        ),
+    }
+    criterion = RelationCriterion(
+        C, R, normalization=normalization, matcher=HungarianMatcher(0.0, 1.0, 0.0)
+    )
+    return criterion(outputs, targets)["loss_bbox_subject"]
+
+
+def test_the_notes_first_worked_example_through_the_criterion():
+    # Losses [1.0, 1.2, 0.8, 0.9], one per image, weights [1, 1, 0.5, 0.5]: 3.05 / 4.
+    loss = _box_case([1.0, 1.2, 0.8, 0.9], [0, 1, 2, 3], [1.0, 1.0, 0.5, 0.5], 4)
+    assert loss.item() == pytest.approx(0.7625, abs=1e-6)
+    plain = _box_case([1.0, 1.2, 0.8, 0.9], [0, 1, 2, 3], [1.0] * 4, 4)
+    assert plain.item() == pytest.approx(0.975, abs=1e-6)
+    weight_mode = _box_case([1.0, 1.2, 0.8, 0.9], [0, 1, 2, 3], [1.0, 1.0, 0.5, 0.5], 4, "weight")
+    assert weight_mode.item() == pytest.approx(3.05 / 3.0, abs=1e-6)
+
+
+def test_the_notes_second_worked_example_through_the_criterion():
+    # Nine pairs in images [0, 0, 1, 2, 2, 2, 7, 8, 8] of ten; images 7-9 weigh 0.5: 5.9 / 9
+    # (the note prints 5.8 / 9; its own terms add up to 5.9, see DESIGN.md).
+    losses = [0.8, 1.2, 0.9, 1.1, 0.7, 0.6, 0.5, 0.4, 0.3]
+    loss = _box_case(losses, [0, 0, 1, 2, 2, 2, 7, 8, 8], [1.0] * 7 + [0.5] * 3, 10)
+    assert loss.item() == pytest.approx(5.9 / 9, abs=1e-6) and round(loss.item(), 4) == 0.6556
+    plain = _box_case(losses, [0, 0, 1, 2, 2, 2, 7, 8, 8], [1.0] * 10, 10)
+    assert plain.item() == pytest.approx(6.5 / 9, abs=1e-6)
+
+
+def test_collated_weights_and_sources_are_used_instead_of_the_targets():
+    targets = make_targets(21, [(3, 2), (2, 3)], C, R, ["real", "synthetic"], [1.0, 0.5])
+    outputs = make_outputs(22, 2, Q, C, R)
+    criterion = RelationCriterion(C, R, source_names=["real", "synthetic"])
+    from_targets = criterion(outputs, targets)
+    bare = [{k: v for k, v in t.items() if k not in ("loss_weight", "source")} for t in targets]
+    collated = criterion(
+        outputs, bare, loss_weights=torch.tensor([1.0, 0.5]), source_ids=torch.tensor([0, 1])
+    )
+    assert collated.keys() == from_targets.keys()
+    for key in collated:
+        torch.testing.assert_close(collated[key], from_targets[key])

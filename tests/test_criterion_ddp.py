@@ -9,15 +9,17 @@ ranks' batches hold different numbers of matched (non-background) queries.
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from criterion_cases import make_outputs, make_targets, slice_batch
 
 from realsynth.modeling.criterion import RelationCriterion
-from realsynth.modeling.set_losses import box_denominator
-from realsynth.modeling.set_targets import RELATION_HEADS, flatten_targets
-from realsynth.modeling.weighting import image_weights
+from realsynth.modeling.heads import RELATION_HEADS
+from realsynth.modeling.set_targets import flatten_targets
+from realsynth.modeling.weighting import batch_weights, box_term, reduce_terms
+from realsynth.utils import distributed
 from realsynth.utils.distributed import all_reduce_sum, get_rank, get_world_size
 
 C, R, Q = 6, 5, 8
@@ -46,17 +48,42 @@ def _run(outputs, targets, normalization):
     )
     layer = _shared_offset(outputs, theta)
     layer["aux_outputs"] = [_shared_offset(a, theta) for a in outputs["aux_outputs"]]
+    calls = _count_all_reduces()
     losses = criterion(layer, targets)
+    collectives = calls()
     criterion.total_loss(losses).backward()
+    # A unit loss per target: its numerator over the batch's divisor, averaged over ranks.
     flat = flatten_targets(targets, RELATION_HEADS, [R, C, C], device="cpu")
-    weights = image_weights(targets, device="cpu")
+    per_target = batch_weights(targets, device="cpu").image.repeat_interleave(
+        torch.tensor(flat.sizes)
+    )
+    unit = box_term(torch.ones(flat.total), per_target, normalization)
     terms = {k: v.detach() for k, v in losses.items() if not k.startswith("diag/")}
     return {
         "terms": terms,
         "theta": theta.grad,
         "boxes": outputs["relation_subject_boxes"].grad,
-        "num_boxes": box_denominator(flat, weights, normalization),
+        "unit": (unit.numerator, reduce_terms({"unit": unit})["unit"]),
+        "collectives": collectives,
     }
+
+
+def _count_all_reduces():
+    """Count the all-reduces from now on (0 without a process group); returns the reader."""
+    real = distributed.dist.all_reduce
+    count = [0]
+
+    def counting(*args, **kwargs):
+        count[0] += 1
+        return real(*args, **kwargs)
+
+    distributed.dist.all_reduce = counting
+
+    def read() -> int:
+        distributed.dist.all_reduce = real
+        return count[0]
+
+    return read
 
 
 def _worker(rank, port, path):
@@ -97,8 +124,13 @@ def test_two_ranks_match_one_process(tmp_path):
         )
         for r in range(WORLD):
             # Every rank divides by the global count over the world size (DETR's num_boxes).
-            torch.testing.assert_close(got[r]["num_boxes"], torch.tensor(expected_num / WORLD))
-        assert single["num_boxes"].item() == expected_num
+            numerator, value = got[r]["unit"]
+            torch.testing.assert_close(value, numerator / (expected_num / WORLD))
+            # Every divisor of every layer and term in one collective per forward.
+            assert got[r]["collectives"] == 1
+        numerator, value = single["unit"]
+        assert value.item() == pytest.approx(numerator.item() / expected_num)
+        assert single["collectives"] == 0
         for key, value in single["terms"].items():
             mean = sum(g["terms"][key] for g in got) / WORLD
             torch.testing.assert_close(mean, value, msg=f"{normalization} {key}")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from realsynth.modeling.heads import BBOX_COEFFICIENT, CLASS_COEFFICIENT, GIOU_COEFFICIENT
+
 
 class ConfigError(ValueError):
     """A configuration value a user can fix; the message names the key and where it came from."""
@@ -73,12 +75,13 @@ class CriterionConfig:
     ON_INVALID_WEIGHT: str = "error"  # error | fallback
     EMPTY_WEIGHT: float = 0.1
     EMPTY_REL_WEIGHT: float = 0.1
-    CLASS_WEIGHT: float = 1.0
-    L1_WEIGHT: float = 5.0
-    GIOU_WEIGHT: float = 2.0
-    COST_CLASS: float = 1.0
-    COST_BBOX: float = 5.0
-    COST_GIOU: float = 2.0
+    # Loss coefficients (every term of every layer) and Hungarian matching costs: DETR's.
+    CLASS_WEIGHT: float = CLASS_COEFFICIENT
+    L1_WEIGHT: float = BBOX_COEFFICIENT
+    GIOU_WEIGHT: float = GIOU_COEFFICIENT
+    COST_CLASS: float = CLASS_COEFFICIENT
+    COST_BBOX: float = BBOX_COEFFICIENT
+    COST_GIOU: float = GIOU_COEFFICIENT
 
 
 @dataclass

@@ -16,9 +16,9 @@ from realsynth.data.collate import collate_relations
 from realsynth.data.mixed_dataset import Source, build_mixed_loader
 from realsynth.engine.data_setup import RunData, build_data
 from realsynth.modeling.criterion import RelationCriterion
+from realsynth.modeling.heads import loss_coefficients
 from realsynth.modeling.matcher import HungarianMatcher
 from realsynth.modeling.model import build_model
-from realsynth.modeling.set_targets import ENTITY_HEADS, RELATION_HEADS
 from realsynth.utils.distributed import get_rank, get_world_size, is_dist_avail_and_initialized
 
 __all__ = [
@@ -56,21 +56,13 @@ def build_model_and_criterion(
         ),
         empty_weight=crit.EMPTY_WEIGHT,
         empty_rel_weight=crit.EMPTY_REL_WEIGHT,
-        loss_coefficients=_loss_coefficients(crit.CLASS_WEIGHT, crit.L1_WEIGHT, crit.GIOU_WEIGHT),
+        loss_coefficients=loss_coefficients(crit.CLASS_WEIGHT, crit.L1_WEIGHT, crit.GIOU_WEIGHT),
         ce_scope=crit.CE_SCOPE,
         normalization=crit.NORMALIZATION,
         on_invalid_weight=crit.ON_INVALID_WEIGHT,
+        source_names=data.names,
     )
     return model.to(device), criterion.to(device)
-
-
-def _loss_coefficients(class_weight: float, l1_weight: float, giou_weight: float) -> dict:
-    """Every loss term's coefficient from the three DETR-style weights (class, L1, GIoU)."""
-    heads = (RELATION_HEADS, ENTITY_HEADS)
-    coefficients = {term: class_weight for h in heads for term in h.class_terms}
-    coefficients.update({term: l1_weight for h in heads for term in h.bbox_terms})
-    coefficients.update({term: giou_weight for h in heads for term in h.giou_terms})
-    return coefficients
 
 
 def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:

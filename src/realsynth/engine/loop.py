@@ -167,7 +167,12 @@ class TrainingLoop:
             outputs = parts.model(images, mask)
         outputs = _to_float(outputs)
         try:
-            losses = parts.criterion(outputs, targets)
+            losses = parts.criterion(
+                outputs,
+                targets,
+                loss_weights=batch["loss_weights"],
+                source_ids=batch["source_ids"],
+            )
         except ValueError as exc:
             # The criterion speaks of batch positions; name the images behind them.
             named = ", ".join(
@@ -191,7 +196,7 @@ class TrainingLoop:
         parts.optimizer.step()
         lr = parts.optimizer.param_groups[0]["lr"]
         parts.scheduler.step()
-        record = loss_record(losses, total, parts.criterion.weight_dict, parts.data.names)
+        record = loss_record(losses, total, parts.criterion, parts.data.names)
         record["lr"] = lr
         return StepResult(
             reduce_record(record, parts.device),

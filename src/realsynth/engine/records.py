@@ -7,12 +7,12 @@ import math
 import torch
 from torch import Tensor
 
-from realsynth.modeling.criterion import DEFAULT_COEFFICIENTS
+from realsynth.modeling.criterion import RelationCriterion
 from realsynth.utils.distributed import all_reduce_sum, get_world_size
 
 
 def loss_record(
-    losses: dict[str, Tensor], total: Tensor, weight_dict: dict[str, float], sources: list[str]
+    losses: dict[str, Tensor], total: Tensor, criterion: RelationCriterion, sources: list[str]
 ) -> dict[str, float]:
     """Every loss term, the total, and each source's unweighted diagnostics, as floats.
 
@@ -21,8 +21,9 @@ def loss_record(
     A source absent from this batch gets NaN (``reduce_record`` ignores NaN across ranks).
     One device->host transfer for the whole record.
     """
-    base_terms = [t for t in weight_dict if t in DEFAULT_COEFFICIENTS]
-    keys = [k for k in weight_dict if k in losses] + ["total"]
+    weight_dict = criterion.weight_dict
+    base_terms = list(weight_dict)
+    keys = [k for k in losses if criterion.coefficient(k) is not None] + ["total"]
     values = [losses[k].detach() for k in keys[:-1]] + [total.detach()]
     nan = torch.tensor(float("nan"), device=total.device)
     for name in sources:

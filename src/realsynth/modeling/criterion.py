@@ -8,36 +8,37 @@ detached and never summed into the optimized loss, and there are no per-layer ho
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
+from realsynth.modeling.heads import (
+    AUX_OUTPUTS,
+    HEAD_SPECS,
+    RELATION_HEADS,
+    HeadSpec,
+    base_term,
+    loss_coefficients,
+)
 from realsynth.modeling.matcher import HungarianMatcher, foreground_classes
 from realsynth.modeling.set_losses import (
     BatchContext,
-    box_denominator,
     box_losses,
     classification_loss,
     matched_pairs,
 )
-from realsynth.modeling.set_targets import (
-    ENTITY_HEADS,
-    RELATION_HEADS,
-    FlatTargets,
-    HeadSpec,
-    flatten_targets,
+from realsynth.modeling.set_targets import FlatTargets, flatten_targets
+from realsynth.modeling.weighting import (
+    Normalization,
+    OnInvalid,
+    WeightedTerm,
+    batch_weights,
+    reduce_terms,
 )
-from realsynth.modeling.weighting import Normalization, OnInvalid, image_weights
 
-DEFAULT_COEFFICIENTS: dict[str, float] = {
-    **{term: 1.0 for term in RELATION_HEADS.class_terms + ENTITY_HEADS.class_terms},
-    **{term: 5.0 for term in RELATION_HEADS.bbox_terms + ENTITY_HEADS.bbox_terms},
-    **{term: 2.0 for term in RELATION_HEADS.giou_terms + ENTITY_HEADS.giou_terms},
-}
-_AUX_KEY = re.compile(r"^(?P<base>.+)_(?P<layer>\d+)$")
+DEFAULT_COEFFICIENTS: dict[str, float] = loss_coefficients()
 
 
 def _class_weight_vector(size: int, empty: float, foreground: Tensor | None, name: str) -> Tensor:
@@ -51,16 +52,6 @@ def _class_weight_vector(size: int, empty: float, foreground: Tensor | None, nam
     if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
         raise ValueError(f"{name} (with its empty weight {empty}) must be finite and >= 0")
     return weights
-
-
-def _source_index(
-    targets: Sequence[dict[str, Any]], device: torch.device
-) -> tuple[list[str], Tensor]:
-    """Distinct ``source`` names in batch order and each image's index among them (int64 [B])."""
-    names = [str(t.get("source", "unknown")) for t in targets]
-    sources = list(dict.fromkeys(names))
-    ids = torch.tensor([sources.index(n) for n in names], dtype=torch.int64)
-    return sources, ids.to(device, non_blocking=True)
 
 
 class RelationCriterion(nn.Module):
@@ -84,6 +75,10 @@ class RelationCriterion(nn.Module):
         ce_scope: ``"all"`` queries (unmatched ones target the background) or ``"matched"`` only.
         normalization: ``"count"`` or ``"weight"`` (see ``weighting``).
         on_invalid_weight: ``"error"`` or ``"fallback"`` for NaN/inf/negative ``loss_weight``.
+        source_names: the names that ``forward``'s ``source_ids`` index (the run's sources).
+
+    ``weight_dict`` holds the base terms' coefficients; an auxiliary layer's term ``<term>_{i}``
+    takes its base term's (:meth:`coefficient`). The criterion never changes in ``forward``.
     """
 
     def __init__(
@@ -99,6 +94,7 @@ class RelationCriterion(nn.Module):
         ce_scope: Literal["all", "matched"] = "all",
         normalization: Normalization = "count",
         on_invalid_weight: OnInvalid = "error",
+        source_names: Sequence[str] | None = None,
     ):
         super().__init__()
         if num_classes < 1 or num_predicates < 1:
@@ -123,6 +119,7 @@ class RelationCriterion(nn.Module):
         self.ce_scope = ce_scope
         self.normalization = normalization
         self.on_invalid_weight = on_invalid_weight
+        self.source_names = tuple(source_names) if source_names is not None else None
         self.weight_dict: dict[str, float] = {**DEFAULT_COEFFICIENTS, **(loss_coefficients or {})}
         self.register_buffer(
             "entity_class_weights",
@@ -155,19 +152,19 @@ class RelationCriterion(nn.Module):
                     f"(foreground + background, last)"
                 )
 
-    def _layer_losses(
+    def _layer_terms(
         self,
         layer: dict[str, Tensor],
         flat: FlatTargets,
         spec: HeadSpec,
         ctx: BatchContext,
         diagnostics: bool,
-    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """Loss terms of one decoder layer and, with ``diagnostics``, per-source [S] tensors."""
+    ) -> tuple[dict[str, WeightedTerm], dict[str, Tensor]]:
+        """Undivided loss terms of one decoder layer and, with ``diagnostics``, per-source [S]."""
         log_probs = [layer[key].float().log_softmax(-1) for key in spec.class_keys]
         assignment = self.matcher.assign(layer, flat, spec, log_probs)
-        matched = matched_pairs(assignment, flat, ctx.source_ids.device)
-        terms: dict[str, Tensor] = {}
+        matched = matched_pairs(assignment, flat, ctx.weights.source_ids.device)
+        terms: dict[str, WeightedTerm] = {}
         diag: dict[str, Tensor] = {}
         for scores, term, classes, weights in zip(
             log_probs, spec.class_terms, flat.classes, self._class_weights(spec)
@@ -188,66 +185,68 @@ class RelationCriterion(nn.Module):
         return terms, diag
 
     def forward(
-        self, outputs: dict[str, Any], targets: Sequence[dict[str, Any]]
+        self,
+        outputs: dict[str, Any],
+        targets: Sequence[dict[str, Any]],
+        *,
+        loss_weights: Tensor | None = None,
+        source_ids: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Compute every loss term of the final and auxiliary layers.
 
         Args:
             outputs: model outputs (see the class docstring), optionally with ``aux_outputs``.
             targets: one dict per image (DESIGN.md targets; ``loss_weight`` defaults to 1.0).
+            loss_weights: [B] per-image weights as collated (``collate_relations``); default:
+                each target's ``loss_weight``.
+            source_ids: [B] indices into ``source_names`` as collated; default: each target's
+                ``source``.
 
         Returns:
             Loss terms (keys of ``weight_dict``; auxiliary layer i as ``<term>_{i}``) and detached
             per-source unweighted losses of the final layer as ``diag/<term>/<source>``.
         """
-        specs = [s for s in (RELATION_HEADS, ENTITY_HEADS) if s.class_keys[0] in outputs]
+        specs = [s for s in HEAD_SPECS if s.class_keys[0] in outputs]
         if not specs:
             raise ValueError(
                 f"outputs need 'relation_logits' and/or 'pred_logits', got keys {sorted(outputs)}"
             )
-        if len(targets) != outputs[specs[0].class_keys[0]].shape[0]:
-            raise ValueError(
-                f"{len(targets)} targets for a batch of {outputs[specs[0].class_keys[0]].shape[0]}"
-            )
+        batch = outputs[specs[0].class_keys[0]].shape[0]
+        if len(targets) != batch:
+            raise ValueError(f"{len(targets)} targets for a batch of {batch}")
         device = outputs[specs[0].class_keys[0]].device
-        weights = image_weights(targets, device=device, on_invalid=self.on_invalid_weight)
-        sources, source_ids = _source_index(targets, device)
+        weights = batch_weights(
+            targets,
+            device=device,
+            on_invalid=self.on_invalid_weight,
+            loss_weights=loss_weights,
+            source_ids=source_ids,
+            source_names=self.source_names,
+        )
+        ctx = BatchContext(weights, self.normalization, self.ce_scope)
         layers = [("", outputs)] + [
-            (f"_{i}", aux) for i, aux in enumerate(outputs.get("aux_outputs", []))
+            (f"_{i}", aux) for i, aux in enumerate(outputs.get(AUX_OUTPUTS, []))
         ]
-        losses: dict[str, Tensor] = {}
+        terms: dict[str, WeightedTerm] = {}
+        diagnostics: dict[str, Tensor] = {}
         for spec in specs:
             flat = flatten_targets(targets, spec, foreground_classes(outputs, spec), device=device)
-            ctx = BatchContext(
-                image_weights=weights,
-                source_ids=source_ids,
-                num_sources=len(sources),
-                box_denominator=box_denominator(flat, weights, self.normalization),
-                normalization=self.normalization,
-                ce_scope=self.ce_scope,
-            )
             for suffix, layer in layers:
                 if spec.class_keys[0] not in layer:
                     continue
                 where = "outputs" if not suffix else f"outputs['aux_outputs'][{suffix[1:]}]"
                 self._check_widths(layer, spec, where)
-                terms, diag = self._layer_losses(layer, flat, spec, ctx, diagnostics=not suffix)
-                for term, value in terms.items():
-                    losses[term + suffix] = value
-                    self.weight_dict.setdefault(term + suffix, self.weight_dict[term])
+                layer_terms, diag = self._layer_terms(layer, flat, spec, ctx, not suffix)
+                terms.update({term + suffix: value for term, value in layer_terms.items()})
                 for term, per_source in diag.items():
-                    for name, value in zip(sources, per_source.unbind(0)):
-                        losses[f"diag/{term}/{name}"] = value
-        return losses
+                    for name, value in zip(weights.source_names, per_source.unbind(0)):
+                        diagnostics[f"diag/{term}/{name}"] = value
+        return {**reduce_terms(terms), **diagnostics}
 
     def coefficient(self, key: str) -> float | None:
-        """Coefficient of a loss key (aux ``<term>_{i}`` takes its base term's), or None."""
-        if key in self.weight_dict:
-            return self.weight_dict[key]
-        match = _AUX_KEY.match(key)
-        if match and match["base"] in self.weight_dict:
-            return self.weight_dict[match["base"]]
-        return None
+        """Coefficient of a loss key (aux ``<term>_{i}`` takes its base term's), or None for
+        keys that are not loss terms (``diag/...``)."""
+        return self.weight_dict.get(key, self.weight_dict.get(base_term(key)))
 
     def total_loss(self, losses: dict[str, Tensor]) -> Tensor:
         """Sum of ``coefficient * loss`` over the loss terms (``diag/...`` keys never count)."""

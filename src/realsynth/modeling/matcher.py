@@ -12,31 +12,13 @@ from typing import Any
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
-from torch import Tensor, nn
+from torch import Tensor
 
-from realsynth.modeling.set_targets import (
-    ENTITY_HEADS,
-    PROBLEM_NAMES,
-    RELATION_HEADS,
-    FlatTargets,
-    HeadSpec,
-    flatten_targets,
-)
+from realsynth.modeling.heads import BBOX_COEFFICIENT, CLASS_COEFFICIENT, GIOU_COEFFICIENT, HeadSpec
+from realsynth.modeling.set_targets import PROBLEM_NAMES, FlatTargets
 from realsynth.utils.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
 
 Assignment = list[tuple[np.ndarray, np.ndarray]]
-
-
-def heads_for(outputs: dict[str, Any]) -> HeadSpec:
-    """Relation heads when ``outputs`` has ``relation_logits``, else entity heads."""
-    if "relation_logits" in outputs:
-        return RELATION_HEADS
-    if "pred_logits" in outputs:
-        return ENTITY_HEADS
-    raise ValueError(
-        f"outputs need 'relation_logits' (relation mode) or 'pred_logits' (entity mode), "
-        f"got keys {sorted(outputs)}"
-    )
 
 
 def foreground_classes(outputs: dict[str, Any], spec: HeadSpec) -> list[int]:
@@ -44,7 +26,7 @@ def foreground_classes(outputs: dict[str, Any], spec: HeadSpec) -> list[int]:
     return [int(outputs[key].shape[-1]) - 1 for key in spec.class_keys]
 
 
-class HungarianMatcher(nn.Module):
+class HungarianMatcher:
     """One-to-one assignment between queries and targets minimizing DETR's matching cost.
 
     Cost of query q against target t: ``cost_class * sum_h -softmax(logits_h)[q, class_h(t)]``
@@ -61,8 +43,12 @@ class HungarianMatcher(nn.Module):
         cost_giou: weight of the GIoU cost.
     """
 
-    def __init__(self, cost_class: float = 1.0, cost_bbox: float = 5.0, cost_giou: float = 2.0):
-        super().__init__()
+    def __init__(
+        self,
+        cost_class: float = CLASS_COEFFICIENT,
+        cost_bbox: float = BBOX_COEFFICIENT,
+        cost_giou: float = GIOU_COEFFICIENT,
+    ):
         if cost_class == 0 and cost_bbox == 0 and cost_giou == 0:
             raise ValueError("HungarianMatcher: all costs are 0, matching would be arbitrary")
         self.cost_class = cost_class
@@ -158,25 +144,3 @@ class HungarianMatcher(nn.Module):
             details.append(f"image {b} {spec.mode} target {int(i - starts[b])}: {', '.join(what)}")
         more = f" (and {bad.size - 10} more)" if bad.size > 10 else ""
         raise ValueError("invalid targets: " + "; ".join(details) + more)
-
-    def forward(
-        self, outputs: dict[str, Tensor], targets: Sequence[dict[str, Any]]
-    ) -> list[tuple[Tensor, Tensor]]:
-        """Match a batch.
-
-        Args:
-            outputs: model outputs (DESIGN.md keys); relation mode when ``relation_logits`` is
-                present, else entity mode with ``pred_logits`` [B, Q, C+1] and ``pred_boxes``
-                [B, Q, 4].
-            targets: one dict per image (``boxes`` cxcywh normalized, ``labels``, ``relations``).
-
-        Returns:
-            Per image, (query_idx, target_idx) int64 CPU tensors of equal length min(Q, T_b);
-            target_idx indexes the image's relation rows (relation mode) or boxes (entity mode).
-        """
-        spec = heads_for(outputs)
-        device = outputs[spec.class_keys[0]].device
-        flat = flatten_targets(targets, spec, foreground_classes(outputs, spec), device=device)
-        return [
-            (torch.from_numpy(q), torch.from_numpy(t)) for q, t in self.assign(outputs, flat, spec)
-        ]

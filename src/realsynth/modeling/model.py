@@ -14,14 +14,17 @@ import torch
 from torch import nn
 
 from realsynth.modeling.backbone import SmallConvBackbone, downsample_mask, sine_position_encoding
-
-OUTPUT_KEYS = (
-    "relation_logits",
-    "relation_subject_logits",
-    "relation_object_logits",
-    "relation_subject_boxes",
-    "relation_object_boxes",
+from realsynth.modeling.heads import (
+    AUX_OUTPUTS,
+    OBJECT_BOXES,
+    OBJECT_LOGITS,
+    RELATION_HEADS,
+    RELATION_LOGITS,
+    SUBJECT_BOXES,
+    SUBJECT_LOGITS,
 )
+
+OUTPUT_KEYS = RELATION_HEADS.output_keys
 
 # Preset keyword arguments; ``backbone_channels`` and ``backbone_norm`` build the default
 # SmallConvBackbone (see its docstring for why "batch" learns faster and "group" is DDP-exact).
@@ -215,14 +218,14 @@ class RelationTransformer(nn.Module):
         subject_ref = torch.cat((self.reference_logits[:, :2], zeros), dim=1)
         object_ref = torch.cat((self.reference_logits[:, 2:], zeros), dim=1)
         per_layer = {
-            "relation_logits": self.relation_class(hidden),
-            "relation_subject_logits": self.subject_class(hidden),
-            "relation_object_logits": self.object_class(hidden),
-            "relation_subject_boxes": (self.subject_box(hidden) + subject_ref).sigmoid(),
-            "relation_object_boxes": (self.object_box(hidden) + object_ref).sigmoid(),
+            RELATION_LOGITS: self.relation_class(hidden),
+            SUBJECT_LOGITS: self.subject_class(hidden),
+            OBJECT_LOGITS: self.object_class(hidden),
+            SUBJECT_BOXES: (self.subject_box(hidden) + subject_ref).sigmoid(),
+            OBJECT_BOXES: (self.object_box(hidden) + object_ref).sigmoid(),
         }
         out: dict[str, Any] = {key: value[-1] for key, value in per_layer.items()}
-        out["aux_outputs"] = [
+        out[AUX_OUTPUTS] = [
             {key: value[i] for key, value in per_layer.items()} for i in range(hidden.shape[0] - 1)
         ]
         return out

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from realsynth.modeling.heads import RELATION_HEADS
 from realsynth.utils.box_ops import box_cxcywh_to_xyxy, box_iou
 
 
@@ -96,13 +97,7 @@ def _check_options(top_k: int, predicates_per_query: int, duplicate_iou: float) 
 
 def _pair_predictions(outputs: dict[str, Any], image_sizes: Tensor | None) -> dict[str, Tensor]:
     """Per-query subject/object classes and boxes, CPU float32 tensors with a batch dimension."""
-    keys = (
-        "relation_logits",
-        "relation_subject_logits",
-        "relation_object_logits",
-        "relation_subject_boxes",
-        "relation_object_boxes",
-    )
+    keys = RELATION_HEADS.output_keys  # relation, subject, object logits; subject, object boxes
     missing = [key for key in keys if key not in outputs]
     if missing:
         raise ValueError(f"relation_predictions: model outputs lack key(s) {missing}")

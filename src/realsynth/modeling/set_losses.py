@@ -1,7 +1,8 @@
-"""Per-layer loss terms of the set criterion, weighted per image (see ``weighting``).
+"""Per-layer loss terms of the set criterion, as weighted terms (see ``weighting``).
 
 Every function works on the whole batch at once from flat matched indices: no Python loop over
-images or queries, and no host sync.
+images or queries, and no host sync. The terms come back undivided (:class:`WeightedTerm`): the
+criterion divides all of them at once, with one all-reduce per forward under DDP.
 """
 
 from __future__ import annotations
@@ -16,9 +17,15 @@ from torch import Tensor
 
 from realsynth.modeling.matcher import Assignment
 from realsynth.modeling.set_targets import FlatTargets
-from realsynth.modeling.weighting import WEIGHT_FLOOR, Normalization, weighted_loss
+from realsynth.modeling.weighting import (
+    BatchWeights,
+    Normalization,
+    WeightedTerm,
+    box_term,
+    classification_term,
+    per_source_means,
+)
 from realsynth.utils.box_ops import box_cxcywh_to_xyxy, elementwise_generalized_box_iou
-from realsynth.utils.distributed import all_reduce_sum, get_world_size
 
 CeScope = Literal["all", "matched"]
 
@@ -28,20 +35,18 @@ class BatchContext:
     """What every layer of one criterion call shares (computed once per forward).
 
     Attributes:
-        image_weights: float [B] per-image loss weights.
-        source_ids: int64 [B] index of each image's source in the diagnostics' source list.
-        num_sources: number of distinct sources in the batch.
-        box_denominator: 0-d divisor of the L1/GIoU sums (see :func:`box_denominator`).
+        weights: per-image loss weights and sources of the batch.
         normalization: ``"count"`` or ``"weight"``.
         ce_scope: ``"all"`` queries or only ``"matched"`` ones in classification losses.
     """
 
-    image_weights: Tensor
-    source_ids: Tensor
-    num_sources: int
-    box_denominator: Tensor
+    weights: BatchWeights
     normalization: Normalization
     ce_scope: CeScope
+
+    @property
+    def num_sources(self) -> int:
+        return len(self.weights.source_names)
 
 
 @dataclass(frozen=True)
@@ -66,42 +71,6 @@ def matched_pairs(assignment: Assignment, flat: FlatTargets, device: torch.devic
     return Matched(batch=batch, query=query, target=target)
 
 
-def box_denominator(
-    flat: FlatTargets, image_weights: Tensor, normalization: Normalization
-) -> Tensor:
-    """DETR's ``num_boxes``: targets in the batch, summed over ranks, divided by world size.
-
-    ``count``: the number of targets (triplets or boxes), clamped to >= 1. ``weight``: the sum of
-    the targets' image weights (every target is matched since Q >= T), clamped to a tiny floor.
-
-    Returns:
-        0-d float tensor on ``image_weights``' device (one all-reduce under DDP, no host sync).
-    """
-    sizes = torch.tensor(flat.sizes, dtype=image_weights.dtype).to(image_weights.device)
-    if normalization == "count":
-        total = sizes.sum()
-        floor = 1.0
-    else:
-        total = (image_weights * sizes).sum()
-        floor = WEIGHT_FLOOR
-    return (all_reduce_sum(total) / get_world_size()).clamp(min=floor)
-
-
-def group_means(values: Tensor, weights: Tensor, groups: Tensor, num_groups: int) -> Tensor:
-    """Detached weighted mean of ``values`` [n, k] per group: sum(w * v) / sum(w) -> [G, k].
-
-    A group without elements reports 0.
-    """
-    with torch.no_grad():
-        values = values.detach().float()
-        weights = weights.detach().float()
-        num = values.new_zeros(num_groups, values.shape[1]).index_add_(
-            0, groups, values * weights[:, None]
-        )
-        den = values.new_zeros(num_groups).index_add_(0, groups, weights)
-        return num / den.clamp(min=WEIGHT_FLOOR)[:, None]
-
-
 def classification_loss(
     log_probs: Tensor,
     classes: Tensor,
@@ -110,13 +79,12 @@ def classification_loss(
     ctx: BatchContext,
     *,
     diagnostics: bool = True,
-) -> tuple[Tensor, Tensor | None]:
+) -> tuple[WeightedTerm, Tensor | None]:
     """Weighted cross-entropy of one class head.
 
     Per query: ``w_image * w_class(target) * CE``. ``ce_scope="all"``: every query, unmatched ones
-    target the background (last index). Normalization ``count`` divides by ``sum(w_class)`` (so
-    all-ones image weights equal ``F.cross_entropy(..., weight=class_weights)``), ``weight`` by
-    ``sum(w_image * w_class)``; under DDP the divisor is that sum averaged over ranks.
+    target the background (last index). The divisor follows ``weighting.classification_term``, so
+    all-ones image weights equal ``F.cross_entropy(..., weight=class_weights)``.
 
     Args:
         log_probs: [B, Q, K+1] log-softmax of the logits, background last.
@@ -127,7 +95,7 @@ def classification_loss(
         diagnostics: also return the per-source unweighted loss.
 
     Returns:
-        (loss 0-d, per-source unweighted loss [S] detached, or None without diagnostics).
+        (the term, per-source unweighted loss [S] detached, or None without diagnostics).
     """
     batch, queries, width = log_probs.shape
     device = log_probs.device
@@ -143,17 +111,11 @@ def classification_loss(
         image_of = matched.batch
     ce = F.nll_loss(scores, target, reduction="none")
     w_class = class_weights[target]
-    w_image = ctx.image_weights[image_of]
-    # count: PyTorch's class-weighted mean; weight: also divide out the image weights. The
-    # divisor is averaged over ranks: DDP averages gradients, so the averaged gradient then
-    # equals the single-process gradient on the concatenated batch (one process: unchanged).
-    local = (w_class if ctx.normalization == "count" else w_image * w_class).sum().detach()
-    denominator = all_reduce_sum(local.clone()) / get_world_size()
-    loss = weighted_loss(w_class * ce, w_image, denominator=denominator.clamp(min=WEIGHT_FLOOR))
+    term = classification_term(ce, ctx.weights.image[image_of], w_class, ctx.normalization)
     if not diagnostics:
-        return loss, None
-    per_source = group_means(ce[:, None], w_class, ctx.source_ids[image_of], ctx.num_sources)
-    return loss, per_source[:, 0]
+        return term, None
+    source_of = ctx.weights.source_ids[image_of]
+    return term, per_source_means(ce[:, None], w_class, source_of, ctx.num_sources)[:, 0]
 
 
 def box_losses(
@@ -163,19 +125,19 @@ def box_losses(
     ctx: BatchContext,
     *,
     diagnostics: bool = True,
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Weighted L1 and GIoU losses of one box head over the matched pairs.
+) -> tuple[WeightedTerm, WeightedTerm, Tensor | None]:
+    """Weighted L1 and GIoU terms of one box head over the matched pairs.
 
     Args:
         pred_boxes: [B, Q, 4] cxcywh predictions in [0, 1].
         target_boxes: [T, 4] cxcywh flat targets.
         matched: this layer's flat matched pairs.
-        ctx: batch context (its ``box_denominator`` divides both sums).
+        ctx: batch context.
         diagnostics: also return the per-source unweighted losses.
 
     Returns:
-        (l1 0-d, giou 0-d, per-source unweighted [S, 2] (l1, giou) detached, divided by the
-        source's local target count, or None without diagnostics).
+        (l1 term, giou term, per-source unweighted [S, 2] (l1, giou) means per matched pair,
+        detached, or None without diagnostics).
     """
     src = pred_boxes[matched.batch, matched.query].float()
     tgt = target_boxes[matched.target]
@@ -183,15 +145,15 @@ def box_losses(
     giou = 1 - elementwise_generalized_box_iou(
         box_cxcywh_to_xyxy(src), box_cxcywh_to_xyxy(tgt), check=False
     )
-    w_image = ctx.image_weights[matched.batch]
-    loss_l1 = weighted_loss(l1, w_image, denominator=ctx.box_denominator)
-    loss_giou = weighted_loss(giou, w_image, denominator=ctx.box_denominator)
+    w_image = ctx.weights.image[matched.batch]
+    l1_term = box_term(l1, w_image, ctx.normalization)
+    giou_term = box_term(giou, w_image, ctx.normalization)
     if not diagnostics:
-        return loss_l1, loss_giou, None
-    per_source = group_means(
+        return l1_term, giou_term, None
+    per_source = per_source_means(
         torch.stack((l1, giou), dim=1),
         torch.ones_like(l1),
-        ctx.source_ids[matched.batch],
+        ctx.weights.source_ids[matched.batch],
         ctx.num_sources,
     )
-    return loss_l1, loss_giou, per_source
+    return l1_term, giou_term, per_source

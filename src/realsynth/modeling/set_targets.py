@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from realsynth.modeling.heads import HeadSpec
+
 PROBLEM_RELATION_INDEX = 1
 PROBLEM_BOX = 2
 PROBLEM_LABEL = 4
@@ -28,36 +30,6 @@ PROBLEM_NAMES = {
     PROBLEM_BOX: "box width/height negative or not finite",
     PROBLEM_LABEL: "class id outside [0, num classes)",
 }
-
-
-@dataclass(frozen=True)
-class HeadSpec:
-    """Output keys and loss-term names of one prediction family (relation triplets or entities)."""
-
-    mode: str
-    class_keys: tuple[str, ...]
-    box_keys: tuple[str, ...]
-    class_terms: tuple[str, ...]
-    bbox_terms: tuple[str, ...]
-    giou_terms: tuple[str, ...]
-
-
-RELATION_HEADS = HeadSpec(
-    mode="relation",
-    class_keys=("relation_logits", "relation_subject_logits", "relation_object_logits"),
-    box_keys=("relation_subject_boxes", "relation_object_boxes"),
-    class_terms=("loss_relation", "loss_ce_subject", "loss_ce_object"),
-    bbox_terms=("loss_bbox_subject", "loss_bbox_object"),
-    giou_terms=("loss_giou_subject", "loss_giou_object"),
-)
-ENTITY_HEADS = HeadSpec(
-    mode="entity",
-    class_keys=("pred_logits",),
-    box_keys=("pred_boxes",),
-    class_terms=("loss_ce",),
-    bbox_terms=("loss_bbox",),
-    giou_terms=("loss_giou",),
-)
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,21 @@
-"""Per-image loss weights: extraction, validation and weighted reductions.
+"""Per-image loss weights and the weighted reductions: the one place that turns per-element
+losses into a loss term's value and its divisor.
 
-Every image of a batch carries a ``loss_weight`` (real 1.0, synthetic 0.5 by default). A loss
-term's per-element losses ``L_i`` belong to image ``b(i)`` and are reduced as
+Every image of a batch carries a weight ``w_b`` (real 1.0, synthetic 0.5 by default). A loss
+term's per-element losses ``L_i`` belong to image ``b(i)``; its value is
+``sum_i u_i * L_i / D`` where, for
 
-- ``count`` (default, the design note's formula): ``sum_i w_b(i) * L_i / N`` where ``N`` is what
-  the unweighted loss divides by;
-- ``weight``: ``sum_i w_b(i) * L_i / sum_i w_b(i)``, a scale that does not depend on the mix.
+- classification (CE, one element per query or per matched query): ``u_i = w_b(i) * c_i`` with
+  ``c_i`` the CE class weight of the element's target class, and ``D = sum_i c_i`` under the
+  ``count`` normalization (PyTorch's class-weighted mean; the design note's formula when every
+  ``c_i`` is 1) or ``D = sum_i w_b(i) * c_i`` under ``weight``;
+- boxes (L1, GIoU, one element per matched pair): ``u_i = w_b(i)`` and ``D`` the number of matched
+  pairs (DETR's ``num_boxes``, at least 1) under ``count`` or ``sum_i w_b(i)`` under ``weight``.
 
-With every weight equal to 1.0 both modes return exactly the unweighted mean.
+With every weight 1.0 both modes are exactly the unweighted loss. Under DDP each divisor is the
+sum over ranks divided by the world size (what makes DDP's averaged gradient equal to the single
+process's on the concatenated batch); :func:`reduce_terms` does that for every term of a forward
+with one collective.
 """
 
 from __future__ import annotations
@@ -15,11 +23,14 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
+
+from realsynth.utils.distributed import all_reduce_sum, get_world_size
 
 Normalization = Literal["count", "weight"]
 OnInvalid = Literal["error", "fallback"]
@@ -28,45 +39,153 @@ OnInvalid = Literal["error", "fallback"]
 WEIGHT_FLOOR = 1e-12
 
 
-def weighted_loss(
-    losses: Tensor,
-    weights: Tensor,
-    *,
-    normalization: Normalization = "count",
-    denominator: Tensor | float | None = None,
-) -> Tensor:
-    """Reduce per-element losses with per-element (per-image) weights.
+@dataclass(frozen=True)
+class WeightedTerm:
+    """A loss term before its division.
+
+    Attributes:
+        numerator: 0-d, ``sum_i u_i * L_i`` (attached to the graph).
+        divisor: 0-d, this rank's part of ``D`` (detached).
+        floor: the least ``D`` may be (1 for counts, :data:`WEIGHT_FLOOR` for weight sums).
+    """
+
+    numerator: Tensor
+    divisor: Tensor
+    floor: float
+
+
+def classification_term(
+    losses: Tensor, image_weights: Tensor, class_weights: Tensor, normalization: Normalization
+) -> WeightedTerm:
+    """A CE term from per-element losses.
 
     Args:
-        losses: [N] or [N, k] per-element losses (k values per element, e.g. 4 box coordinates).
-        weights: [N] weight of each element's image.
-        normalization: ``"count"`` divides ``sum(w * L)`` by N * k; ``"weight"`` divides by the
-            sum of the weights over the same N * k values (``k * sum(w)``).
-        denominator: overrides the default divisor of either mode (e.g. DETR's all-reduced
-            ``num_boxes``); a tensor keeps the result free of host syncs.
+        losses: [n] unweighted CE of each element.
+        image_weights: [n] weight of each element's image.
+        class_weights: [n] CE weight of each element's target class.
+        normalization: ``count`` or ``weight`` (see the module docstring).
+    """
+    weights = image_weights.to(losses.dtype) * class_weights
+    divisor = class_weights if normalization == "count" else weights
+    return WeightedTerm((weights * losses).sum(), divisor.detach().sum(), WEIGHT_FLOOR)
+
+
+def box_term(losses: Tensor, image_weights: Tensor, normalization: Normalization) -> WeightedTerm:
+    """An L1 or GIoU term from per-pair losses.
+
+    Args:
+        losses: [n] unweighted loss of each matched pair (L1 summed over the 4 coordinates).
+        image_weights: [n] weight of each pair's image.
+        normalization: ``count`` (divide by the number of pairs) or ``weight``.
+    """
+    weights = image_weights.to(losses.dtype)
+    if normalization == "count":
+        divisor, floor = losses.new_tensor(float(losses.shape[0])), 1.0
+    else:
+        divisor, floor = weights.detach().sum(), WEIGHT_FLOOR
+    return WeightedTerm((weights * losses).sum(), divisor, floor)
+
+
+def reduce_terms(terms: Mapping[str, WeightedTerm]) -> dict[str, Tensor]:
+    """Divide every term by its divisor averaged over ranks (one all-reduce for all of them)."""
+    if not terms:
+        return {}
+    divisors = torch.stack([t.divisor.to(torch.float32).reshape(()) for t in terms.values()])
+    divisors = all_reduce_sum(divisors) / get_world_size()
+    return {
+        name: term.numerator / divisors[i].clamp(min=term.floor)
+        for i, (name, term) in enumerate(terms.items())
+    }
+
+
+@torch.no_grad()
+def per_source_means(
+    values: Tensor, weights: Tensor, source_ids: Tensor, num_sources: int
+) -> Tensor:
+    """Detached weighted mean of ``values`` [n, k] per source: sum(w * v) / sum(w) -> [S, k].
+
+    A source without elements reports 0.
+    """
+    values, weights = values.detach().float(), weights.detach().float()
+    num = values.new_zeros(num_sources, values.shape[1]).index_add_(
+        0, source_ids, values * weights[:, None]
+    )
+    den = values.new_zeros(num_sources).index_add_(0, source_ids, weights)
+    return num / den.clamp(min=WEIGHT_FLOOR)[:, None]
+
+
+@dataclass(frozen=True)
+class BatchWeights:
+    """Per-image weights and sources of one batch, on the loss's device.
+
+    Attributes:
+        image: float32 [B] validated loss weights.
+        source_ids: int64 [B] each image's index into ``source_names``.
+        source_names: the sources present in the batch, in order of first appearance.
+    """
+
+    image: Tensor
+    source_ids: Tensor
+    source_names: tuple[str, ...]
+
+
+def batch_weights(
+    targets: Sequence[dict[str, Any]],
+    *,
+    device: torch.device | str,
+    on_invalid: OnInvalid = "error",
+    loss_weights: Tensor | None = None,
+    source_ids: Tensor | None = None,
+    source_names: Sequence[str] | None = None,
+) -> BatchWeights:
+    """The one place a batch's weights and sources are derived.
+
+    Args:
+        targets: one dict per image (``loss_weight`` defaults to 1.0, ``source`` to "unknown").
+        device: device of the returned tensors.
+        on_invalid: ``"error"`` raises ``ValueError`` naming the 0-based batch positions and their
+            sources when a weight is NaN, infinite or negative; ``"fallback"`` warns and uses 1.0
+            for the whole batch (the unweighted loss).
+        loss_weights: [B] collated weights (``collate_relations``' ``loss_weights``); default:
+            read from ``targets``.
+        source_ids: [B] collated source indices; default: from the targets' ``source`` names.
+        source_names: the names ``source_ids`` index; default: read from the targets.
 
     Returns:
-        0-d tensor. An empty input gives 0, still attached to ``losses``' graph.
+        :class:`BatchWeights`. Host transfers only for weights given as accelerator tensors.
     """
-    if normalization not in ("count", "weight"):
-        raise ValueError(f"normalization must be 'count' or 'weight', got {normalization!r}")
-    if losses.dim() not in (1, 2) or weights.dim() != 1 or losses.shape[0] != weights.shape[0]:
-        raise ValueError(
-            f"weighted_loss expects losses [N] or [N, k] and weights [N], got losses "
-            f"{tuple(losses.shape)} and weights {tuple(weights.shape)}"
-        )
-    w = weights.to(losses.dtype)
-    per_element = losses if losses.dim() == 1 else losses.sum(dim=1)
-    numerator = (w * per_element).sum()
-    if denominator is not None:
-        return numerator / denominator
-    k = 1 if losses.dim() == 1 else losses.shape[1]
-    if normalization == "count":
-        return numerator / max(losses.numel(), 1)
-    return numerator / (w.sum() * k).clamp(min=WEIGHT_FLOOR)
+    if on_invalid not in ("error", "fallback"):
+        raise ValueError(f"on_invalid must be 'error' or 'fallback', got {on_invalid!r}")
+    if loss_weights is not None:
+        values = loss_weights.detach().to("cpu", torch.float64).reshape(-1).tolist()
+    else:
+        values = _target_weights(targets)
+    if len(values) != len(targets):
+        raise ValueError(f"{len(values)} loss_weights for a batch of {len(targets)} images")
+    names = _image_sources(targets, source_ids, source_names)
+    values = _validated(values, names, on_invalid)
+    present = tuple(dict.fromkeys(names))
+    ids = [present.index(n) for n in names]
+    return BatchWeights(
+        image=torch.tensor(values, dtype=torch.float32).to(device, non_blocking=True),
+        source_ids=torch.tensor(ids, dtype=torch.int64).to(device, non_blocking=True),
+        source_names=present,
+    )
 
 
-def _raw_weights(targets: Sequence[dict[str, Any]]) -> list[float]:
+def _image_sources(
+    targets: Sequence[dict[str, Any]], source_ids: Tensor | None, names: Sequence[str] | None
+) -> list[str]:
+    """Each image's source name."""
+    if source_ids is None:
+        return [str(t.get("source", "unknown")) for t in targets]
+    ids = source_ids.detach().cpu().reshape(-1).tolist()
+    if names is None:
+        return [str(t.get("source", f"source{i}")) for t, i in zip(targets, ids)]
+    return [str(names[i]) for i in ids]
+
+
+def _target_weights(targets: Sequence[dict[str, Any]]) -> list[float]:
     """Host values of every target's ``loss_weight``, moving tensors with one transfer."""
     values: list[float] = []
     tensor_slots: list[int] = []
@@ -96,39 +215,13 @@ def _raw_weights(targets: Sequence[dict[str, Any]]) -> list[float]:
     return values
 
 
-def image_weights(
-    targets: Sequence[dict[str, Any]],
-    *,
-    device: torch.device | str,
-    on_invalid: OnInvalid = "error",
-    dtype: torch.dtype = torch.float32,
-) -> Tensor:
-    """Per-image loss weights of a batch, validated.
-
-    Args:
-        targets: one dict per image; ``loss_weight`` (number or 1-element tensor) defaults to 1.0.
-        device: device of the returned tensor.
-        on_invalid: ``"error"`` raises ``ValueError`` naming the 0-based batch positions and their
-            ``source`` when a weight is NaN, infinite or negative; ``"fallback"`` warns once and
-            returns all ones (the unweighted loss).
-        dtype: dtype of the returned tensor.
-
-    Returns:
-        [B] weights. At most one device->host sync (only when weights are accelerator tensors).
-    """
-    if on_invalid not in ("error", "fallback"):
-        raise ValueError(f"on_invalid must be 'error' or 'fallback', got {on_invalid!r}")
-    values = _raw_weights(targets)
+def _validated(values: list[float], names: list[str], on_invalid: OnInvalid) -> list[float]:
     bad = [i for i, v in enumerate(values) if not (math.isfinite(v) and v >= 0.0)]
-    if bad:
-        details = ", ".join(
-            f"position {i} (source={targets[i].get('source', '<missing>')!r}, "
-            f"loss_weight={values[i]})"
-            for i in bad
-        )
-        message = f"invalid loss_weight, expected finite and >= 0: {details}"
-        if on_invalid == "error":
-            raise ValueError(message)
-        warnings.warn(f"{message}; falling back to unweighted loss for this batch", stacklevel=2)
-        values = [1.0] * len(values)
-    return torch.tensor(values, dtype=dtype, device=device)
+    if not bad:
+        return values
+    details = ", ".join(f"position {i} (source={names[i]!r}, loss_weight={values[i]})" for i in bad)
+    message = f"invalid loss_weight, expected finite and >= 0: {details}"
+    if on_invalid == "error":
+        raise ValueError(message)
+    warnings.warn(f"{message}; falling back to unweighted loss for this batch", stacklevel=3)
+    return [1.0] * len(values)

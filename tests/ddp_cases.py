@@ -9,7 +9,11 @@ from torch import nn
 
 from realsynth.config import load_config
 from realsynth.data.collate import collate_relations
-from realsynth.engine.build import build_model_and_criterion, wrap_distributed
+from realsynth.engine.build import (
+    build_evaluator_factory,
+    build_model_and_criterion,
+    wrap_distributed,
+)
 from realsynth.engine.data_setup import build_data
 from realsynth.engine.evaluation import evaluate_sources
 from realsynth.engine.launch import seed_all
@@ -110,5 +114,5 @@ def evaluate_fixed_model(config_yaml: str, rank: int = 0, world: int = 1) -> dic
         data.val_loaders(cfg),
         device=CPU,
         top_k=100,
-        num_predicates=len(data.predicates),
+        new_evaluator=build_evaluator_factory(cfg, data),
     )

@@ -106,16 +106,23 @@ def test_bad_arguments_raise():
         relation_predictions(outputs, None)
 
 
-def test_ground_truth_from_target_converts_to_xyxy_pixels():
+def test_ground_truth_from_target_normalized_or_in_the_annotated_pixels():
     target = {
         "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.4], [0.25, 0.75, 0.5, 0.5]]),
+        "eval_boxes": torch.tensor([[80.0, 30.0, 120.0, 70.0], [0.0, 50.0, 99.0, 99.0]]),
         "labels": torch.tensor([2, 0]),
         "relations": torch.tensor([[0, 1, 3]]),
     }
-    gt = ground_truth_from_target(target, (100, 200))
-    assert gt["boxes"] == pytest.approx(np.array([[80, 30, 120, 70], [0, 50, 100, 100]]))
+    gt = ground_truth_from_target(target, pixels=True)
+    assert gt["boxes"].tolist() == [[80, 30, 120, 70], [0, 50, 99, 99]]  # taken as they are
     assert gt["labels"].tolist() == [2, 0] and gt["relations"].tolist() == [[0, 1, 3]]
-    normalized = ground_truth_from_target(target)
+    normalized = ground_truth_from_target(target, pixels=False)
     assert normalized["boxes"][0] == pytest.approx([0.4, 0.3, 0.6, 0.7])
     with pytest.raises(ValueError, match="relations"):
-        ground_truth_from_target({"boxes": target["boxes"], "labels": target["labels"]})
+        ground_truth_from_target(
+            {"boxes": target["boxes"], "labels": target["labels"]}, pixels=False
+        )
+    with pytest.raises(ValueError, match="eval_boxes"):
+        ground_truth_from_target(
+            {k: v for k, v in target.items() if k != "eval_boxes"}, pixels=True
+        )

@@ -72,7 +72,7 @@ def test_recall_at_k_counts_hit_ground_truth_in_top_k():
         [A, A, B, A],
         [B, B, C, C],
     )
-    ev = SceneGraphEvaluator(3, ks=(1, 2, 3, 4))
+    ev = SceneGraphEvaluator(3, ks=(1, 2, 3, 4), protocol="continuous")
     ev.update([pred], [gt])
     out = ev.summarize()
     assert [out[f"R@{k}"] for k in (1, 2, 3, 4)] == pytest.approx([1 / 3, 1 / 3, 2 / 3, 1.0])
@@ -82,7 +82,7 @@ def test_one_prediction_may_hit_several_ground_truth_triplets():
     # The same triplet annotated twice (SGB keeps duplicates in test ground truth).
     gt = truth([A, B], [0, 1], [[0, 1, 0], [0, 1, 0], [1, 0, 1]])
     pred = prediction([[0, 0, 1]], [A], [B])
-    ev = SceneGraphEvaluator(3, ks=(1,))
+    ev = SceneGraphEvaluator(3, ks=(1,), protocol="continuous")
     ev.update([pred], [gt])
     assert ev.summarize()["R@1"] == pytest.approx(2 / 3)
 
@@ -90,7 +90,7 @@ def test_one_prediction_may_hit_several_ground_truth_triplets():
 def test_duplicate_predictions_count_a_ground_truth_triplet_once():
     gt = truth([A, B], [0, 1], [[0, 1, 0], [1, 0, 1]])
     pred = prediction([[0, 0, 1], [0, 0, 1], [1, 1, 0]], [A, A, B], [B, B, A])
-    ev = SceneGraphEvaluator(3, ks=(2, 3))
+    ev = SceneGraphEvaluator(3, ks=(2, 3), protocol="continuous")
     ev.update([pred], [gt])
     out = ev.summarize()
     assert out["R@2"] == pytest.approx(0.5)  # the duplicate wastes the second slot
@@ -100,7 +100,7 @@ def test_duplicate_predictions_count_a_ground_truth_triplet_once():
 def test_predictions_are_ranked_by_score_not_by_position():
     gt = truth([A, B], [0, 1], [[0, 1, 0]])
     pred = prediction([[2, 2, 2], [0, 0, 1]], [A, A], [B, B], scores=[0.1, 0.9])
-    ev = SceneGraphEvaluator(3, ks=(1,))
+    ev = SceneGraphEvaluator(3, ks=(1,), protocol="continuous")
     ev.update([pred], [gt])
     assert ev.summarize()["R@1"] == 1.0
 
@@ -109,13 +109,13 @@ def test_images_without_ground_truth_relations_are_skipped():
     hit_all = truth([A, B], [0, 1], [[0, 1, 0]])
     empty = truth([A], [0], np.zeros((0, 3)))
     pred = prediction([[0, 0, 1]], [A], [B])
-    ev = SceneGraphEvaluator(3, ks=(1,))
+    ev = SceneGraphEvaluator(3, ks=(1,), protocol="continuous")
     ev.update([pred, prediction([[1, 1, 1]], [A], [A])], [hit_all, empty])
     assert ev.summarize()["R@1"] == 1.0
     assert ev.num_images == 1
     assert len(ev.records) == 2
     with pytest.raises(ValueError, match="ground-truth relation"):
-        only_empty = SceneGraphEvaluator(3)
+        only_empty = SceneGraphEvaluator(3, protocol="continuous")
         only_empty.update([pred], [empty])
         only_empty.summarize()
 
@@ -127,7 +127,7 @@ def test_mean_recall_averages_per_image_predicate_recall_over_all_predicates():
     # Image 2: predicate 0 once (hit).
     img2 = truth([A, B], [0, 1], [[0, 1, 0]])
     pred2 = prediction([[0, 0, 1]], [A], [B])
-    ev = SceneGraphEvaluator(3, ks=(5,))
+    ev = SceneGraphEvaluator(3, ks=(5,), protocol="continuous")
     ev.update([pred1, pred2], [img1, img2])
     out = ev.summarize()
     # predicate 0: mean(0.5, 1.0) = 0.75; predicate 1: 1.0; predicate 2 never occurs: 0.
@@ -151,7 +151,7 @@ def test_no_graph_constraint_ranks_every_predicate_of_every_pair():
     }
     # Overall: pair0 -> 0.54, 0.09, 0.27; pair1 -> 0.5, 0.4, 0.1. The hit (pair0, 2) ranks 4th.
     pred = prediction([[0, 0, 1], [1, 0, 1]], [A, C], [B, B], scores=[0.54, 0.5], pairs=pairs)
-    ev = SceneGraphEvaluator(3, ks=(3, 4))
+    ev = SceneGraphEvaluator(3, ks=(3, 4), protocol="continuous")
     ev.update([pred], [gt])
     out = ev.summarize()
     assert out["R@3"] == 0.0 and out["R@4"] == 0.0
@@ -162,7 +162,9 @@ def test_zero_shot_recall_only_counts_zero_shot_ground_truth():
     gt = truth([A, B], [0, 1], [[0, 1, 0], [1, 0, 1]])  # triplets (0,0,1) and (1,1,0)
     pred = prediction([[1, 1, 0]], [B], [A])
     no_zs = truth([A, B], [0, 1], [[0, 1, 0]])
-    ev = SceneGraphEvaluator(3, ks=(1,), zero_shot_triplets=[(1, 1, 0), (2, 2, 2)])
+    ev = SceneGraphEvaluator(
+        3, ks=(1,), zero_shot_triplets=[(1, 1, 0), (2, 2, 2)], protocol="continuous"
+    )
     ev.update([pred, pred], [gt, no_zs])
     out = ev.summarize()
     assert out["zsR@1"] == 1.0  # only the first image holds a zero-shot triplet, and it is hit
@@ -171,15 +173,15 @@ def test_zero_shot_recall_only_counts_zero_shot_ground_truth():
 
 
 def _summary_without_zero_shot(pred, gt):
-    ev = SceneGraphEvaluator(3, ks=(1,))
+    ev = SceneGraphEvaluator(3, ks=(1,), protocol="continuous")
     ev.update([pred], [gt])
     return ev.summarize()
 
 
 def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="ks"):
-        SceneGraphEvaluator(3, ks=(0, 5))
-    ev = SceneGraphEvaluator(3, ks=(1,))
+        SceneGraphEvaluator(3, ks=(0, 5), protocol="continuous")
+    ev = SceneGraphEvaluator(3, ks=(1,), protocol="continuous")
     gt = truth([A, B], [0, 1], [[0, 5, 0]])
     with pytest.raises(ValueError, match="image 0 .*outside"):
         ev.update([prediction([[0, 0, 1]], [A], [B])], [gt])
@@ -188,8 +190,8 @@ def test_bad_inputs_raise_clear_errors():
         ev.update([prediction([[0, 3, 1]], [A], [B], num_predicates=4)], [good])
     with pytest.raises(ValueError, match="records must be"):
         ev.add_records(np.zeros((1, 3)))
-    with pytest.raises(ValueError, match="different settings"):
-        ev.merge(SceneGraphEvaluator(3, ks=(2,)))
+    with pytest.raises(ValueError, match="protocol must be one of"):
+        SceneGraphEvaluator(3, protocol="vg")
 
 
 def test_format_table_shows_percentages_in_metric_order():
@@ -236,14 +238,17 @@ def test_gathered_records_summarize_like_one_process(seed, split):
     rng = np.random.default_rng(seed)
     images = [_random_image(rng) for _ in range(6)]
     images.append((prediction([[0, 0, 1]], [A], [B]), truth([A, B], [0, 1], [[0, 1, 0]])))
-    whole = SceneGraphEvaluator(3, ks=(1, 2, 5))
+    whole = SceneGraphEvaluator(3, ks=(1, 2, 5), protocol="continuous")
     whole.update([p for p, _ in images], [g for _, g in images])
-    first, second = SceneGraphEvaluator(3, ks=(1, 2, 5)), SceneGraphEvaluator(3, ks=(1, 2, 5))
+    first, second = (
+        SceneGraphEvaluator(3, ks=(1, 2, 5), protocol="continuous"),
+        SceneGraphEvaluator(3, ks=(1, 2, 5), protocol="continuous"),
+    )
     first.update([p for p, _ in images[:split]], [g for _, g in images[:split]])
     second.update([p for p, _ in images[split:]], [g for _, g in images[split:]])
-    gathered = SceneGraphEvaluator(3, ks=(1, 2, 5))
+    gathered = SceneGraphEvaluator(3, ks=(1, 2, 5), protocol="continuous")
     gathered.add_records(np.concatenate([second.records, first.records]))
-    first.merge(second)
+    first.add_records(second.records)
     expected = whole.summarize()
     assert first.summarize() == pytest.approx(expected)
     assert gathered.summarize() == pytest.approx(expected)
@@ -256,6 +261,6 @@ def test_an_image_without_predictions_scores_zero():
     gt = truth([A, B], [0, 1], [[0, 1, 0]])
     empty = prediction(np.zeros((0, 3)), np.zeros((0, 4)), np.zeros((0, 4)), scores=[])
     full = prediction([[0, 0, 1]], [A], [B])
-    ev = SceneGraphEvaluator(3, ks=(1,))
+    ev = SceneGraphEvaluator(3, ks=(1,), protocol="continuous")
     ev.update([empty, full], [gt, gt])
     assert ev.summarize() == pytest.approx({"R@1": 0.5, "ngR@1": 0.5, "mR@1": 0.5 / 3})

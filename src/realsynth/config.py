@@ -6,7 +6,8 @@ names), the value checks :mod:`realsynth.config_checks`.
 Overrides use dotted keys with YAML values; list items are addressed as
 ``DATASETS.SOURCES[1].LOSS_WEIGHT=0.2`` or ``DATASETS.SOURCES.1.LOSS_WEIGHT=0.2``.
 
-Paths (a source's ``PATH``, ``VAL_PATH``, ``IMAGE_ROOT`` and ``DATASETS.DEMO.ROOT``): written in a
+Paths (a source's ``PATH``, ``VAL_PATH``, ``IMAGE_ROOT``, ``DATASETS.DEMO.ROOT`` and
+``TEST.ZERO_SHOT_TRIPLETS``): written in a
 config file, a relative path is relative to that file's folder, so a config can ship beside its
 data; given on the command line, it is relative to the working directory. Both become absolute
 when the config is loaded (``config show`` prints them, a run folder keeps them). ``OUTPUT_DIR``
@@ -99,7 +100,12 @@ def load_config(
 
 def _absolute_paths(node: Any, folder: Path) -> None:
     """Make the path keys of ``node`` (a config or a loaded file) absolute against ``folder``."""
-    datasets = node.get("DATASETS") if isinstance(node, DictConfig) else None
+    if not isinstance(node, DictConfig):
+        return
+    test = node.get("TEST")
+    if isinstance(test, DictConfig) and "ZERO_SHOT_TRIPLETS" in test:
+        test.ZERO_SHOT_TRIPLETS = _absolute(test.ZERO_SHOT_TRIPLETS, folder)
+    datasets = node.get("DATASETS")
     if not isinstance(datasets, DictConfig):
         return
     sources = datasets.get("SOURCES")

@@ -42,6 +42,11 @@ class SourceConfig:
     VAL_PATH: str = ""
     VAL_SPLIT: str = "val"
     NUM_VAL_IMAGES: int = 5000  # vg150: val = the first N images of the filtered train pool
+    # vg150, training split only (SGB's filters): one random predicate per (subject, object)
+    # pair; keep only relations whose boxes overlap (SGB's sgdet default in defaults.py; its
+    # shipped sgdet config turns it off).
+    FILTER_DUPLICATE_RELS: bool = True
+    FILTER_NON_OVERLAP: bool = False
     # relcoco: defaults to images/ beside each JSON; vg150: defaults to PATH/VG_100K.
     IMAGE_ROOT: str = ""
     RATIO: float | None = None
@@ -125,6 +130,11 @@ class TestConfig:
     # validation source).
     BEST_METRIC: str = "R@50"
     BEST_SOURCE: str = ""
+    # sgb: original-image pixels, SGB's +1 IoU, images without predictions left out (published
+    # VG150 numbers); continuous: normalized boxes, continuous IoU, such images count as 0.
+    PROTOCOL: str = "sgb"
+    # SGB's zeroshot_triplet.pytorch or a JSON of [subject, predicate, object] names: zsR@K.
+    ZERO_SHOT_TRIPLETS: str = ""
 
 
 @dataclass
@@ -164,4 +174,5 @@ _CHOICES = {
     "MODEL.CRITERION.NORMALIZATION": ("count", "weight"),
     "MODEL.CRITERION.ON_INVALID_WEIGHT": ("error", "fallback"),
     "SOLVER.LR_SCHEDULE": ("cosine", "constant"),
+    "TEST.PROTOCOL": ("sgb", "continuous"),
 }

@@ -113,7 +113,9 @@ class RelationDataset(torch.utils.data.Dataset, abc.ABC):
         Returns:
             ``boxes`` float32 [N, 4] xyxy in pixels of the annotated size, ``labels`` int64 [N]
             (0-based), ``relations`` int64 [M, 3] (subject, object, 0-based predicate),
-            ``image_id``, ``orig_size`` int64 [2] annotated (h, w), ``file_name``, ``source``.
+            ``image_id``, ``orig_size`` int64 [2] annotated (h, w), ``file_name``, ``source``;
+            optionally ``eval_boxes`` float32 [N, 4], the boxes as the format's reference code
+            evaluates them (default: ``boxes``).
         """
 
     def sample_annotation(self, target: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
@@ -130,7 +132,8 @@ class RelationDataset(torch.utils.data.Dataset, abc.ABC):
         Returns:
             ``image`` float [3, H, W] (in [0, 1] unless the transforms normalize), ``boxes`` float
             [N, 4] cxcywh normalized, ``labels``, ``relations``, ``image_id``, ``orig_size`` (h, w)
-            of the file, ``size`` (h, w) after transforms, ``file_name``, ``source``; or a
+            of the file, ``size`` (h, w) after transforms, ``eval_boxes`` xyxy pixels and
+            ``eval_size`` (h, w) of the annotated frame, ``file_name``, ``source``; or a
             :class:`SkippedSample` for a bad image when ``skip_bad_samples`` is on.
         """
         try:
@@ -146,6 +149,10 @@ class RelationDataset(torch.utils.data.Dataset, abc.ABC):
 
     def _load(self, index: int) -> tuple[Image.Image, dict[str, Any]]:
         target = self.annotation(index)
+        # The frame evaluation compares boxes in (SGB: the annotated size), whatever the file's
+        # actual size and the transforms do to ``boxes``.
+        target.setdefault("eval_boxes", target["boxes"].clone())
+        target["eval_size"] = target["orig_size"].clone()
         path = self.image_path(index)
         image = load_image(path, source=self.source)
         width, height = image.size

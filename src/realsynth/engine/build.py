@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -15,6 +17,7 @@ from realsynth.config import ConfigError
 from realsynth.data.collate import collate_relations
 from realsynth.data.mixed_dataset import Source, build_mixed_loader
 from realsynth.engine.data_setup import RunData, build_data
+from realsynth.engine.recall import SceneGraphEvaluator
 from realsynth.modeling.criterion import RelationCriterion
 from realsynth.modeling.heads import loss_coefficients
 from realsynth.modeling.matcher import HungarianMatcher
@@ -30,6 +33,7 @@ __all__ = [
     "wrap_distributed",
     "print_run_summary",
     "best_metric_key",
+    "build_evaluator_factory",
 ]
 
 
@@ -149,6 +153,16 @@ def print_run_summary(cfg: DictConfig, data: RunData, loader: DataLoader) -> Non
         f"{per_rank} per rank: {parts}; {len(loader)} batches per rank per epoch; "
         f"{len(data.classes)} classes, {len(data.predicates)} predicates; "
         f"validation: {', '.join(data.val) or 'none'}; output: {cfg.OUTPUT_DIR}"
+    )
+
+
+def build_evaluator_factory(cfg: DictConfig, data: RunData) -> Callable[[], SceneGraphEvaluator]:
+    """Makes the empty evaluator of a run: ``TEST.PROTOCOL``, the zero-shot triplets if any."""
+    return functools.partial(
+        SceneGraphEvaluator,
+        len(data.predicates),
+        protocol=cfg.TEST.PROTOCOL,
+        zero_shot_triplets=data.zero_shot,
     )
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
@@ -17,6 +18,7 @@ from realsynth.data.formats.relcoco import RelCocoDataset
 from realsynth.data.formats.vg150 import vg150_from_folder
 from realsynth.data.mixed_dataset import ignore_interrupts
 from realsynth.data.transforms import build_transforms, predicate_flip_indices
+from realsynth.data.zero_shot import load_zero_shot_triplets
 from realsynth.source_mix import SourceMix, resolve_mix
 from realsynth.utils.distributed import barrier, get_rank, get_world_size
 
@@ -33,6 +35,7 @@ class RunData:
         classes / predicates: the shared label names (0-based; background is the last index).
         skipped: images left out when the datasets were built (``DATALOADER.SKIP_BAD_SAMPLES``),
             by "source 'NAME' (train|val)"; empty lists are not kept.
+        zero_shot: int64 [N, 3] (subject, predicate, object) triplets for zsR@K, or None.
     """
 
     names: list[str]
@@ -42,6 +45,7 @@ class RunData:
     classes: list[str]
     predicates: list[str]
     skipped: dict[str, list[Any]] = field(default_factory=dict)
+    zero_shot: np.ndarray | None = None
 
     @property
     def kinds(self) -> dict[str, str]:
@@ -109,6 +113,11 @@ def build_data(cfg: DictConfig) -> RunData:
         classes=classes,
         predicates=predicates,
         skipped=skipped,
+        zero_shot=(
+            load_zero_shot_triplets(cfg.TEST.ZERO_SHOT_TRIPLETS, classes, predicates)
+            if cfg.TEST.ZERO_SHOT_TRIPLETS
+            else None
+        ),
     )
 
 
@@ -129,6 +138,8 @@ def _dataset(cfg: DictConfig, src: Any, *, train: bool) -> Dataset:
             split=split,
             image_root=src.IMAGE_ROOT or None,
             num_val_images=src.NUM_VAL_IMAGES,
+            filter_duplicate_rels=src.FILTER_DUPLICATE_RELS,
+            filter_non_overlap=src.FILTER_NON_OVERLAP,
             **common,
         )
     else:
@@ -226,6 +237,8 @@ def _demo_sources(cfg: DictConfig) -> list[Any]:
                 "VAL_PATH": str(root / kind / "val" / "annotations.json"),
                 "VAL_SPLIT": "val",
                 "NUM_VAL_IMAGES": 0,
+                "FILTER_DUPLICATE_RELS": False,
+                "FILTER_NON_OVERLAP": False,
                 "IMAGE_ROOT": "",
                 "RATIO": None,
                 "LOSS_WEIGHT": None,

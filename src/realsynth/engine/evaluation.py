@@ -7,7 +7,7 @@ records are gathered and put back in dataset order, so the summary equals the si
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from realsynth.config import load_config
-from realsynth.engine.build import build_model_and_criterion
+from realsynth.engine.build import build_evaluator_factory, build_model_and_criterion
 from realsynth.engine.checkpoint import load_checkpoint
 from realsynth.engine.data_setup import build_data
 from realsynth.engine.launch import resolve_device
@@ -37,17 +37,21 @@ def evaluate_sources(
     *,
     device: torch.device,
     top_k: int,
-    num_predicates: int,
+    new_evaluator: Callable[[], SceneGraphEvaluator],
     autocast: Any = None,
 ) -> dict[str, dict[str, float]]:
-    """Recall@K, ngRecall@K, mean Recall@K of ``model`` on every validation source.
+    """Recall@K, ngRecall@K, mean Recall@K (and zsR@K) of ``model`` on every validation source.
+
+    Under the ``sgb`` protocol predictions are scaled to the annotated image's pixels
+    (``eval_size``) and compared with the ``eval_boxes``; under ``continuous`` both stay
+    normalized.
 
     Args:
         model: maps (images [B, 3, H, W], pixel_mask [B, H, W]) to the relation outputs.
         loaders: per source, a loader of collated batches (this rank's shard).
         device: where the model runs.
         top_k: predicted triplets kept per image (>= the largest K).
-        num_predicates: R, predicate classes without background.
+        new_evaluator: makes an empty evaluator (protocol, ks, zero-shot triplets).
         autocast: optional autocast context (bf16 on CUDA).
 
     Returns:
@@ -58,20 +62,22 @@ def evaluate_sources(
     model.eval()
     results = {}
     for name, loader in loaders.items():
-        evaluator = SceneGraphEvaluator(num_predicates)
+        evaluator = new_evaluator()
+        pixels = evaluator.protocol == "sgb"
         for batch in loader:
             with autocast or contextlib.nullcontext():
                 outputs = model(batch["images"].to(device), batch["pixel_mask"].to(device))
             outputs = {k: v.float() for k, v in outputs.items() if isinstance(v, torch.Tensor)}
-            # Boxes stay normalized on both sides: IoU does not change under axis scaling.
-            predictions = relation_predictions(outputs, None, top_k=top_k)
-            truths = [ground_truth_from_target(t) for t in batch["targets"]]
+            targets = batch["targets"]
+            sizes = torch.stack([t["eval_size"] for t in targets]) if pixels and targets else None
+            predictions = relation_predictions(outputs, sizes, top_k=top_k)
+            truths = [ground_truth_from_target(t, pixels=pixels) for t in targets]
             try:
                 evaluator.update(predictions, truths)
             except ValueError as exc:
-                names = [t.get("file_name", t.get("image_id")) for t in batch["targets"]]
+                names = [t.get("file_name", t.get("image_id")) for t in targets]
                 raise ValueError(f"validation source {name!r}, images {names}: {exc}") from None
-        merged = SceneGraphEvaluator(num_predicates)
+        merged = new_evaluator()
         merged.add_records(gather_in_order(evaluator.records))
         try:
             results[name] = merged.summarize()
@@ -124,7 +130,7 @@ def evaluate_checkpoint(
         data.val_loaders(cfg),
         device=device,
         top_k=cfg.TEST.TOP_K,
-        num_predicates=len(data.predicates),
+        new_evaluator=build_evaluator_factory(cfg, data),
     )
     if get_rank() == 0:
         target = Path(output) if output is not None else _default_output(checkpoint, data_config)

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from realsynth.config import to_yaml
+from realsynth.engine.build import build_evaluator_factory
 from realsynth.engine.checkpoint import rng_states
 from realsynth.engine.data_setup import RunData
 from realsynth.engine.evaluation import evaluate_sources
@@ -212,7 +213,7 @@ class TrainingLoop:
             parts.data.val_loaders(parts.cfg),
             device=parts.device,
             top_k=parts.cfg.TEST.TOP_K,
-            num_predicates=len(parts.data.predicates),
+            new_evaluator=build_evaluator_factory(parts.cfg, parts.data),
             autocast=self.autocast,
         )
         if self.log is not None:

@@ -14,6 +14,12 @@ over the images containing it (a predicate absent from the whole set counts as 0
 ``zsR@K`` is the mean over images holding zero-shot ground truth of the share of those triplets
 hit in the top K (graph constraint).
 
+Protocols: ``sgb`` (the default of a run, ``TEST.PROTOCOL``) is SGB's: boxes in the original
+image's pixels, SGB's integer-pixel IoU (+1 on widths and heights, float32), and an image with
+ground truth but no predicted triplet is left out of every mean, as ``vg_eval.py`` returns early
+for it. ``continuous`` compares boxes in any one frame with continuous IoU and counts such an
+image as recall 0.
+
 Each image becomes one row of numbers (``SceneGraphEvaluator.records``), so rows gathered from
 several processes and summarized give exactly the single-process result.
 """
@@ -21,7 +27,7 @@ several processes and summarized give exactly the single-process result.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -33,6 +39,8 @@ from realsynth.engine.triplet_matching import (
     ranked_triplets,
 )
 
+PROTOCOLS = ("sgb", "continuous")
+
 
 class SceneGraphEvaluator:
     """Accumulates per-image recall records and summarizes them.
@@ -42,6 +50,8 @@ class SceneGraphEvaluator:
         ks: recall cut-offs, positive ints.
         zero_shot_triplets: optional (subject label, predicate, object label) triplets that never
             occur in training; enables ``zsR@K``.
+        protocol: ``"sgb"`` or ``"continuous"`` (see the module docstring); with ``sgb`` boxes
+            must be in pixels of the original image. No default: the two disagree on purpose.
         iou_threshold: minimum subject and object IoU for a hit.
     """
 
@@ -51,8 +61,14 @@ class SceneGraphEvaluator:
         *,
         ks: Sequence[int] = (20, 50, 100),
         zero_shot_triplets: Iterable[Sequence[int]] | None = None,
+        protocol: Literal["sgb", "continuous"],
         iou_threshold: float = 0.5,
     ) -> None:
+        if protocol not in PROTOCOLS:
+            raise ValueError(
+                f"SceneGraphEvaluator: protocol must be one of {PROTOCOLS}, got {protocol!r}"
+            )
+        self.protocol = protocol
         if num_predicates < 1:
             raise ValueError(
                 f"SceneGraphEvaluator: num_predicates must be >= 1, got {num_predicates}"
@@ -100,16 +116,6 @@ class SceneGraphEvaluator:
             )
         self._rows.extend(records)
 
-    def merge(self, other: SceneGraphEvaluator) -> None:
-        """Append another evaluator's images (same ks, predicates and zero-shot set required)."""
-        if (other.ks, other.num_predicates, other.iou_threshold) != (
-            self.ks,
-            self.num_predicates,
-            self.iou_threshold,
-        ) or not _same_triplet_set(self.zero_shot, other.zero_shot):
-            raise ValueError("SceneGraphEvaluator.merge: the evaluators have different settings")
-        self.add_records(other.records)
-
     def update(
         self, predictions: Sequence[Mapping[str, Any]], ground_truths: Sequence[Mapping[str, Any]]
     ) -> None:
@@ -131,6 +137,9 @@ class SceneGraphEvaluator:
         if len(gt) == 0:
             return row
         pred, pred_subject, pred_object = ranked_triplets(prediction, self.num_predicates)
+        if len(pred) == 0 and self.protocol == "sgb":
+            return row  # vg_eval.py returns before recording anything for such an image
+        inclusive = self.protocol == "sgb"
         hit = match_triplets(
             gt,
             gt_subject,
@@ -139,13 +148,21 @@ class SceneGraphEvaluator:
             pred_subject,
             pred_object,
             iou_threshold=self.iou_threshold,
+            inclusive=inclusive,
         )
         hit_k = hits_at_k(hit, self.ks)
         ng, ng_subject, ng_object = no_graph_constraint_triplets(
             prediction, self.num_predicates, max(self.ks)
         )
         ng_hit = match_triplets(
-            gt, gt_subject, gt_object, ng, ng_subject, ng_object, iou_threshold=self.iou_threshold
+            gt,
+            gt_subject,
+            gt_object,
+            ng,
+            ng_subject,
+            ng_object,
+            iou_threshold=self.iou_threshold,
+            inclusive=inclusive,
         )
         predicates = gt[:, 1]
         r = self.num_predicates
@@ -210,9 +227,3 @@ class SceneGraphEvaluator:
     def num_images(self) -> int:
         """Images with at least one ground-truth relation (the ones that count)."""
         return int((self._column("num_gt", self.records)[:, 0] > 0).sum())
-
-
-def _same_triplet_set(a: np.ndarray | None, b: np.ndarray | None) -> bool:
-    if a is None or b is None:
-        return a is None and b is None
-    return {tuple(t) for t in a.tolist()} == {tuple(t) for t in b.tolist()}

@@ -3,8 +3,8 @@
 A predicted triplet hits a ground-truth triplet when subject label, predicate and object label
 agree and the subject boxes and the object boxes each have IoU >= the threshold (0.5). One
 prediction may hit several ground-truth triplets, and a ground-truth triplet counts once however
-many predictions hit it. IoU is continuous (``inter / union``); SGB's pixel convention adds 1 to
-widths and heights, which changes IoU by well under 1% for boxes larger than ~100 pixels.
+many predictions hit it. IoU is SGB's integer-pixel IoU (``pixel_box_iou``: +1 on widths and
+heights, float32) with ``inclusive=True``, else continuous (``inter / union``, float64).
 
 Inputs are numpy arrays, boxes xyxy in one frame for both sides (pixels or normalized):
 
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from realsynth.utils.box_ops import box_iou
+from realsynth.utils.box_ops import box_iou, pixel_box_iou
 
 RANKED_KEYS = ("subject_boxes", "object_boxes", "subject_labels", "object_labels", "predicates")
 PAIR_KEYS = (
@@ -38,8 +38,14 @@ PAIR_KEYS = (
 )
 
 
-def _iou(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
-    """float64[N, M] IoU of xyxy boxes; zero-area pairs give 0 instead of NaN."""
+def _iou(boxes1: np.ndarray, boxes2: np.ndarray, inclusive: bool) -> np.ndarray:
+    """[N, M] IoU of xyxy boxes; zero-area pairs give 0 instead of NaN."""
+    if inclusive:
+        iou = pixel_box_iou(
+            torch.from_numpy(np.asarray(boxes1, dtype=np.float32).reshape(-1, 4)),
+            torch.from_numpy(np.asarray(boxes2, dtype=np.float32).reshape(-1, 4)),
+        )
+        return np.nan_to_num(iou.numpy(), nan=0.0)
     iou, _ = box_iou(
         torch.from_numpy(np.asarray(boxes1, dtype=np.float64).reshape(-1, 4)),
         torch.from_numpy(np.asarray(boxes2, dtype=np.float64).reshape(-1, 4)),
@@ -56,6 +62,7 @@ def match_triplets(
     pred_object_boxes: np.ndarray,
     *,
     iou_threshold: float = 0.5,
+    inclusive: bool = False,
 ) -> np.ndarray:
     """Which prediction hits which ground-truth triplet.
 
@@ -65,6 +72,7 @@ def match_triplets(
         pred_triplets: int[P, 3] (subject label, predicate, object label).
         pred_subject_boxes, pred_object_boxes: float[P, 4] xyxy, same frame as the ground truth.
         iou_threshold: minimum IoU for the subject and for the object box.
+        inclusive: SGB's integer-pixel IoU (boxes in pixels) instead of the continuous one.
 
     Returns:
         bool[G, P]: entry (g, p) is True when prediction p hits ground-truth triplet g.
@@ -74,8 +82,8 @@ def match_triplets(
     same_labels = (gt_triplets[:, None, :] == pred_triplets[None, :, :]).all(-1)
     if not same_labels.any():
         return same_labels
-    subject_ok = _iou(gt_subject_boxes, pred_subject_boxes) >= iou_threshold
-    object_ok = _iou(gt_object_boxes, pred_object_boxes) >= iou_threshold
+    subject_ok = _iou(gt_subject_boxes, pred_subject_boxes, inclusive) >= iou_threshold
+    object_ok = _iou(gt_object_boxes, pred_object_boxes, inclusive) >= iou_threshold
     return same_labels & subject_ok & object_ok
 
 

@@ -172,28 +172,29 @@ def _same_box(boxes: Tensor, threshold: float) -> Tensor:
     return identical | (iou >= threshold)
 
 
-def ground_truth_from_target(
-    target: dict[str, Any], image_size: Tensor | tuple[int, int] | None = None
-) -> dict[str, np.ndarray]:
+def ground_truth_from_target(target: dict[str, Any], *, pixels: bool) -> dict[str, np.ndarray]:
     """Convert a dataset target to the ground-truth format of ``realsynth.engine.recall``.
 
     Args:
-        target: dict with ``boxes`` float[N, 4] cxcywh normalized, ``labels`` int[N] and
-            ``relations`` int[M, 3] (subject index, object index, predicate).
-        image_size: (h, w) to scale boxes to pixels (use the same sizes as for the
-            predictions), or ``None`` for normalized boxes.
+        target: dict with ``boxes`` float[N, 4] cxcywh normalized (or, with ``pixels``,
+            ``eval_boxes`` float[N, 4] xyxy in pixels of the annotated image), ``labels`` int[N]
+            and ``relations`` int[M, 3] (subject index, object index, predicate).
+        pixels: the boxes of the annotated frame (SGB's protocol; pair with predictions scaled
+            by ``eval_size``), else normalized xyxy.
 
     Returns:
         ``boxes`` float32[N, 4] xyxy, ``labels`` int64[N], ``relations`` int64[M, 3].
     """
-    for key in ("boxes", "labels", "relations"):
+    needed = ("eval_boxes" if pixels else "boxes", "labels", "relations")
+    for key in needed:
         if key not in target:
             raise ValueError(f"ground_truth_from_target: target lacks key {key!r}")
-    boxes = torch.as_tensor(target["boxes"]).detach().float().cpu().reshape(-1, 4)
-    sizes = None if image_size is None else torch.as_tensor(image_size).reshape(1, 2)
-    boxes = box_cxcywh_to_xyxy(boxes) * _box_scale(sizes, 1)[0]
+    if pixels:
+        boxes = torch.as_tensor(target["eval_boxes"]).detach().float().cpu().reshape(-1, 4)
+    else:
+        boxes = box_cxcywh_to_xyxy(torch.as_tensor(target["boxes"]).detach().float().cpu())
     return {
-        "boxes": boxes.numpy(),
+        "boxes": boxes.reshape(-1, 4).numpy(),
         "labels": torch.as_tensor(target["labels"]).detach().cpu().long().numpy(),
         "relations": torch.as_tensor(target["relations"])
         .detach()

@@ -99,6 +99,31 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> tuple[Tensor, Tensor]:
     return inter / union, union
 
 
+def pixel_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """Pairwise IoU of xyxy boxes in integer-pixel convention, in float32.
+
+    Scene-Graph-Benchmark's (maskrcnn-benchmark's) ``boxlist_iou``: a box covers the pixels
+    ``x1..x2`` inclusive, so widths and heights are ``x2 - x1 + 1`` and an intersection is
+    ``min(x2) - max(x1) + 1`` (at least 0). Published VG150 recalls are computed this way, in
+    the original image's pixels.
+
+    Args:
+        boxes1: [N, 4] xyxy pixel boxes.
+        boxes2: [M, 4] xyxy pixel boxes.
+
+    Returns:
+        [N, M] float32 IoU.
+    """
+    boxes1, boxes2 = boxes1.to(torch.float32), boxes2.to(torch.float32)
+    area1 = (boxes1[:, 2] - boxes1[:, 0] + 1) * (boxes1[:, 3] - boxes1[:, 1] + 1)
+    area2 = (boxes2[:, 2] - boxes2[:, 0] + 1) * (boxes2[:, 3] - boxes2[:, 1] + 1)
+    lt = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])
+    rb = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])
+    wh = (rb - lt + 1).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    return inter / (area1[:, None] + area2[None, :] - inter)
+
+
 def generalized_box_iou(boxes1: Tensor, boxes2: Tensor, *, check: bool = True) -> Tensor:
     """Pairwise generalized IoU (https://giou.stanford.edu/) of xyxy boxes.
 

@@ -27,6 +27,7 @@ from realsynth.data.image_files import ImageEntry, check_image_files
 from realsynth.data.images import RelationDataset, SkippedSample
 from realsynth.data.problems import Findings, raise_or_skip
 from realsynth.data.transforms import Transform
+from realsynth.utils.box_ops import clip_boxes_to_image
 
 
 def split_rows(
@@ -212,9 +213,12 @@ class VG150Dataset(RelationDataset):
     def annotation(self, index: int) -> dict[str, Any]:
         info = self.image_info[index]
         width, height = int(info["width"]), int(info["height"])
-        boxes = self._boxes[index] * (max(width, height) / self.box_scale)
+        boxes = torch.from_numpy(self._boxes[index] * (max(width, height) / self.box_scale))
+        boxes = boxes.to(torch.float32)
         return {
-            "boxes": torch.from_numpy(boxes.astype(np.float32)),
+            "boxes": boxes,
+            # SGB evaluates its ground truth clipped to the inclusive pixel grid: x in [0, w - 1].
+            "eval_boxes": clip_boxes_to_image(boxes, width - 1, height - 1),
             "labels": torch.from_numpy(self._labels[index].copy()),
             "relations": torch.from_numpy(self._relations[index].astype(np.int64)),
             "image_id": int(info["image_id"]),

@@ -74,3 +74,40 @@ def test_exact_shares_reads_decimal_ratios() -> None:
     assert sum(exact_shares([0.3333333, 0.6666667])) == 1
     tiny = exact_shares([1e-9, 1 - 1e-9])
     assert tiny[0] > 0
+
+
+@pytest.mark.parametrize(
+    ("weights", "batch"),
+    # Each of these made earliest-deadline-first (the quota method) run out of eligible sources.
+    [([15, 15, 19, 19, 19, 19], 21), ([6, 15, 17, 22], 79), ([46, 42, 58, 0, 0, 31, 9], 17)],
+)
+def test_pfair_schedule_holds_where_earliest_deadline_first_fails(weights, batch) -> None:
+    shares = exact_shares([w / sum(weights) for w in weights])
+    schedule = CompositionSchedule(shares, batch)
+    _check(schedule, shares, 2 * schedule.period + 3)
+
+
+def test_pd2_group_deadline_is_the_definitions() -> None:
+    # Anderson & Srinivasan: the earliest t >= d(T_i) with t = d(T_k) and b(T_k) = 0, or
+    # t + 1 = d(T_k) and T_k's window has 3 slots, for some k >= i (heavy tasks only).
+    import math
+
+    for denom in range(3, 30):
+        for rem in range((denom + 1) // 2, denom):
+            w = Fraction(rem, denom)
+
+            def d(j, w=w):
+                return math.ceil(j / w)
+
+            def window(j, w=w):
+                return d(j) - math.floor((j - 1) / w)
+
+            for i in range(1, 2 * denom):
+                t = d(i)
+                while not any(
+                    (t == d(k) and d(k) == j / w) or (t + 1 == d(k) and window(k) == 3)
+                    for k in range(i, i + denom)
+                    for j in [k]
+                ):
+                    t += 1
+                assert composition._pd2_key(i, rem, denom)[2] == -t, (rem, denom, i)

@@ -144,7 +144,7 @@ def test_diagnostics_are_detached_unweighted_per_source_and_excluded_from_total(
     losses = criterion(outputs, targets)
     diag = {k: v for k, v in losses.items() if k.startswith("diag/")}
     assert len(diag) == 7 * 2 and all(not v.requires_grad for v in diag.values())
-    assert not any(k.startswith("diag/") for k in criterion.weight_dict)
+    assert not any(k.startswith("diag/") for k in criterion.coefficients)
     for b, source in enumerate(["real", "synthetic"]):
         unweighted = {k: v for k, v in targets[b].items() if k != "loss_weight"}
         alone = criterion(slice_batch(outputs, b, b + 1), [unweighted])
@@ -152,7 +152,7 @@ def test_diagnostics_are_detached_unweighted_per_source_and_excluded_from_total(
             torch.testing.assert_close(diag[f"diag/{term}/{source}"], alone[term].detach())
     terms = {k: v for k, v in losses.items() if not k.startswith("diag/")}
     assert len(terms) == 14  # 7 terms of the final layer and 7 of the auxiliary one
-    manual = sum(criterion.weight_dict[k.removesuffix("_0")] * v for k, v in terms.items())
+    manual = sum(criterion.coefficients[k.removesuffix("_0")] * v for k, v in terms.items())
     torch.testing.assert_close(criterion.total_loss(losses), manual)
     assert criterion.coefficient("loss_bbox_subject_0") == 5.0
     assert criterion.coefficient("diag/loss_bbox_subject/real") is None
@@ -200,9 +200,9 @@ def test_invalid_weight_error_and_fallback():
 
 def test_total_loss_uses_coefficients_and_aux_copies_without_changing_the_criterion():
     criterion = RelationCriterion(C, R, loss_coefficients={"loss_giou_subject": 3.0})
-    before = dict(criterion.weight_dict)
+    before = dict(criterion.coefficients)
     criterion(make_outputs(2, 1, Q, C, R, aux=2), make_targets(1, [(2, 1)], C, R))
-    assert criterion.weight_dict == before  # forward never adds keys
+    assert criterion.coefficients == before  # forward never adds keys
     losses = {
         "loss_giou_subject": torch.tensor(1.0),
         "loss_giou_subject_3": torch.tensor(2.0),

@@ -44,7 +44,7 @@ def _shared_offset(outputs, theta):
 def _run(outputs, targets, normalization):
     theta = torch.zeros((), requires_grad=True)
     criterion = RelationCriterion(
-        C, R, empty_weight=0.1, empty_rel_weight=0.1, normalization=normalization
+        C, R, no_object_class_weight=0.1, no_relation_class_weight=0.1, normalization=normalization
     )
     layer = _shared_offset(outputs, theta)
     layer["aux_outputs"] = [_shared_offset(a, theta) for a in outputs["aux_outputs"]]

@@ -38,7 +38,7 @@ from omegaconf.errors import (
 )
 
 from realsynth.config_checks import validate
-from realsynth.config_schema import ConfigError, RunConfig, SourceConfig
+from realsynth.config_schema import RENAMED_KEYS, ConfigError, RunConfig, SourceConfig
 
 __all__ = ["ConfigError", "RunConfig", "load_config", "to_yaml", "validate"]
 
@@ -203,6 +203,8 @@ def _all_keys(node: Any, prefix: str = "") -> list[str]:
 
 
 def _suggestion(key: str) -> str:
+    if key in RENAMED_KEYS:
+        return f" (renamed to {RENAMED_KEYS[key]})"
     known = _all_keys(OmegaConf.to_container(OmegaConf.structured(RunConfig)))
     known += [f"DATASETS.SOURCES.{k}" for k in _all_keys(OmegaConf.to_container(_source_node()))]
     # Compare whole paths first so "SOLVER.BASE_LRR" suggests "SOLVER.BASE_LR"; list positions

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from realsynth.modeling.heads import BBOX_COEFFICIENT, CLASS_COEFFICIENT, GIOU_COEFFICIENT
+from realsynth.modeling import heads
 
 
 class ConfigError(ValueError):
@@ -78,15 +78,15 @@ class CriterionConfig:
     CE_SCOPE: str = "all"  # all | matched
     NORMALIZATION: str = "count"  # count | weight
     ON_INVALID_WEIGHT: str = "error"  # error | fallback
-    EMPTY_WEIGHT: float = 0.1
-    EMPTY_REL_WEIGHT: float = 0.1
+    NO_OBJECT_CLASS_WEIGHT: float = 0.1
+    NO_RELATION_CLASS_WEIGHT: float = 0.1
     # Loss coefficients (every term of every layer) and Hungarian matching costs: DETR's.
-    CLASS_WEIGHT: float = CLASS_COEFFICIENT
-    L1_WEIGHT: float = BBOX_COEFFICIENT
-    GIOU_WEIGHT: float = GIOU_COEFFICIENT
-    COST_CLASS: float = CLASS_COEFFICIENT
-    COST_BBOX: float = BBOX_COEFFICIENT
-    COST_GIOU: float = GIOU_COEFFICIENT
+    CLASS_COEFFICIENT: float = heads.CLASS_COEFFICIENT
+    L1_COEFFICIENT: float = heads.BBOX_COEFFICIENT
+    GIOU_COEFFICIENT: float = heads.GIOU_COEFFICIENT
+    COST_CLASS: float = heads.CLASS_COEFFICIENT
+    COST_BBOX: float = heads.BBOX_COEFFICIENT
+    COST_GIOU: float = heads.GIOU_COEFFICIENT
 
 
 @dataclass
@@ -175,4 +175,13 @@ _CHOICES = {
     "MODEL.CRITERION.ON_INVALID_WEIGHT": ("error", "fallback"),
     "SOLVER.LR_SCHEDULE": ("cosine", "constant"),
     "TEST.PROTOCOL": ("sgb", "continuous"),
+}
+
+#: Keys of earlier versions and their names now (a YAML that uses one gets told the new name).
+RENAMED_KEYS = {
+    "MODEL.CRITERION.CLASS_WEIGHT": "MODEL.CRITERION.CLASS_COEFFICIENT",
+    "MODEL.CRITERION.L1_WEIGHT": "MODEL.CRITERION.L1_COEFFICIENT",
+    "MODEL.CRITERION.GIOU_WEIGHT": "MODEL.CRITERION.GIOU_COEFFICIENT",
+    "MODEL.CRITERION.EMPTY_WEIGHT": "MODEL.CRITERION.NO_OBJECT_CLASS_WEIGHT",
+    "MODEL.CRITERION.EMPTY_REL_WEIGHT": "MODEL.CRITERION.NO_RELATION_CLASS_WEIGHT",
 }

@@ -11,12 +11,17 @@ is a pure function of ``g``:
 
 - two sources with a fractional share: ``X_i(g) = round(g * q_i)``, the other takes the rest;
   deviations are at most 1/2.
-- three or more: the Balinski-Young quota method, one batch at a time: among the sources whose
-  next extra would not overshoot (``X_k + 1 <= ceil(g * q_k)``), the ``E`` whose next extra is
-  due earliest (smallest ``(X_k + 1) / q_k``) get one. Greedy by "largest debt" is not enough:
-  it can strand a source two items behind. The pattern repeats with the period ``P`` after
-  which every ``g * q_k`` is an integer, so it is tabulated once when ``P`` is small and stepped
-  forward from the start of the period otherwise.
+- three or more: this is a Pfair schedule (Baruah et al., 1996): ``E`` processors, one task per
+  source of weight ``q_k``, each task on at most one processor per slot, lag strictly within one.
+  realsynth uses PD^2 (Anderson & Srinivasan, "Mixed Pfair/ERfair scheduling of asynchronous
+  periodic tasks", JCSS 2004), which is optimal: the ``i``-th extra of source k may go into
+  batches ``[floor((i-1)/q_k), ceil(i/q_k))``; each batch the ``E`` eligible sources whose next
+  extra has the earliest deadline get one, ties broken by the successor-overlap bit and, for
+  sources with ``q_k >= 1/2``, by the group deadline. Plain earliest-deadline-first (and
+  "largest debt first") are not enough: they can reach a batch with fewer than ``E`` eligible
+  sources. The pattern repeats with the period ``P`` after which every ``g * q_k`` is an
+  integer, so it is tabulated once when ``P`` is small and stepped forward from the start of
+  the period otherwise.
 
 Ratios are given as floats; they are read as the nearest fractions with denominators up to
 10^6 (0.7 -> 7/10) and rescaled to sum to exactly one, so the schedule is exact integer math.
@@ -81,15 +86,8 @@ class CompositionSchedule:
         self._active = [k for k, r in enumerate(self._rem) if r > 0]
         self._table: np.ndarray | None = None
         self._cursor: tuple[int, list[int]] = (0, [0] * self.num_sources)
-        if len(self._active) > 2:
-            self._priority = _priority_multipliers([self._rem[k] for k in self._active])
-            if self.period <= _MAX_TABLE_PERIOD:
-                self._table = self._quota_rows(0, self.period + 1)
-
-    @property
-    def base(self) -> np.ndarray:
-        """int64 [K]: ``floor(ratio_k * batch_size)``, the least every batch holds."""
-        return self._base.copy()
+        if len(self._active) > 2 and self.period <= _MAX_TABLE_PERIOD:
+            self._table = self._pfair_rows(0, self.period + 1)
 
     def cumulative(self, batches: np.ndarray) -> np.ndarray:
         """Items of each source in global batches ``[0, g)``, for every ``g`` given.
@@ -134,11 +132,11 @@ class CompositionSchedule:
         if self._table is not None:
             return self._table[t]
         for row, value in enumerate(t.tolist()):
-            out[row] = self._quota_rows(value, value + 1)[0]
+            out[row] = self._pfair_rows(value, value + 1)[0]
         return out
 
-    def _quota_rows(self, start: int, stop: int) -> np.ndarray:
-        """Quota-method extras before batches ``start .. stop - 1`` (within one period)."""
+    def _pfair_rows(self, start: int, stop: int) -> np.ndarray:
+        """PD^2 extras before batches ``start .. stop - 1`` (within one period)."""
         step, extras = self._cursor
         if step > start:
             step, extras = 0, [0] * self.num_sources
@@ -146,27 +144,43 @@ class CompositionSchedule:
         while step < stop:
             if step >= start:
                 rows[step - start] = extras
-            extras = self._quota_step(step + 1, extras)
+            extras = self._pfair_step(step, extras)
             step += 1
         self._cursor = (step, extras)
         return rows
 
-    def _quota_step(self, step: int, extras: list[int]) -> list[int]:
-        """Hands out one batch's extras; ``step`` counts batches including this one."""
+    def _pfair_step(self, slot: int, extras: list[int]) -> list[int]:
+        """Hands out the extras of batch ``slot`` (0-based) by PD^2 priority."""
+        denom = self._denom
         keyed = sorted(
-            ((extras[k] + 1) * mult, k)
-            for k, mult in zip(self._active, self._priority)
-            if step * self._rem[k] > extras[k] * self._denom
+            (_pd2_key(extras[k] + 1, self._rem[k], denom), k)
+            for k in self._active
+            if extras[k] * denom // self._rem[k] <= slot  # the next extra is released
         )
-        if len(keyed) < self.extras_per_batch:
-            raise RuntimeError(f"quota schedule ran out of eligible sources at batch {step}")
+        if len(keyed) < self.extras_per_batch:  # cannot happen: PD^2 is optimal
+            raise RuntimeError(f"Pfair schedule ran out of eligible sources at batch {slot}")
         new = list(extras)
         for _, k in keyed[: self.extras_per_batch]:
             new[k] += 1
         return new
 
 
-def _priority_multipliers(rems: Sequence[int]) -> list[int]:
-    """Integers m_k with ``(X + 1) * m_k`` ordered like ``(X + 1) / rem_k``."""
-    common = math.lcm(*rems)
-    return [common // r for r in rems]
+def _pd2_key(i: int, rem: int, denom: int) -> tuple[int, int, int]:
+    """PD^2 priority of the ``i``-th extra of a source with weight ``rem / denom`` (smaller first).
+
+    (deadline, -b, -group deadline): ``d = ceil(i / w)``; ``b = d - floor(i / w)`` is 1 when the
+    next extra's window overlaps this one's; heavy sources (``w >= 1/2``) carry the group
+    deadline ``ceil(ceil(d (1 - w)) / (1 - w))``, the end of the cascade of overlapping windows
+    that a delay here would push.
+    """
+    deadline = _ceil_div(i * denom, rem)
+    overlap = deadline - i * denom // rem
+    group = 0
+    if 2 * rem >= denom:
+        light = denom - rem  # (1 - w) * denom
+        group = _ceil_div(_ceil_div(deadline * light, denom) * denom, light)
+    return (deadline, -overlap, -group)
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)

@@ -58,9 +58,11 @@ def build_model_and_criterion(
         matcher=HungarianMatcher(
             cost_class=crit.COST_CLASS, cost_bbox=crit.COST_BBOX, cost_giou=crit.COST_GIOU
         ),
-        empty_weight=crit.EMPTY_WEIGHT,
-        empty_rel_weight=crit.EMPTY_REL_WEIGHT,
-        loss_coefficients=loss_coefficients(crit.CLASS_WEIGHT, crit.L1_WEIGHT, crit.GIOU_WEIGHT),
+        no_object_class_weight=crit.NO_OBJECT_CLASS_WEIGHT,
+        no_relation_class_weight=crit.NO_RELATION_CLASS_WEIGHT,
+        loss_coefficients=loss_coefficients(
+            crit.CLASS_COEFFICIENT, crit.L1_COEFFICIENT, crit.GIOU_COEFFICIENT
+        ),
         ce_scope=crit.CE_SCOPE,
         normalization=crit.NORMALIZATION,
         on_invalid_weight=crit.ON_INVALID_WEIGHT,

@@ -21,8 +21,8 @@ def loss_record(
     A source absent from this batch gets NaN (``reduce_record`` ignores NaN across ranks).
     One device->host transfer for the whole record.
     """
-    weight_dict = criterion.weight_dict
-    base_terms = list(weight_dict)
+    coefficients = criterion.coefficients
+    base_terms = list(coefficients)
     keys = [k for k in losses if criterion.coefficient(k) is not None] + ["total"]
     values = [losses[k].detach() for k in keys[:-1]] + [total.detach()]
     nan = torch.tensor(float("nan"), device=total.device)
@@ -32,7 +32,7 @@ def loss_record(
             keys.append(f"diag/{term}/{name}")
             values.append(nan if value is None else value.detach())
         keys.append(f"source_loss/{name}")
-        present = [weight_dict[t] * v.detach() for t, v in diag if v is not None]
+        present = [coefficients[t] * v.detach() for t, v in diag if v is not None]
         values.append(torch.stack(present).sum() if present else nan)
     flat = torch.stack([v.float().reshape(()) for v in values]).tolist()
     return dict(zip(keys, flat))

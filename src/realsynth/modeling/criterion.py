@@ -67,9 +67,9 @@ class RelationCriterion(nn.Module):
         num_classes: C, foreground entity classes.
         num_predicates: R, foreground predicates.
         matcher: assignment of queries to targets (default ``HungarianMatcher()``).
-        empty_weight: CE weight of the no-object class (DETR's eos_coef), for the entity head and
-            the relation subject/object heads.
-        empty_rel_weight: CE weight of the no-relation class.
+        no_object_class_weight: CE weight of the no-object class (DETR's eos_coef), for the
+            entity head and the relation subject/object heads.
+        no_relation_class_weight: CE weight of the no-relation class.
         predicate_class_weights: [R] CE weights of the foreground predicates (default ones).
         loss_coefficients: overrides of :data:`DEFAULT_COEFFICIENTS` by base term name.
         ce_scope: ``"all"`` queries (unmatched ones target the background) or ``"matched"`` only.
@@ -77,7 +77,7 @@ class RelationCriterion(nn.Module):
         on_invalid_weight: ``"error"`` or ``"fallback"`` for NaN/inf/negative ``loss_weight``.
         source_names: the names that ``forward``'s ``source_ids`` index (the run's sources).
 
-    ``weight_dict`` holds the base terms' coefficients; an auxiliary layer's term ``<term>_{i}``
+    ``coefficients`` holds the base terms' coefficients; an auxiliary layer's term ``<term>_{i}``
     takes its base term's (:meth:`coefficient`). The criterion never changes in ``forward``.
     """
 
@@ -87,8 +87,8 @@ class RelationCriterion(nn.Module):
         num_predicates: int,
         *,
         matcher: HungarianMatcher | None = None,
-        empty_weight: float = 0.1,
-        empty_rel_weight: float = 0.1,
+        no_object_class_weight: float = 0.1,
+        no_relation_class_weight: float = 0.1,
         predicate_class_weights: Tensor | None = None,
         loss_coefficients: dict[str, float] | None = None,
         ce_scope: Literal["all", "matched"] = "all",
@@ -120,15 +120,18 @@ class RelationCriterion(nn.Module):
         self.normalization = normalization
         self.on_invalid_weight = on_invalid_weight
         self.source_names = tuple(source_names) if source_names is not None else None
-        self.weight_dict: dict[str, float] = {**DEFAULT_COEFFICIENTS, **(loss_coefficients or {})}
+        self.coefficients: dict[str, float] = {**DEFAULT_COEFFICIENTS, **(loss_coefficients or {})}
         self.register_buffer(
             "entity_class_weights",
-            _class_weight_vector(num_classes, empty_weight, None, "entity class weights"),
+            _class_weight_vector(num_classes, no_object_class_weight, None, "entity class weights"),
         )
         self.register_buffer(
             "predicate_class_weights",
             _class_weight_vector(
-                num_predicates, empty_rel_weight, predicate_class_weights, "predicate_class_weights"
+                num_predicates,
+                no_relation_class_weight,
+                predicate_class_weights,
+                "predicate_class_weights",
             ),
         )
 
@@ -203,7 +206,7 @@ class RelationCriterion(nn.Module):
                 ``source``.
 
         Returns:
-            Loss terms (keys of ``weight_dict``; auxiliary layer i as ``<term>_{i}``) and detached
+            Loss terms (keys of ``coefficients``; auxiliary layer i as ``<term>_{i}``) and detached
             per-source unweighted losses of the final layer as ``diag/<term>/<source>``.
         """
         specs = [s for s in HEAD_SPECS if s.class_keys[0] in outputs]
@@ -246,7 +249,7 @@ class RelationCriterion(nn.Module):
     def coefficient(self, key: str) -> float | None:
         """Coefficient of a loss key (aux ``<term>_{i}`` takes its base term's), or None for
         keys that are not loss terms (``diag/...``)."""
-        return self.weight_dict.get(key, self.weight_dict.get(base_term(key)))
+        return self.coefficients.get(key, self.coefficients.get(base_term(key)))
 
     def total_loss(self, losses: dict[str, Tensor]) -> Tensor:
         """Sum of ``coefficient * loss`` over the loss terms (``diag/...`` keys never count)."""

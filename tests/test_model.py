@@ -182,3 +182,14 @@ def test_overfits_two_images_with_the_set_criterion():
         loss.backward()
         optimizer.step()
     assert float(loss.detach()) < 0.4 * first
+
+
+def test_the_default_backbone_is_the_tiny_presets_with_batch_norm():
+    from realsynth.modeling.backbone import SmallConvBackbone
+    from realsynth.modeling.model import PRESETS, RelationTransformer
+
+    model = RelationTransformer(3, 5, num_queries=4, d_model=32, enc_layers=1, dec_layers=1)
+    assert isinstance(model.backbone, SmallConvBackbone)
+    norms = {type(m).__name__ for m in model.backbone.modules() if "Norm" in type(m).__name__}
+    assert norms == {"BatchNorm2d"}
+    assert model.backbone.num_channels == PRESETS["tiny"]["backbone_channels"][-1]

@@ -153,3 +153,51 @@ def test_eval_period_zero_evaluates_only_at_the_end(tmp_path, demo_root):
     train(tiny_config(tmp_path, "SOLVER.MAX_ITER=4", "TEST.EVAL_PERIOD=0", demo_root=demo_root))
     evals = [r for r in read_metrics(tmp_path / "run") if r["kind"] == "eval"]
     assert [(r["step"], r["final"]) for r in evals] == [(4, True)]
+
+
+class _Records:
+    def __init__(self):
+        self.steps = []
+
+    def on_step_end(self, step, record):
+        self.steps.append((step, record["total"]))
+
+
+def test_losses_fetched_every_log_period_are_the_same_and_reach_callbacks(tmp_path, demo_root):
+    common = ("SOLVER.MAX_ITER=7", "TEST.EVAL_PERIOD=0", "SOLVER.CHECKPOINT_PERIOD=100")
+    every = _Records()
+    train(
+        tiny_config(tmp_path / "a", *common, "SOLVER.LOG_PERIOD=1", demo_root=demo_root),
+        callbacks=[every],
+    )
+    batched = _Records()
+    train(
+        tiny_config(tmp_path / "b", *common, "SOLVER.LOG_PERIOD=3", demo_root=demo_root),
+        callbacks=[batched],
+    )
+    assert_same_records(
+        train_records(tmp_path / "b" / "run"), train_records(tmp_path / "a" / "run")
+    )
+    assert batched.steps == every.steps and [s for s, _ in every.steps] == list(range(1, 8))
+
+
+def test_a_batch_whose_images_were_all_skipped_takes_no_step(tmp_path, capsys):
+    from realsynth.engine import build
+
+    cfg = tiny_config(
+        tmp_path,
+        "SOLVER.MAX_ITER=6",
+        "TEST.EVAL_PERIOD=0",
+        "DATALOADER.SKIP_BAD_SAMPLES=true",
+    )
+    data = build.build_data(cfg)
+    loader = build.build_train_loader(cfg, data)
+    second = loader.batch_sampler.batches(1, 2)[0].tolist()
+    for g in second:
+        k, local = loader.dataset.source_of(g)
+        data.train[k].image_path(local).write_bytes(b"broken")
+    train(cfg)
+    out = capsys.readouterr().out
+    assert "1 batch(es) had every image skipped and took no step." in out
+    assert [r["step"] for r in train_records(tmp_path / "run")] == [1, 2, 3, 4, 5, 6]
+    assert load_checkpoint(tmp_path / "run")["run_state"]["empty_batches"] == 1

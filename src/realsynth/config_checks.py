@@ -24,6 +24,7 @@ def validate(cfg: DictConfig) -> None:
     _check_positive(cfg.SOLVER.MAX_ITER, "SOLVER.MAX_ITER")
     _check_positive(cfg.SOLVER.CHECKPOINT_PERIOD, "SOLVER.CHECKPOINT_PERIOD")
     _check_positive(cfg.SOLVER.KEEP_CHECKPOINTS, "SOLVER.KEEP_CHECKPOINTS")
+    _check_positive(cfg.SOLVER.LOG_PERIOD, "SOLVER.LOG_PERIOD")
     if cfg.TEST.EVAL_PERIOD < 0:
         raise ConfigError(
             f"TEST.EVAL_PERIOD must be >= 0 (0 = final evaluation only), got "
@@ -54,6 +55,13 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             f"MODEL.DEVICE must be auto, cpu, cuda or cuda:N, got {cfg.MODEL.DEVICE!r}",
             "MODEL.DEVICE",
+        )
+    crit = cfg.MODEL.CRITERION
+    if not crit.OVERSAMPLE_PARAM > 0 or not crit.UNDERSAMPLE_PARAM >= 0:
+        raise ConfigError(
+            "MODEL.CRITERION.OVERSAMPLE_PARAM must be > 0 and UNDERSAMPLE_PARAM >= 0, got "
+            f"{crit.OVERSAMPLE_PARAM} and {crit.UNDERSAMPLE_PARAM}",
+            "MODEL.CRITERION",
         )
     _check_ratio(cfg.INPUT.FLIP_PROB, "INPUT.FLIP_PROB")
     _check_ratio(cfg.DATASETS.DEMO.LABEL_NOISE, "DATASETS.DEMO.LABEL_NOISE")

@@ -78,6 +78,13 @@ class CriterionConfig:
     CE_SCOPE: str = "all"  # all | matched
     NORMALIZATION: str = "count"  # count | weight
     ON_INVALID_WEIGHT: str = "error"  # error | fallback
+    # Predicate CE class weights: none (all 1) or frequency (SpeaQ's formula with OVERSAMPLE_PARAM
+    # alpha and UNDERSAMPLE_PARAM beta) from the predicate counts of PREDICATE_FREQUENCY_SOURCE:
+    # real (the real training sources), all, or one source's NAME.
+    PREDICATE_CLASS_WEIGHTS: str = "none"
+    PREDICATE_FREQUENCY_SOURCE: str = "real"
+    OVERSAMPLE_PARAM: float = 0.07
+    UNDERSAMPLE_PARAM: float = 1.0
     NO_OBJECT_CLASS_WEIGHT: float = 0.1
     NO_RELATION_CLASS_WEIGHT: float = 0.1
     # Loss coefficients (every term of every layer) and Hungarian matching costs: DETR's.
@@ -118,6 +125,9 @@ class SolverConfig:
     CLIP_GRAD_NORM: float = 0.1
     CHECKPOINT_PERIOD: int = 500
     KEEP_CHECKPOINTS: int = 2  # step checkpoints kept (the newest), besides best.pt
+    # Steps whose losses are fetched from the device together (one sync per period); the log
+    # still holds every step.
+    LOG_PERIOD: int = 20
     AMP: bool = True  # bf16 autocast, on CUDA only
 
 
@@ -173,6 +183,7 @@ _CHOICES = {
     "MODEL.CRITERION.CE_SCOPE": ("all", "matched"),
     "MODEL.CRITERION.NORMALIZATION": ("count", "weight"),
     "MODEL.CRITERION.ON_INVALID_WEIGHT": ("error", "fallback"),
+    "MODEL.CRITERION.PREDICATE_CLASS_WEIGHTS": ("none", "frequency"),
     "SOLVER.LR_SCHEDULE": ("cosine", "constant"),
     "TEST.PROTOCOL": ("sgb", "continuous"),
 }

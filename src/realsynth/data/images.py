@@ -118,6 +118,17 @@ class RelationDataset(torch.utils.data.Dataset, abc.ABC):
             evaluates them (default: ``boxes``).
         """
 
+    def label_counts(self) -> tuple[np.ndarray, np.ndarray]:
+        """(int64 [C] objects per class, int64 [R] relations per predicate) of the dataset's
+        annotations, as they are before per-item sampling (formats answer from their index)."""
+        objects = np.zeros(len(self.classes), dtype=np.int64)
+        relations = np.zeros(len(self.predicates), dtype=np.int64)
+        for index in range(len(self)):
+            ann = self.annotation(index)
+            objects += np.bincount(ann["labels"].numpy(), minlength=len(objects))
+            relations += np.bincount(ann["relations"][:, 2].numpy(), minlength=len(relations))
+        return objects, relations
+
     def sample_annotation(self, target: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         """Per-item random choices on the annotation itself (none by default)."""
         return target

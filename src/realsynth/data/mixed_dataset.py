@@ -173,6 +173,7 @@ def build_mixed_loader(
     world_size: int | None = None,
     replacement: bool = False,
     num_batches: int | None = None,
+    pin_memory: bool = False,
 ) -> DataLoader:
     """A DataLoader over :class:`MixedDataset` driven by :class:`MixedBatchSampler`.
 
@@ -190,6 +191,7 @@ def build_mixed_loader(
         world_size: data-parallel size; default ``torch.distributed``'s, else 1.
         replacement: uniform draws inside sources instead of passes without repeats.
         num_batches: batches per rank per epoch; default one pass over the epoch source.
+        pin_memory: page-locked batches for faster copies to a GPU.
 
     Returns:
         the DataLoader.
@@ -215,6 +217,7 @@ def build_mixed_loader(
         collate_fn=collate_fn if collate_fn is not None else _as_list,
         worker_init_fn=functools.partial(_seed_worker, seed=seed, rank=rank),
         generator=torch.Generator().manual_seed(seed),
+        pin_memory=pin_memory,
     )
 
 

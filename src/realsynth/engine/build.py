@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from torch.utils.data import DataLoader
 from realsynth.config import ConfigError
 from realsynth.data.collate import collate_relations
 from realsynth.data.mixed_dataset import Source, build_mixed_loader
+from realsynth.data.stats import combine_statistics, compute_statistics, frequency_class_weights
 from realsynth.engine.data_setup import RunData, build_data
 from realsynth.engine.recall import SceneGraphEvaluator
 from realsynth.modeling.criterion import RelationCriterion
@@ -55,6 +57,7 @@ def build_model_and_criterion(
     criterion = RelationCriterion(
         len(data.classes),
         len(data.predicates),
+        predicate_class_weights=predicate_class_weights(cfg, data),
         matcher=HungarianMatcher(
             cost_class=crit.COST_CLASS, cost_bbox=crit.COST_BBOX, cost_giou=crit.COST_GIOU
         ),
@@ -69,6 +72,46 @@ def build_model_and_criterion(
         source_names=data.names,
     )
     return model.to(device), criterion.to(device)
+
+
+def predicate_class_weights(cfg: DictConfig, data: RunData) -> torch.Tensor | None:
+    """``MODEL.CRITERION.PREDICATE_CLASS_WEIGHTS``: None (all ones), or frequency weights from the
+    predicate counts of ``PREDICATE_FREQUENCY_SOURCE`` (the real training sources by default;
+    never synthetic statistics unless asked for).
+
+    Raises:
+        ConfigError: the named source is not a training source, or it has no relation.
+    """
+    crit = cfg.MODEL.CRITERION
+    if crit.PREDICATE_CLASS_WEIGHTS == "none":
+        return None
+    chosen = crit.PREDICATE_FREQUENCY_SOURCE
+    if chosen == "real":
+        names = [n for n in data.names if data.kinds[n] == "real"]
+    elif chosen == "all":
+        names = list(data.names)
+    elif chosen in data.names:
+        names = [chosen]
+    else:
+        raise ConfigError(
+            f"MODEL.CRITERION.PREDICATE_FREQUENCY_SOURCE={chosen!r}: expected real, all or one "
+            f"of the training sources {data.names}"
+        )
+    # Named by the run's source names, whatever a dataset calls itself.
+    stats = [
+        dataclasses.replace(compute_statistics(ds), source=name)
+        for ds, name in zip(data.train, data.names)
+    ]
+    _, predicates = combine_statistics(stats, weights={n: float(n in names) for n in data.names})
+    if predicates.sum() <= 0:
+        raise ConfigError(
+            f"MODEL.CRITERION.PREDICATE_FREQUENCY_SOURCE={chosen!r}: sources {names} hold no "
+            "relation"
+        )
+    values = frequency_class_weights(
+        predicates, alpha=crit.OVERSAMPLE_PARAM, beta=crit.UNDERSAMPLE_PARAM
+    )
+    return torch.as_tensor(values, dtype=torch.float32)
 
 
 def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -100,7 +143,9 @@ def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer) -> Any:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def build_train_loader(cfg: DictConfig, data: RunData) -> DataLoader:
+def build_train_loader(
+    cfg: DictConfig, data: RunData, device: torch.device | None = None
+) -> DataLoader:
     """The mixed loader: per-rank batches of ``IMS_PER_BATCH`` with the exact source composition.
 
     ``SOLVER.IMS_PER_BATCH`` is the *global* batch (detectron2's convention): each of W ranks
@@ -127,6 +172,7 @@ def build_train_loader(cfg: DictConfig, data: RunData) -> DataLoader:
         rank=get_rank(),
         world_size=world,
         replacement=cfg.DATALOADER.REPLACEMENT,
+        pin_memory=device is not None and device.type == "cuda",
     )
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
@@ -65,6 +66,7 @@ class RunData:
                 num_workers=cfg.DATALOADER.NUM_WORKERS,
                 collate_fn=collate_relations,
                 worker_init_fn=ignore_interrupts,
+                pin_memory=torch.cuda.is_available() and cfg.MODEL.DEVICE != "cpu",
             )
         return loaders
 

@@ -24,12 +24,12 @@ from realsynth.engine.checkpoint import rng_states
 from realsynth.engine.data_setup import RunData
 from realsynth.engine.evaluation import evaluate_sources
 from realsynth.engine.interrupt import StepInterrupt
-from realsynth.engine.records import loss_record, progress_postfix, reduce_record
+from realsynth.engine.records import loss_values, progress_postfix, reduce_records
 from realsynth.engine.run_folder import RunFolder
 from realsynth.engine.run_log import MetricsLog
 from realsynth.engine.run_state import RunState, checkpoint_payload, payload_writer
 from realsynth.modeling.criterion import RelationCriterion
-from realsynth.utils.distributed import all_reduce_sum, get_rank
+from realsynth.utils.distributed import all_ranks_agree, all_reduce_sum, get_rank, get_world_size
 
 
 class TrainingCallback(Protocol):
@@ -44,9 +44,11 @@ class TrainingCallback(Protocol):
 
 @dataclass
 class StepResult:
-    """What one optimizer step logs and which bad samples its batch left out."""
+    """What one optimizer step logs (still on the device) and which bad samples it left out."""
 
-    record: dict[str, float]
+    keys: tuple[str, ...]
+    values: torch.Tensor
+    lr: float
     num_skipped: int
     skipped: list[str] = field(default_factory=list)
 
@@ -91,6 +93,9 @@ class TrainingLoop:
         self.committing = False
         self.saved_step: int | None = None
         self.boundary_rng = rng_states()
+        # Steps whose records are still on the device (fetched every SOLVER.LOG_PERIOD steps).
+        self.pending: list[tuple[int, StepResult]] = []
+        self.bar: Any = None
         use_bf16 = parts.cfg.SOLVER.AMP and parts.device.type == "cuda"
         self.autocast = torch.autocast(parts.device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
@@ -98,7 +103,9 @@ class TrainingLoop:
         """Train until ``SOLVER.MAX_ITER`` steps (the final evaluation is :meth:`finish`'s)."""
         cfg, loader = self.parts.cfg, self.parts.loader
         max_iter = cfg.SOLVER.MAX_ITER
-        bar = tqdm(total=max_iter, initial=state.step, disable=not self.is_main, dynamic_ncols=True)
+        self.bar = tqdm(
+            total=max_iter, initial=state.step, disable=not self.is_main, dynamic_ncols=True
+        )
         sampler = loader.batch_sampler
         try:
             while state.step < max_iter:
@@ -107,9 +114,11 @@ class TrainingLoop:
                 state.align_with(sampler)
                 sampler.load_state_dict(state.sampler_state(sampler))
                 for batch in loader:
-                    record = self._one_step(state, batch)
-                    bar.update(1)
-                    bar.set_postfix(progress_postfix(record, self.parts.data.kinds), refresh=False)
+                    if not self._has_images(batch):
+                        state.skip_batch(list(batch.get("skipped", [])), batch["num_skipped"])
+                        continue
+                    self._one_step(state, batch)
+                    self.bar.update(1)
                     if state.step >= max_iter:
                         break
                     self._after_step(state)
@@ -118,9 +127,17 @@ class TrainingLoop:
                 else:
                     state.next_epoch()
         finally:
-            bar.close()  # nothing printed later lands on the progress bar's line
+            self.flush()
+            self.bar.close()  # nothing printed later lands on the progress bar's line
 
-    def _one_step(self, state: RunState, batch: dict[str, Any]) -> dict[str, float]:
+    def _has_images(self, batch: dict[str, Any]) -> bool:
+        """False when every image of the batch was skipped (on any rank: all skip together)."""
+        here = len(batch["targets"]) > 0
+        if get_world_size() == 1:
+            return here
+        return all_ranks_agree(here, self.parts.device)
+
+    def _one_step(self, state: RunState, batch: dict[str, Any]) -> None:
         for callback in self.callbacks:
             if hasattr(callback, "on_step_start"):
                 callback.on_step_start(state.step + 1)
@@ -128,13 +145,29 @@ class TrainingLoop:
         state.advance(result.skipped, result.num_skipped)
         self.committing = False
         self.boundary_rng = rng_states()
-        record = {"kind": "train", "step": state.step, **result.record}
-        if self.log is not None:
-            self.log.write(record)
-        for callback in self.callbacks:
-            if hasattr(callback, "on_step_end"):
-                callback.on_step_end(state.step, record)
-        return record
+        self.pending.append((state.step, result))
+        if len(self.pending) >= self.parts.cfg.SOLVER.LOG_PERIOD:
+            self.flush()
+
+    def flush(self) -> None:
+        """Fetch the pending steps' records (one reduction, one transfer) and log them."""
+        if not self.pending:
+            return
+        steps, results = zip(*self.pending)
+        self.pending = []
+        keys = results[0].keys
+        if any(r.keys != keys for r in results):
+            raise RuntimeError("loss keys changed between steps; flush them one by one")
+        rows = reduce_records(keys, torch.stack([r.values for r in results]))
+        for step, result, row in zip(steps, results, rows):
+            record = {"kind": "train", "step": step, **row, "lr": result.lr}
+            if self.log is not None:
+                self.log.write(record)
+            for callback in self.callbacks:
+                if hasattr(callback, "on_step_end"):
+                    callback.on_step_end(step, record)
+        if self.bar is not None:
+            self.bar.set_postfix(progress_postfix(record, self.parts.data.kinds), refresh=False)
 
     def _after_step(self, state: RunState) -> None:
         """Periodic evaluation (first, so a checkpoint of the same step knows its score), then
@@ -197,16 +230,18 @@ class TrainingLoop:
         parts.optimizer.step()
         lr = parts.optimizer.param_groups[0]["lr"]
         parts.scheduler.step()
-        record = loss_record(losses, total, parts.criterion, parts.data.names)
-        record["lr"] = lr
+        keys, values = loss_values(losses, total, parts.criterion, parts.data.names)
         return StepResult(
-            reduce_record(record, parts.device),
+            keys,
+            values,
+            lr,
             int(batch.get("num_skipped", 0)),
             list(batch.get("skipped", [])),
         )
 
     def evaluate(self, step: int, *, final: bool = False) -> dict[str, dict[str, float]]:
         """Recall@K per validation source, logged as an ``eval`` record."""
+        self.flush()  # the log stays in step order
         parts = self.parts
         results = evaluate_sources(
             getattr(parts.model, "module", parts.model),
@@ -244,7 +279,9 @@ class TrainingLoop:
         )
 
     def save(self, state: RunState) -> None:
-        """Checkpoint of the last complete step, with the RNG states of that step's end."""
+        """Checkpoint of the last complete step, with the RNG states of that step's end; the log
+        gets every step up to it first."""
+        self.flush()
         self.saved_step = state.step
         if self.is_main:
             self.folder.save(state.step, payload_writer(self._payload(state, self.boundary_rng)))

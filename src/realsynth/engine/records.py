@@ -11,46 +11,53 @@ from realsynth.modeling.criterion import RelationCriterion
 from realsynth.utils.distributed import all_reduce_sum, get_world_size
 
 
-def loss_record(
+def loss_values(
     losses: dict[str, Tensor], total: Tensor, criterion: RelationCriterion, sources: list[str]
-) -> dict[str, float]:
-    """Every loss term, the total, and each source's unweighted diagnostics, as floats.
+) -> tuple[tuple[str, ...], Tensor]:
+    """Every loss term, the total, and each source's unweighted diagnostics, on the device.
 
     ``source_loss/<name>`` is the source's unweighted loss combined with the loss coefficients,
     over the final decoder layer's terms: the number to compare between real and synthetic.
-    A source absent from this batch gets NaN (``reduce_record`` ignores NaN across ranks).
-    One device->host transfer for the whole record.
+    A source absent from this batch gets NaN (:func:`reduce_records` ignores NaN across ranks).
+    No host transfer: the trainer fetches ``SOLVER.LOG_PERIOD`` steps at once.
+
+    Returns:
+        (keys, float32 [n] detached values in the same order; the keys depend only on the
+        criterion and ``sources``, so every step of a run has the same).
     """
     coefficients = criterion.coefficients
-    base_terms = list(coefficients)
     keys = [k for k in losses if criterion.coefficient(k) is not None] + ["total"]
     values = [losses[k].detach() for k in keys[:-1]] + [total.detach()]
     nan = torch.tensor(float("nan"), device=total.device)
     for name in sources:
-        diag = [(t, losses.get(f"diag/{t}/{name}")) for t in base_terms]
+        diag = [(t, losses.get(f"diag/{t}/{name}")) for t in coefficients]
         for term, value in diag:
             keys.append(f"diag/{term}/{name}")
             values.append(nan if value is None else value.detach())
         keys.append(f"source_loss/{name}")
         present = [coefficients[t] * v.detach() for t, v in diag if v is not None]
         values.append(torch.stack(present).sum() if present else nan)
-    flat = torch.stack([v.float().reshape(()) for v in values]).tolist()
-    return dict(zip(keys, flat))
+    return tuple(keys), torch.stack([v.float().reshape(()) for v in values])
 
 
-def reduce_record(record: dict[str, float], device: torch.device) -> dict[str, float]:
-    """Average every scalar over ranks, ignoring NaN (a source absent from a rank's batch).
+def reduce_records(keys: tuple[str, ...], values: Tensor) -> list[dict[str, float]]:
+    """Average every step's values over ranks, ignoring NaN, and bring them to the host.
 
-    Keys whose value is NaN on every rank are dropped, so the log never holds NaN.
+    Args:
+        keys: the n value names.
+        values: [S, n] values of S steps on this rank.
+
+    Returns:
+        S dicts; a key whose value is NaN on every rank is left out, so the log never holds NaN.
+        One all-reduce and one device->host transfer for all S steps.
     """
-    keys = sorted(record)
-    values = torch.tensor([record[k] for k in keys], dtype=torch.float64, device=device)
+    values = values.to(torch.float64)
     if get_world_size() > 1:
         present = torch.isfinite(values)
         packed = torch.stack([torch.where(present, values, 0.0), present.double()])
         all_reduce_sum(packed)
         values = packed[0] / packed[1]
-    return {k: v for k, v in zip(keys, values.tolist()) if math.isfinite(v)}
+    return [{k: v for k, v in zip(keys, row) if math.isfinite(v)} for row in values.cpu().tolist()]
 
 
 def progress_postfix(record: dict[str, float], kinds: dict[str, str]) -> dict[str, str]:

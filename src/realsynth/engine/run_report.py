@@ -72,6 +72,8 @@ def write_final_outputs(
             f"Skipped {state.num_skipped} draw(s) of {len(state.skipped_files)} unreadable image "
             f"file(s) (DATALOADER.SKIP_BAD_SAMPLES): {_listing(state.skipped_files)}"
         )
+    if state.empty_batches:
+        print(f"{state.empty_batches} batch(es) had every image skipped and took no step.")
     if state.best_step is not None:
         print(
             f"Best checkpoint: step {state.best_step} ({state.best_value:.4f}), checkpoints/best.pt"

@@ -27,6 +27,7 @@ class RunState:
         skipped_files: the distinct ``source/file`` names behind them.
         epoch_length: batches per rank per epoch when the position was recorded.
         best_value / best_step: the best selection metric so far (``TEST.BEST_METRIC``).
+        empty_batches: batches whose every image was skipped (consumed, no step taken).
     """
 
     step: int = 0
@@ -37,15 +38,26 @@ class RunState:
     epoch_length: int = 0
     best_value: float | None = None
     best_step: int | None = None
+    empty_batches: int = 0
 
     def advance(self, skipped: list[str] | None = None, num_skipped: int = 0) -> None:
         """Count one completed step and the bad samples its batch left out."""
         self.step += 1
         self.batch_in_epoch += 1
         self.num_skipped += num_skipped
-        new = set(skipped or ()) - set(self.skipped_files)
+        self._note_files(skipped or [])
+
+    def _note_files(self, names: list[str]) -> None:
+        new = set(names) - set(self.skipped_files)
         if new:
             self.skipped_files = sorted({*self.skipped_files, *new})
+
+    def skip_batch(self, skipped: list[str], num_skipped: int) -> None:
+        """Count a batch whose every image was skipped: consumed, but no optimizer step."""
+        self.batch_in_epoch += 1
+        self.empty_batches += 1
+        self.num_skipped += num_skipped
+        self._note_files(skipped)
 
     def next_epoch(self) -> None:
         self.epoch += 1

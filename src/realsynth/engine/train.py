@@ -110,7 +110,7 @@ def _train(
     model, criterion = build.build_model_and_criterion(cfg, data, device)
     optimizer = build.build_optimizer(cfg, model)
     scheduler = build.build_scheduler(cfg, optimizer)
-    loader = build.build_train_loader(cfg, data)
+    loader = build.build_train_loader(cfg, data, device)
     state = RunState()
     if resume:
         state = _restore(folder, model, optimizer, scheduler, loader.batch_sampler)

@@ -117,7 +117,8 @@ def sine_position_encoding(
 
     Args:
         mask: bool[B, h, w], True marks padding.
-        num_channels: output channels, even; half encode y and half encode x.
+        num_channels: output channels, a multiple of 4: half encode y and half x, and each half
+            interleaves sines and cosines of ``num_channels / 4`` frequencies.
         temperature: wavelength base.
 
     Returns:

@@ -118,8 +118,11 @@ class RelationTransformer(nn.Module):
                 "nhead": nhead,
             }
         )
-        if backbone is None:
-            backbone = SmallConvBackbone(channels=(32, 64, 128))
+        if backbone is None:  # the tiny preset's backbone, the one docs/model.md recommends
+            tiny = PRESETS["tiny"]
+            backbone = SmallConvBackbone(
+                channels=tiny["backbone_channels"], norm=tiny["backbone_norm"]
+            )
         channels = getattr(backbone, "num_channels", None)
         if not isinstance(channels, int) or channels <= 0:
             raise ValueError(

@@ -143,6 +143,11 @@ class RelCocoDataset(RelationDataset):
     def __len__(self) -> int:
         return len(self._file_names)
 
+    def label_counts(self) -> tuple[np.ndarray, np.ndarray]:
+        objects = np.bincount(self._labels, minlength=len(self.classes))
+        relations = np.bincount(self._relations[:, 2], minlength=len(self.predicates))
+        return objects.astype(np.int64), relations.astype(np.int64)
+
     def image_path(self, index: int) -> Path:
         return self.image_root / self._file_names[index]
 

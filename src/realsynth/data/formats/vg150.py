@@ -207,6 +207,12 @@ class VG150Dataset(RelationDataset):
     def __len__(self) -> int:
         return len(self.rows)
 
+    def label_counts(self) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.concatenate([np.zeros(0, np.int64), *self._labels])
+        predicates = np.concatenate([np.zeros(0, np.int64), *(r[:, 2] for r in self._relations)])
+        objects = np.bincount(labels, minlength=len(self.classes)).astype(np.int64)
+        return objects, np.bincount(predicates, minlength=len(self.predicates)).astype(np.int64)
+
     def image_path(self, index: int) -> Path:
         return self.image_root / f"{self.image_info[index]['image_id']}.jpg"
 

@@ -124,7 +124,11 @@ def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
     groups = [{"params": rest, "lr": solver.BASE_LR}]
     if backbone:
         groups.append({"params": backbone, "lr": solver.BASE_LR * solver.BACKBONE_LR_MULTIPLIER})
-    return torch.optim.AdamW(groups, lr=solver.BASE_LR, weight_decay=solver.WEIGHT_DECAY)
+    # foreach: one fused kernel per group instead of a Python loop over tensors; PyTorch picks it
+    # by itself on CUDA only, and on the CPU it is ~3x faster for the tiny model's 100 tensors.
+    return torch.optim.AdamW(
+        groups, lr=solver.BASE_LR, weight_decay=solver.WEIGHT_DECAY, foreach=True
+    )
 
 
 def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer) -> Any:

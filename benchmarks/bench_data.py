@@ -20,6 +20,7 @@ from common import machine, write_result
 from realsynth.data.check import check_dataset
 from realsynth.data.collate import collate_relations
 from realsynth.data.demo import demo_predicate_flip_map, generate_demo
+from realsynth.data.demo_settings import DEMO_SIZES
 from realsynth.data.formats.relcoco import RelCocoDataset
 from realsynth.data.transforms import build_transforms, predicate_flip_indices
 from realsynth.utils.atomic import atomic_write_text
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller data, one epoch")
     args = parser.parse_args(argv)
-    sizes = {"real_train": 300, "real_val": 100, "synthetic_train": 3000, "synthetic_val": 100}
+    sizes = dict(DEMO_SIZES)
     if args.quick:
         sizes = {"real_train": 60, "real_val": 20, "synthetic_train": 300, "synthetic_val": 20}
     big = 10_000 if args.quick else 100_000

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from realsynth.config import ConfigError, load_config, to_yaml
+from realsynth.data.demo_settings import DEMO_LABEL_NOISE, DEMO_SIZES
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -96,14 +97,9 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="write into a non-empty OUT that an earlier `data demo` did not make",
     )
-    for name, default in (
-        ("real-train", 300),
-        ("real-val", 100),
-        ("synthetic-train", 3000),
-        ("synthetic-val", 100),
-    ):
-        demo.add_argument(f"--{name}", type=int, default=default)
-    demo.add_argument("--label-noise", type=float, default=0.1)
+    for name, default in DEMO_SIZES.items():
+        demo.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
+    demo.add_argument("--label-noise", type=float, default=DEMO_LABEL_NOISE)
     return parser
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from realsynth.data.demo_settings import DEMO_LABEL_NOISE, DEMO_SIZES
 from realsynth.modeling import heads
 
 
@@ -59,11 +60,11 @@ class SourceConfig:
 class DemoConfig:
     ROOT: str = ""  # "" = $XDG_CACHE_HOME/realsynth/demo (or ~/.cache/...)
     SEED: int = 0
-    REAL_TRAIN: int = 300
-    REAL_VAL: int = 100
-    SYNTHETIC_TRAIN: int = 3000
-    SYNTHETIC_VAL: int = 100
-    LABEL_NOISE: float = 0.1
+    REAL_TRAIN: int = DEMO_SIZES["real_train"]
+    REAL_VAL: int = DEMO_SIZES["real_val"]
+    SYNTHETIC_TRAIN: int = DEMO_SIZES["synthetic_train"]
+    SYNTHETIC_VAL: int = DEMO_SIZES["synthetic_val"]
+    LABEL_NOISE: float = DEMO_LABEL_NOISE
 
 
 @dataclass

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from realsynth.data.demo_render import PALETTE, SHAPES, DemoObject, render_real, render_synthetic
+from realsynth.data.demo_settings import DEMO_LABEL_NOISE, DEMO_SIZES
 from realsynth.data.formats.relcoco import write_relcoco
 from realsynth.utils.atomic import atomic_write_text
 
@@ -197,11 +198,11 @@ def generate_demo(
     out_dir: str | Path,
     *,
     seed: int = 0,
-    real_train: int = 300,
-    real_val: int = 100,
-    synthetic_train: int = 3000,
-    synthetic_val: int = 100,
-    label_noise: float = 0.1,
+    real_train: int = DEMO_SIZES["real_train"],
+    real_val: int = DEMO_SIZES["real_val"],
+    synthetic_train: int = DEMO_SIZES["synthetic_train"],
+    synthetic_val: int = DEMO_SIZES["synthetic_val"],
+    label_noise: float = DEMO_LABEL_NOISE,
     image_size: int = 64,
     force: bool = False,
 ) -> dict[str, Path]:

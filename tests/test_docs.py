@@ -49,3 +49,20 @@ def test_the_vg150_example_loads_and_checks_clean(tmp_path: Path, monkeypatch) -
     # [224, 336, 320, 480] at scale 1024 is x1 = 64, y1 = 96, x2 = 384, y2 = 576; / 16 in pixels.
     assert first["boxes"][0].tolist() == [4, 6, 24, 36]
     assert first["labels"].tolist() == [0, 1] and first["relations"].tolist() == [[0, 1, 0]]
+
+
+def test_the_readme_library_example_runs_on_demo_data(tmp_path: Path) -> None:
+    from realsynth.data.demo import generate_demo
+
+    paths = generate_demo(tmp_path, real_train=20, real_val=1, synthetic_train=10, synthetic_val=1)
+    readme = (DOC.parents[1] / "README.md").read_text()
+    code = re.search(r"## Library example\n\n```python\n(.*?)```", readme, flags=re.S).group(1)
+    for name, split in (("real", "real"), ("render", "synthetic")):
+        ann = paths[f"{split}/train"]
+        code = code.replace(f'"data/{name}/annotations.json"', f'"{ann}"')
+        code = code.replace(f'"data/{name}/images"', f'"{ann.parent / "images"}"')
+    code = code.replace("for batch in loader:", "for _, batch in zip(range(2), loader):")
+    printed: list = []
+    exec(compile(code, "README.md", "exec"), {"print": printed.append})
+    # Every batch of 20: 14 real images (weight 1.0), then 6 synthetic ones (0.5).
+    assert [p.tolist() for p in printed] == [[1.0] * 14 + [0.5] * 6] * 2

@@ -15,7 +15,7 @@ from realsynth.engine.build import (
     wrap_distributed,
 )
 from realsynth.engine.data_setup import build_data
-from realsynth.engine.evaluation import evaluate_sources
+from realsynth.engine.evaluation import evaluate_sources, summaries
 from realsynth.engine.launch import seed_all
 
 CPU = torch.device("cpu")
@@ -109,10 +109,12 @@ def evaluate_fixed_model(config_yaml: str, rank: int = 0, world: int = 1) -> dic
             table[image_key(item["image"])] = noisy_outputs(
                 item, len(data.classes), len(data.predicates), seed
             )
-    return evaluate_sources(
-        LookupModel(table),
-        data.val_loaders(cfg),
-        device=CPU,
-        top_k=100,
-        new_evaluator=build_evaluator_factory(cfg, data),
+    return summaries(
+        evaluate_sources(
+            LookupModel(table),
+            data.val_loaders(cfg),
+            device=CPU,
+            top_k=100,
+            new_evaluator=build_evaluator_factory(cfg, data),
+        )
     )

@@ -77,11 +77,11 @@ def test_a_second_process_into_a_locked_folder_fails_naming_the_holder(tmp_path,
 def test_the_newest_step_checkpoints_and_the_best_are_kept(tmp_path, demo_root, monkeypatch):
     scores = iter([0.2, 0.5, 0.3, 0.4])  # evaluations at steps 2, 4, 6 and the final one at 8
 
-    def fake_evaluate(model, loaders, **kwargs):
+    def fake_summaries(evaluators):
         value = next(scores)
-        return {name: {"R@50": value} for name in loaders}
+        return {name: {"R@50": value} for name in evaluators}
 
-    monkeypatch.setattr("realsynth.engine.loop.evaluate_sources", fake_evaluate)
+    monkeypatch.setattr("realsynth.engine.loop.summaries", fake_summaries)
     cfg = tiny_config(
         tmp_path,
         "SOLVER.MAX_ITER=8",

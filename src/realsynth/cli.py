@@ -60,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
         help="where to write the results (default: eval_<checkpoint>[_<data>].json in the run "
         "folder; the run's own eval.json is never replaced)",
     )
+    evaluate.add_argument(
+        "--split",
+        choices=("val", "test"),
+        default="val",
+        help="the validation sets, or each source's test split (TEST_PATH; VG150's split 2)",
+    )
     evaluate.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
 
     compare = commands.add_parser(
@@ -145,7 +151,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         from realsynth.engine.evaluation import evaluate_checkpoint
 
         evaluate_checkpoint(
-            args.checkpoint, data_config=args.data, overrides=args.overrides, output=args.output
+            args.checkpoint,
+            data_config=args.data,
+            overrides=args.overrides,
+            output=args.output,
+            split=args.split,
         )
         return 0
     from realsynth.engine.compare import compare

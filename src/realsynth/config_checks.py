@@ -31,12 +31,7 @@ def validate(cfg: DictConfig) -> None:
             f"{cfg.TEST.EVAL_PERIOD}",
             "TEST.EVAL_PERIOD",
         )
-    if not re.fullmatch(r"(R|ngR|mR|zsR)@(20|50|100)", cfg.TEST.BEST_METRIC):
-        raise ConfigError(
-            f"TEST.BEST_METRIC must be one of R@K, ngR@K, mR@K, zsR@K with K in 20, 50, 100, "
-            f"got {cfg.TEST.BEST_METRIC!r}",
-            "TEST.BEST_METRIC",
-        )
+
     _check_positive(cfg.TEST.IMS_PER_BATCH, "TEST.IMS_PER_BATCH")
     if cfg.TEST.TOP_K < 100:
         raise ConfigError(
@@ -64,6 +59,12 @@ def validate(cfg: DictConfig) -> None:
             "MODEL.CRITERION",
         )
     _check_ratio(cfg.INPUT.FLIP_PROB, "INPUT.FLIP_PROB")
+    for key in ("COMPARE.SEEDS", "COMPARE.BOOTSTRAP", "SWEEP.TRIALS", "SWEEP.GRID_POINTS"):
+        _check_positive(OmegaConf.select(cfg, key), key)
+    if cfg.SWEEP.CONFIRM_SEEDS < 0:
+        raise ConfigError("SWEEP.CONFIRM_SEEDS must be >= 0 (0: no confirmation)", "SWEEP")
+    for key in ("COMPARE.METRIC", "SWEEP.METRIC", "TEST.BEST_METRIC"):
+        _check_metric(OmegaConf.select(cfg, key), key)
     _check_ratio(cfg.DATASETS.DEMO.LABEL_NOISE, "DATASETS.DEMO.LABEL_NOISE")
     _validate_sources(cfg)
 
@@ -96,6 +97,14 @@ def _validate_sources(cfg: DictConfig) -> None:
             f"DATASETS.SOURCES[*].RATIO must sum to 1, got {sum(explicit):.6g} "
             f"({', '.join(f'{s.NAME}={s.RATIO}' for s in cfg.DATASETS.SOURCES)})",
             "DATASETS.SOURCES",
+        )
+
+
+def _check_metric(value: str, key: str) -> None:
+    if not re.fullmatch(r"(R|ngR|mR|zsR)@(20|50|100)", value):
+        raise ConfigError(
+            f"{key} must be one of R@K, ngR@K, mR@K, zsR@K with K in 20, 50, 100, got {value!r}",
+            key,
         )
 
 

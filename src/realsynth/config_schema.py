@@ -9,6 +9,7 @@ work unchanged. Loading and overrides are in :mod:`realsynth.config`, value chec
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from realsynth.data.demo_settings import DEMO_LABEL_NOISE, DEMO_SIZES
 from realsynth.modeling import heads
@@ -41,6 +42,10 @@ class SourceConfig:
     PATH: str = "???"
     # relcoco: the validation annotation JSON ("" = none); vg150: ignored, VAL_SPLIT is used.
     VAL_PATH: str = ""
+    # relcoco: the test annotation JSON ("" = none), only for reports that model selection never
+    # sees (compare --split test, the sweep's confirmation); vg150: its test split (split 2)
+    # when VAL_SPLIT is val.
+    TEST_PATH: str = ""
     VAL_SPLIT: str = "val"
     NUM_VAL_IMAGES: int = 5000  # vg150: val = the first N images of the filtered train pool
     # vg150, training split only (SGB's filters): one random predicate per (subject, object)
@@ -64,6 +69,7 @@ class DemoConfig:
     REAL_VAL: int = DEMO_SIZES["real_val"]
     SYNTHETIC_TRAIN: int = DEMO_SIZES["synthetic_train"]
     SYNTHETIC_VAL: int = DEMO_SIZES["synthetic_val"]
+    REAL_TEST: int = DEMO_SIZES["real_test"]
     LABEL_NOISE: float = DEMO_LABEL_NOISE
 
 
@@ -167,6 +173,51 @@ class DataLoaderConfig:
 
 
 @dataclass
+class CompareVariantConfig:
+    NAME: str = "???"
+    OVERRIDES: list[str] = field(default_factory=list)  # KEY=VALUE, as on the command line
+
+
+@dataclass
+class CompareConfig:
+    SEEDS: int = 3  # runs per variant, seeds SEED .. SEED + SEEDS - 1
+    BUILTIN: list[str] = field(default_factory=lambda: ["real_only", "naive", "mix"])
+    VARIANTS: list[CompareVariantConfig] = field(default_factory=list)
+    REFERENCE: str = "real_only"
+    METRIC: str = "R@50"
+    SPLIT: str = "val"  # val | test (each source's test split: reports only)
+    BOOTSTRAP: int = 2000  # replicates of the paired bootstrap
+
+
+@dataclass
+class SweepParameterConfig:
+    KEY: str = "???"
+    TYPE: str = "float"  # float | log_float | int | categorical
+    LOW: float | None = None
+    HIGH: float | None = None
+    CHOICES: list[Any] = field(default_factory=list)
+
+
+def _default_space() -> list[SweepParameterConfig]:
+    return [
+        SweepParameterConfig("DATASETS.MULTI_DATASET.REAL_SAMPLING_RATIO", "float", 0.1, 1.0),
+        SweepParameterConfig("DATASETS.MULTI_DATASET.SYNTHETIC_LOSS_WEIGHT", "float", 0.0, 1.0),
+    ]
+
+
+@dataclass
+class SweepConfig:
+    SPACE: list[SweepParameterConfig] = field(default_factory=_default_space)
+    TRIALS: int = 12
+    SAMPLER: str = "tpe"  # tpe | random | grid
+    GRID_POINTS: int = 4  # per numeric dimension, for the grid sampler
+    PRUNER: str = "successive_halving"  # successive_halving | median | none
+    METRIC: str = "R@50"  # selection metric on SOURCE's validation set
+    SOURCE: str = ""  # "" = the first real validation source
+    CONFIRM_SEEDS: int = 3  # fresh seeds of the chosen mix, the note's mix and real only (test)
+
+
+@dataclass
 class RunConfig:
     SEED: int = 0
     OUTPUT_DIR: str = "runs/default"
@@ -176,6 +227,8 @@ class RunConfig:
     TEST: TestConfig = field(default_factory=TestConfig)
     INPUT: InputConfig = field(default_factory=InputConfig)
     DATALOADER: DataLoaderConfig = field(default_factory=DataLoaderConfig)
+    COMPARE: CompareConfig = field(default_factory=CompareConfig)
+    SWEEP: SweepConfig = field(default_factory=SweepConfig)
 
 
 _CHOICES = {
@@ -187,6 +240,9 @@ _CHOICES = {
     "MODEL.CRITERION.PREDICATE_CLASS_WEIGHTS": ("none", "frequency"),
     "SOLVER.LR_SCHEDULE": ("cosine", "constant"),
     "TEST.PROTOCOL": ("sgb", "continuous"),
+    "COMPARE.SPLIT": ("val", "test"),
+    "SWEEP.SAMPLER": ("tpe", "random", "grid"),
+    "SWEEP.PRUNER": ("successive_halving", "median", "none"),
 }
 
 #: Keys of earlier versions and their names now (a YAML that uses one gets told the new name).

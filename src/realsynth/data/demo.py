@@ -31,7 +31,7 @@ from realsynth.utils.atomic import atomic_write_text
 DEMO_CLASSES = SHAPES
 DEMO_PREDICATES = ("left of", "right of", "above", "below", "same color as")
 DOMAINS = ("real", "synthetic")
-SPLITS = ("train", "val")
+SPLITS = ("train", "val", "test")
 MAX_RELATIONS = 8
 #: Marks a folder written by :func:`generate_demo` (and whether it finished).
 DEMO_MARKER = ".realsynth-demo"
@@ -202,6 +202,7 @@ def generate_demo(
     real_val: int = DEMO_SIZES["real_val"],
     synthetic_train: int = DEMO_SIZES["synthetic_train"],
     synthetic_val: int = DEMO_SIZES["synthetic_val"],
+    real_test: int = DEMO_SIZES["real_test"],
     label_noise: float = DEMO_LABEL_NOISE,
     image_size: int = 64,
     force: bool = False,
@@ -213,14 +214,15 @@ def generate_demo(
             non-empty folder is refused unless an earlier call made it (the ``.realsynth-demo``
             marker says so) or ``force`` is set.
         seed: base seed; image k of (domain, split) uses ``default_rng([seed, d, s, k])``.
-        real_train, real_val, synthetic_train, synthetic_val: image counts (>= 0).
+        real_train, real_val, synthetic_train, synthetic_val, real_test: image counts (>= 0);
+            the real test split is for reports that model selection never saw (0: none).
         label_noise: synthetic class/predicate noise rate in [0, 1].
         image_size: square image side in pixels (>= 24).
         force: replace ``real/`` and ``synthetic/`` in a folder this function did not make.
 
     Returns:
         ``{"real/train": path to annotations.json, "real/val": ..., "synthetic/train": ...,
-        "synthetic/val": ...}``.
+        "synthetic/val": ..., "real/test": ...}`` (``real/test`` only when ``real_test > 0``).
     """
     counts = {
         ("real", "train"): real_train,
@@ -228,6 +230,8 @@ def generate_demo(
         ("synthetic", "train"): synthetic_train,
         ("synthetic", "val"): synthetic_val,
     }
+    if real_test:
+        counts[("real", "test")] = real_test
     for (domain, split), n in counts.items():
         if int(n) < 0:
             raise ValueError(f"{domain}_{split} must be >= 0, got {n}")

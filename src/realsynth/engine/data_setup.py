@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
 from realsynth.config import ConfigError
+from realsynth.config_schema import SourceConfig
 from realsynth.data.collate import collate_relations
 from realsynth.data.demo import demo_is_complete, demo_predicate_flip_map, generate_demo
 from realsynth.data.formats.relcoco import RelCocoDataset
@@ -54,21 +55,26 @@ class RunData:
         return {mix.name: mix.kind for mix in self.mix}
 
     def val_loaders(self, cfg: DictConfig) -> dict[str, DataLoader]:
-        """One loader per validation source; with several ranks each rank gets a disjoint shard."""
-        rank, world = get_rank(), get_world_size()
-        loaders = {}
-        for name, dataset in self.val.items():
-            shard = _Shard(dataset, range(rank, len(dataset), world))
-            loaders[name] = DataLoader(
-                shard,
-                batch_size=cfg.TEST.IMS_PER_BATCH,
-                shuffle=False,
-                num_workers=cfg.DATALOADER.NUM_WORKERS,
-                collate_fn=collate_relations,
-                worker_init_fn=ignore_interrupts,
-                pin_memory=torch.cuda.is_available() and cfg.MODEL.DEVICE != "cpu",
-            )
-        return loaders
+        """One loader per validation source (see :func:`evaluation_loaders`)."""
+        return evaluation_loaders(cfg, self.val)
+
+
+def evaluation_loaders(cfg: DictConfig, datasets: dict[str, Dataset]) -> dict[str, DataLoader]:
+    """One loader per evaluation set; with several ranks each rank gets a disjoint shard."""
+    rank, world = get_rank(), get_world_size()
+    loaders = {}
+    for name, dataset in datasets.items():
+        shard = _Shard(dataset, range(rank, len(dataset), world))
+        loaders[name] = DataLoader(
+            shard,
+            batch_size=cfg.TEST.IMS_PER_BATCH,
+            shuffle=False,
+            num_workers=cfg.DATALOADER.NUM_WORKERS,
+            collate_fn=collate_relations,
+            worker_init_fn=ignore_interrupts,
+            pin_memory=torch.cuda.is_available() and cfg.MODEL.DEVICE != "cpu",
+        )
+    return loaders
 
 
 class _Shard(Dataset):
@@ -90,12 +96,12 @@ def build_data(cfg: DictConfig) -> RunData:
     Raises:
         ConfigError: a path does not exist, or the sources disagree on class / predicate names.
     """
-    sources = list(cfg.DATASETS.SOURCES) or _demo_sources(cfg)
+    sources = run_sources(cfg)
     train, val = [], {}
     for src in sources:
-        train.append(_dataset(cfg, src, train=True))
+        train.append(_dataset(cfg, src, "train"))
         if src.FORMAT == "vg150" or src.VAL_PATH:
-            val[src.NAME] = _dataset(cfg, src, train=False)
+            val[src.NAME] = _dataset(cfg, src, "val")
     classes, predicates = _shared_labels(sources, train)
     mix = resolve_mix(sources, cfg.DATASETS.MULTI_DATASET, [len(d) for d in train])
     active = [k for k, m in enumerate(mix) if m.ratio > 0]
@@ -123,7 +129,23 @@ def build_data(cfg: DictConfig) -> RunData:
     )
 
 
-def _dataset(cfg: DictConfig, src: Any, *, train: bool) -> Dataset:
+def run_sources(cfg: DictConfig) -> list[Any]:
+    """The run's ``SourceConfig`` nodes: ``DATASETS.SOURCES``, or the demo's two."""
+    return list(cfg.DATASETS.SOURCES) or _demo_sources(cfg)
+
+
+def build_test_sets(cfg: DictConfig) -> dict[str, Dataset]:
+    """Every source's test split (relcoco ``TEST_PATH``, VG150's split 2 when ``VAL_SPLIT`` is
+    val), by source name: for reports only, never for model selection."""
+    return {
+        src.NAME: _dataset(cfg, src, "test")
+        for src in run_sources(cfg)
+        if (src.FORMAT == "vg150" and src.VAL_SPLIT == "val") or src.TEST_PATH
+    }
+
+
+def _dataset(cfg: DictConfig, src: Any, split: str) -> Dataset:
+    train = split == "train"
     # Images the rules reject are left out of validation sets too when asked (the start-up
     # report names each one), but an image that cannot be decoded during an evaluation stops
     # the run (its checkpoint kept): a score must not silently cover fewer images.
@@ -134,10 +156,9 @@ def _dataset(cfg: DictConfig, src: Any, *, train: bool) -> Dataset:
     }
     if src.FORMAT == "vg150":
         folder = _existing(src.PATH, f"{src.NAME}.PATH")
-        split = "train" if train else src.VAL_SPLIT
         dataset = vg150_from_folder(
             folder,
-            split=split,
+            split=src.VAL_SPLIT if split == "val" else split,
             image_root=src.IMAGE_ROOT or None,
             num_val_images=src.NUM_VAL_IMAGES,
             filter_duplicate_rels=src.FILTER_DUPLICATE_RELS,
@@ -145,8 +166,8 @@ def _dataset(cfg: DictConfig, src: Any, *, train: bool) -> Dataset:
             **common,
         )
     else:
-        key = f"{src.NAME}.{'PATH' if train else 'VAL_PATH'}"
-        ann = _existing(src.PATH if train else src.VAL_PATH, key)
+        key = {"train": "PATH", "val": "VAL_PATH", "test": "TEST_PATH"}[split]
+        ann = _existing(src[key], f"{src.NAME}.{key}")
         root = Path(src.IMAGE_ROOT) if src.IMAGE_ROOT else ann.parent / "images"
         dataset = RelCocoDataset(ann, root, **common)
     if not train:
@@ -202,8 +223,8 @@ def demo_root(cfg: DictConfig) -> Path:
         return Path(demo.ROOT)
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "realsynth"
     tag = (
-        f"seed{demo.SEED}-r{demo.REAL_TRAIN}-{demo.REAL_VAL}-s{demo.SYNTHETIC_TRAIN}-"
-        f"{demo.SYNTHETIC_VAL}-n{demo.LABEL_NOISE:g}"
+        f"seed{demo.SEED}-r{demo.REAL_TRAIN}-{demo.REAL_VAL}-{demo.REAL_TEST}-"
+        f"s{demo.SYNTHETIC_TRAIN}-{demo.SYNTHETIC_VAL}-n{demo.LABEL_NOISE:g}"
     )
     return cache / "demo" / tag
 
@@ -220,6 +241,7 @@ def ensure_demo_data(cfg: DictConfig) -> Path:
             real_val=demo.REAL_VAL,
             synthetic_train=demo.SYNTHETIC_TRAIN,
             synthetic_val=demo.SYNTHETIC_VAL,
+            real_test=demo.REAL_TEST,
             label_noise=demo.LABEL_NOISE,
         )
     barrier()
@@ -228,24 +250,17 @@ def ensure_demo_data(cfg: DictConfig) -> Path:
 
 def _demo_sources(cfg: DictConfig) -> list[Any]:
     root = ensure_demo_data(cfg)
-    flip = demo_predicate_flip_map()
-    return [
-        OmegaConf.create(
-            {
-                "NAME": kind,
-                "TYPE": kind,
-                "FORMAT": "relcoco",
-                "PATH": str(root / kind / "train" / "annotations.json"),
-                "VAL_PATH": str(root / kind / "val" / "annotations.json"),
-                "VAL_SPLIT": "val",
-                "NUM_VAL_IMAGES": 0,
-                "FILTER_DUPLICATE_RELS": False,
-                "FILTER_NON_OVERLAP": False,
-                "IMAGE_ROOT": "",
-                "RATIO": None,
-                "LOSS_WEIGHT": None,
-                "PREDICATE_FLIP_MAP": flip,
-            }
-        )
-        for kind in ("real", "synthetic")
-    ]
+    sources = []
+    for kind in ("real", "synthetic"):
+        test = root / kind / "test" / "annotations.json"
+        settings = {
+            "NAME": kind,
+            "TYPE": kind,
+            "FORMAT": "relcoco",
+            "PATH": str(root / kind / "train" / "annotations.json"),
+            "VAL_PATH": str(root / kind / "val" / "annotations.json"),
+            "TEST_PATH": str(test) if test.is_file() else "",
+            "PREDICATE_FLIP_MAP": demo_predicate_flip_map(),
+        }
+        sources.append(OmegaConf.merge(OmegaConf.structured(SourceConfig), settings))
+    return sources

@@ -7,6 +7,7 @@ records are gathered and put back in dataset order, so the summary equals the si
 from __future__ import annotations
 
 import contextlib
+import io
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,13 +22,16 @@ from torch.utils.data import DataLoader
 from realsynth.config import load_config
 from realsynth.engine.build import build_evaluator_factory, build_model_and_criterion
 from realsynth.engine.checkpoint import load_checkpoint
-from realsynth.engine.data_setup import build_data
+from realsynth.engine.data_setup import build_data, build_test_sets, evaluation_loaders
 from realsynth.engine.launch import resolve_device
 from realsynth.engine.recall import SceneGraphEvaluator
 from realsynth.engine.tables import format_table
 from realsynth.modeling.postprocess import ground_truth_from_target, relation_predictions
-from realsynth.utils.atomic import atomic_write_json
+from realsynth.utils.atomic import atomic_write, atomic_write_json
 from realsynth.utils.distributed import get_rank, get_world_size, is_dist_avail_and_initialized
+
+#: Every final evaluation's per-image records, in the run folder (see :func:`save_records`).
+EVAL_RECORDS = "eval_records.npz"
 
 
 @torch.no_grad()
@@ -39,8 +43,9 @@ def evaluate_sources(
     top_k: int,
     new_evaluator: Callable[[], SceneGraphEvaluator],
     autocast: Any = None,
-) -> dict[str, dict[str, float]]:
-    """Recall@K, ngRecall@K, mean Recall@K (and zsR@K) of ``model`` on every validation source.
+) -> dict[str, SceneGraphEvaluator]:
+    """Score ``model`` on every validation source: one evaluator per source holding every image's
+    record (``.summarize()`` gives R@K, ngR@K, mR@K and zsR@K; :func:`summaries` all of them).
 
     Under the ``sgb`` protocol predictions are scaled to the annotated image's pixels
     (``eval_size``) and compared with the ``eval_boxes``; under ``continuous`` both stay
@@ -55,8 +60,8 @@ def evaluate_sources(
         autocast: optional autocast context (bf16 on CUDA).
 
     Returns:
-        ``{source: {"R@20": r, "R@50": r, ..., "mR@100": r}}`` with recalls in [0, 1]; the same
-        on every rank.
+        ``{source: evaluator}`` with the records of every rank in dataset order; the same on
+        every rank.
     """
     was_training = model.training
     model.eval()
@@ -79,12 +84,43 @@ def evaluate_sources(
                 raise ValueError(f"validation source {name!r}, images {names}: {exc}") from None
         merged = new_evaluator()
         merged.add_records(gather_in_order(evaluator.records))
-        try:
-            results[name] = merged.summarize()
-        except ValueError as exc:
-            raise ValueError(f"validation source {name!r}: {exc}") from None
+        results[name] = merged
     model.train(was_training)
     return results
+
+
+def summaries(evaluators: dict[str, SceneGraphEvaluator]) -> dict[str, dict[str, float]]:
+    """``{source: {"R@20": r, ..., "mR@100": r}}`` with recalls in [0, 1].
+
+    Raises:
+        ValueError: a source without any image holding a ground-truth relation (names it).
+    """
+    results = {}
+    for name, evaluator in evaluators.items():
+        try:
+            results[name] = evaluator.summarize()
+        except ValueError as exc:
+            raise ValueError(f"validation source {name!r}: {exc}") from None
+    return results
+
+
+def save_records(path: Path, evaluators: dict[str, SceneGraphEvaluator]) -> Path:
+    """Every image's record per source (``.npz``, one array per source), for the statistics of
+    ``realsynth compare``; the evaluator settings go along so the rows can be summarized again."""
+    arrays = {name: ev.records for name, ev in evaluators.items()}
+    first = next(iter(evaluators.values()), None)
+    meta = {}
+    if first is not None:
+        meta = {
+            "ks": np.array(first.ks),
+            "protocol": np.array(first.protocol),
+            "num_predicates": np.array(first.num_predicates),
+        }
+        if first.zero_shot is not None:
+            meta["zero_shot"] = first.zero_shot
+    buffer = io.BytesIO()
+    np.savez(buffer, **{f"records/{k}": v for k, v in arrays.items()}, **meta)
+    return atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
 
 
 def gather_in_order(records: np.ndarray) -> np.ndarray:
@@ -107,44 +143,62 @@ def evaluate_checkpoint(
     data_config: str | Path | None = None,
     overrides: Sequence[str] = (),
     output: str | Path | None = None,
+    split: str = "val",
+    quiet: bool = False,
 ) -> dict[str, dict[str, float]]:
-    """``realsynth eval``: score a run folder or checkpoint on its (or another config's) val sets.
+    """``realsynth eval``: score a run folder or checkpoint on its (or another config's) sets.
 
     The model settings come from the config saved with the checkpoint; ``data_config`` replaces
-    the datasets. Prints the table and writes the results to ``output``, by default
-    ``eval_<checkpoint>[_<data config>].json`` in the run folder (``eval_last.json``,
-    ``eval_best_other.json``, ...): the run's own ``eval.json`` is never replaced.
+    the datasets. Prints the table (unless ``quiet``) and writes the results to ``output``, by
+    default ``eval_<checkpoint>[_<data config>][_test].json`` in the run folder
+    (``eval_last.json``, ``eval_best_other.json``, ...): the run's own ``eval.json`` is never
+    replaced. Every image's records go beside it, ``<output stem>_records.npz``.
+
+    Args:
+        split: ``val`` (the validation sets) or ``test`` (each source's test split, for reports
+            that model selection never saw).
     """
+    if split not in ("val", "test"):
+        raise ValueError(f"split must be 'val' or 'test', got {split!r}")
     state = load_checkpoint(checkpoint, required=("model", "config"))
     cfg = load_config(None, overrides, base_yaml=state["config"])
     if data_config is not None:
         datasets = OmegaConf.to_container(load_config(data_config).DATASETS)
         cfg = OmegaConf.merge(cfg, {"DATASETS": datasets})
     data = build_data(cfg)
+    sets = data.val if split == "val" else build_test_sets(cfg)
+    if not sets:
+        raise ValueError(f"{checkpoint}: no source has a {split} set (VAL_PATH / TEST_PATH)")
     _check_label_space(checkpoint, state["model"], data)
     device = resolve_device(cfg.MODEL.DEVICE)
     model, _ = build_model_and_criterion(cfg, data, device)
     model.load_state_dict(state["model"])
-    results = evaluate_sources(
+    evaluators = evaluate_sources(
         model,
-        data.val_loaders(cfg),
+        evaluation_loaders(cfg, sets),
         device=device,
         top_k=cfg.TEST.TOP_K,
         new_evaluator=build_evaluator_factory(cfg, data),
     )
+    results = summaries(evaluators)
     if get_rank() == 0:
-        target = Path(output) if output is not None else _default_output(checkpoint, data_config)
+        target = (
+            Path(output) if output is not None else _default_output(checkpoint, data_config, split)
+        )
         atomic_write_json(target, results)
-        print(format_table(results))
-        print(f"written to {target}")
+        save_records(target.with_name(f"{target.stem}_records.npz"), evaluators)
+        if not quiet:
+            print(format_table(results))
+            print(f"written to {target}")
     return results
 
 
-def _default_output(checkpoint: str | Path, data_config: str | Path | None) -> Path:
-    """``eval_<checkpoint stem>[_<data config stem>].json`` in the checkpoint's run folder."""
+def _default_output(checkpoint: str | Path, data_config: str | Path | None, split: str) -> Path:
+    """``eval_<checkpoint stem>[_<data config stem>][_test].json`` in the run folder."""
     checkpoint = Path(checkpoint)
     stem = "last" if checkpoint.is_dir() else checkpoint.stem
     suffix = f"_{Path(data_config).stem}" if data_config is not None else ""
+    suffix += "_test" if split == "test" else ""
     return _run_folder(checkpoint) / f"eval_{stem}{suffix}.json"
 
 

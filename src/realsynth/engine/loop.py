@@ -22,7 +22,7 @@ from realsynth.config import to_yaml
 from realsynth.engine.build import build_evaluator_factory
 from realsynth.engine.checkpoint import rng_states
 from realsynth.engine.data_setup import RunData
-from realsynth.engine.evaluation import evaluate_sources
+from realsynth.engine.evaluation import EVAL_RECORDS, evaluate_sources, save_records, summaries
 from realsynth.engine.interrupt import StepInterrupt
 from realsynth.engine.records import loss_values, progress_postfix, reduce_records
 from realsynth.engine.run_folder import RunFolder
@@ -243,7 +243,7 @@ class TrainingLoop:
         """Recall@K per validation source, logged as an ``eval`` record."""
         self.flush()  # the log stays in step order
         parts = self.parts
-        results = evaluate_sources(
+        evaluators = evaluate_sources(
             getattr(parts.model, "module", parts.model),
             parts.data.val_loaders(parts.cfg),
             device=parts.device,
@@ -251,6 +251,9 @@ class TrainingLoop:
             new_evaluator=build_evaluator_factory(parts.cfg, parts.data),
             autocast=self.autocast,
         )
+        results = summaries(evaluators)
+        if final and self.is_main:
+            save_records(self.folder.path / EVAL_RECORDS, evaluators)
         if self.log is not None:
             flat = {f"{src}/{k}": v for src, metrics in results.items() for k, v in metrics.items()}
             self.log.write({"kind": "eval", "step": step, "final": final, **flat})

@@ -31,7 +31,7 @@ def plot_source_losses(records: list[dict[str, Any]], path: str | Path) -> Path 
     ax.set(xlabel="step", ylabel="unweighted loss (smoothed)", title="Training loss per source")
     ax.set_yscale("log")
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_recall(
@@ -48,7 +48,7 @@ def plot_recall(
         ax.plot(*zip(*points), marker="o", label=key.rsplit("/", 1)[0])
     ax.set(xlabel="step", ylabel=metric, ylim=(0, 1), title=f"Validation {metric} per source")
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _smooth(values: list[float], alpha: float = 0.1) -> list[float]:
@@ -59,7 +59,8 @@ def _smooth(values: list[float], alpha: float = 0.1) -> list[float]:
     return out
 
 
-def _save(fig: Any, path: str | Path) -> Path:
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG atomically and close it."""
     buffer = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buffer, format="png", dpi=110)

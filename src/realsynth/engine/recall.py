@@ -183,9 +183,12 @@ class SceneGraphEvaluator:
     def _column(self, name: str, records: np.ndarray) -> np.ndarray:
         return records[:, self._slices[name]]
 
-    def per_predicate_recall(self) -> np.ndarray:
-        """float64[len(ks), R]: each predicate's mean per-image recall; NaN if it never occurs."""
-        records = self.records
+    def per_predicate_recall(self, records: np.ndarray | None = None) -> np.ndarray:
+        """float64[len(ks), R]: each predicate's mean per-image recall; NaN if it never occurs.
+
+        ``records``: rows to summarize instead of the accumulated ones (e.g. a bootstrap draw).
+        """
+        records = self.records if records is None else records
         counts = self._column("gt_per_predicate", records)
         hits = self._column("predicate_hits", records).reshape(
             -1, len(self.ks), self.num_predicates
@@ -195,11 +198,13 @@ class SceneGraphEvaluator:
             ratio = np.where(present[:, None, :], hits / np.maximum(counts, 1)[:, None, :], 0.0)
             return ratio.sum(axis=0) / present.sum(axis=0)[None, :]
 
-    def summarize(self) -> dict[str, float]:
+    def summarize(self, records: np.ndarray | None = None) -> dict[str, float]:
         """``R@K``, ``ngR@K``, ``mR@K`` for every K (and ``zsR@K`` when zero-shot triplets were
         given and some image holds one), as fractions in [0, 1].
+
+        ``records``: rows to summarize instead of the accumulated ones (e.g. a bootstrap draw).
         """
-        records = self.records
+        records = self.records if records is None else records
         num_gt = self._column("num_gt", records)[:, 0]
         with_gt = records[num_gt > 0]
         if len(with_gt) == 0:
@@ -210,7 +215,7 @@ class SceneGraphEvaluator:
         totals = self._column("num_gt", with_gt)
         recall = (self._column("hits", with_gt) / totals).mean(axis=0)
         ng_recall = (self._column("ng_hits", with_gt) / totals).mean(axis=0)
-        mean_recall = np.nan_to_num(self.per_predicate_recall(), nan=0.0).mean(axis=1)
+        mean_recall = np.nan_to_num(self.per_predicate_recall(records), nan=0.0).mean(axis=1)
         results: dict[str, float] = {}
         for i, k in enumerate(self.ks):
             results[f"R@{k}"] = float(recall[i])

@@ -25,11 +25,12 @@ from realsynth.utils.atomic import atomic_write
 
 LOCK_NAME = ".lock"
 CHECKPOINT_DIR = "checkpoints"
-#: What a run writes into its folder; ``--overwrite`` removes exactly these (and ``eval_*.json``).
+#: What a run writes into its folder; ``--overwrite`` removes exactly these (and ``eval_*``).
 RUN_OUTPUTS = (
     "config.yaml",
     "metrics.jsonl",
     "eval.json",
+    "eval_records.npz",
     "loss_per_source.png",
     "recall.png",
     "skipped_samples.json",
@@ -109,7 +110,7 @@ class RunFolder:
         Args:
             resume: the run continues what is there.
             overwrite: remove the earlier run's outputs first (only what :data:`RUN_OUTPUTS`
-                names, and ``eval_*.json``; anything else in the folder stays).
+                names, and ``eval_*.json`` / ``eval_*.npz``; anything else in the folder stays).
             command: how the user started this run, for the message.
 
         Raises:
@@ -132,7 +133,7 @@ class RunFolder:
                 shutil.rmtree(target)
             elif target.exists():
                 target.unlink()
-        for extra in self.path.glob("eval_*.json"):
+        for extra in [*self.path.glob("eval_*.json"), *self.path.glob("eval_*.npz")]:
             extra.unlink()
 
     def step_checkpoints(self) -> list[tuple[int, Path]]:

@@ -73,6 +73,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_config_args(compare)
 
+    sweep = commands.add_parser(
+        "sweep", help="search the mix (SWEEP.SPACE) with Optuna, same budget for every trial"
+    )
+    _add_config_args(sweep)
+    sweep.add_argument(
+        "--storage",
+        default=None,
+        help="Optuna storage: an RDB URL (sqlite:///..., postgresql://...) or a journal file "
+        "shared by every machine of the sweep (default: OUTPUT_DIR/study.journal)",
+    )
+    sweep.add_argument("--study", default="realsynth-sweep", help="study name (shared)")
+    sweep.add_argument(
+        "--jobs", type=int, default=1, help="trials at once on this machine (cores are shared)"
+    )
+
     config = commands.add_parser("config", help="configuration tools")
     config_cmds = config.add_subparsers(dest="config_command", required=True)
     _add_config_args(config_cmds.add_parser("show", help="print the resolved config"))
@@ -156,6 +171,16 @@ def _dispatch(args: argparse.Namespace) -> int:
             overrides=args.overrides,
             output=args.output,
             split=args.split,
+        )
+        return 0
+    if args.command == "sweep":
+        from realsynth.engine.sweep import sweep
+
+        sweep(
+            load_config(args.config_file, args.overrides),
+            storage=args.storage,
+            study_name=args.study,
+            jobs=args.jobs,
         )
         return 0
     from realsynth.engine.compare import compare

@@ -95,13 +95,13 @@ def run_config(cfg: DictConfig, name: str, overrides: Sequence[str], seed_index:
         raise ConfigError(f"variant {name!r}: {exc}") from None
 
 
-def run_or_resume(cfg: DictConfig) -> dict[str, dict[str, float]]:
+def run_or_resume(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, dict[str, float]]:
     """Train ``cfg`` unless its folder already holds the finished run; resume a stopped one."""
     folder = RunFolder(cfg.OUTPUT_DIR, keep=cfg.SOLVER.KEEP_CHECKPOINTS)
     if folder.resume_candidates():
-        return train(cfg, resume=True)
+        return train(cfg, resume=True, callbacks=callbacks)
     # A folder with a config but no checkpoint never got a step done: start it again.
-    return train(cfg, overwrite=folder.holds_run())
+    return train(cfg, overwrite=folder.holds_run(), callbacks=callbacks)
 
 
 def split_records(run_dir: Path, split: str) -> Path:

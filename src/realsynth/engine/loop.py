@@ -33,13 +33,18 @@ from realsynth.utils.distributed import all_ranks_agree, all_reduce_sum, get_ran
 
 
 class TrainingCallback(Protocol):
-    """Called by the loop at step boundaries (every method optional)."""
+    """Called by the loop (every method optional). An exception raised here stops the run like
+    any other error: the checkpoint of the last complete step is kept."""
 
     def on_step_start(self, step: int) -> None:
         """Before step ``step`` (1-based) begins; its batch is already loaded."""
 
     def on_step_end(self, step: int, record: dict[str, float]) -> None:
-        """After step ``step`` completed, with its logged record."""
+        """After step ``step`` completed, with its logged record (delivered every
+        ``SOLVER.LOG_PERIOD`` steps, in order)."""
+
+    def on_evaluate(self, step: int, results: dict[str, dict[str, float]], final: bool) -> None:
+        """After an evaluation at ``step`` (``final``: the one after the last step)."""
 
 
 @dataclass
@@ -257,6 +262,9 @@ class TrainingLoop:
         if self.log is not None:
             flat = {f"{src}/{k}": v for src, metrics in results.items() for k, v in metrics.items()}
             self.log.write({"kind": "eval", "step": step, "final": final, **flat})
+        for callback in self.callbacks:
+            if hasattr(callback, "on_evaluate"):
+                callback.on_evaluate(step, results, final)
         return results
 
     def _record_best(self, state: RunState, results: dict[str, dict[str, float]]) -> bool:

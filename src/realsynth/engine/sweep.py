@@ -18,6 +18,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +141,7 @@ class Objective:
         run_cfg = trial_config(self.cfg, params)
         trial.set_user_attr("folder", str(run_cfg.OUTPUT_DIR))
         pruning = _Pruning(trial, self.source, self.cfg.SWEEP.METRIC)
+        started = time.perf_counter()
         try:
             results = run_or_resume(run_cfg, [pruning, *self.callbacks])
         except TrainingInterrupted:
@@ -147,6 +149,7 @@ class Objective:
             raise KeyboardInterrupt from None
         except TrainingFailed as exc:
             trial.set_user_attr("steps", pruning.last_step)
+            trial.set_user_attr("train_seconds", time.perf_counter() - started)
             if isinstance(exc.__cause__, optuna.TrialPruned):
                 raise exc.__cause__ from None
             trial.set_user_attr("error", str(exc))
@@ -155,6 +158,7 @@ class Objective:
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
             raise
         trial.set_user_attr("steps", run_cfg.SOLVER.MAX_ITER)
+        trial.set_user_attr("train_seconds", time.perf_counter() - started)
         return results[self.source][self.cfg.SWEEP.METRIC]
 
 

@@ -28,6 +28,7 @@ def trial_rows(study: Any) -> list[dict[str, Any]]:
             "params": dict(t.params),
             "value": t.value,
             "steps": t.user_attrs.get("steps"),
+            "train_seconds": t.user_attrs.get("train_seconds"),
             "error": t.user_attrs.get("error"),
             "folder": t.user_attrs.get("folder"),
         }

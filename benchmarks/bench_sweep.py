@@ -25,9 +25,11 @@ from realsynth.config import load_config
 from realsynth.engine.evaluation import evaluate_checkpoint
 from realsynth.engine.sweep import sweep
 
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+
 
 def run_search(base: list[str], out: Path, extra: list[str]) -> tuple[dict, float]:
-    cfg = load_config("configs/demo.yaml", [*base, f"OUTPUT_DIR={out}", *extra])
+    cfg = load_config(DEMO_CONFIG, [*base, f"OUTPUT_DIR={out}", *extra])
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
         report = sweep(cfg)

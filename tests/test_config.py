@@ -111,7 +111,9 @@ def test_source_list_errors(tmp_path):
 
 def test_resolve_mix_precedence(tmp_path):
     cfg = load_config(write(tmp_path, SOURCES))
-    mix = resolve_mix(cfg.DATASETS.SOURCES, cfg.DATASETS.MULTI_DATASET, [100, 1000, 500])
+    mix = resolve_mix(
+        cfg.DATASETS.SOURCES, cfg.DATASETS.MULTI_DATASET, [100, 1000, 500], max_iter=100
+    )
     # Real gets REAL_SAMPLING_RATIO, the synthetic sources share the rest equally.
     assert [m.ratio for m in mix] == pytest.approx([0.7, 0.15, 0.15])
     # A source's own LOSS_WEIGHT wins over MULTI_DATASET's.
@@ -123,10 +125,14 @@ def test_resolve_mix_naive_concatenation_and_disabled(tmp_path):
     naive = load_config(path, ["DATASETS.MULTI_DATASET.RATIO_BY_SIZE=true"])
     assert [
         m.ratio
-        for m in resolve_mix(naive.DATASETS.SOURCES, naive.DATASETS.MULTI_DATASET, [100, 600, 300])
+        for m in resolve_mix(
+            naive.DATASETS.SOURCES, naive.DATASETS.MULTI_DATASET, [100, 600, 300], max_iter=100
+        )
     ] == pytest.approx([0.1, 0.6, 0.3])
     off = load_config(path, ["DATASETS.MULTI_DATASET.ENABLED=false"])
-    mix = resolve_mix(off.DATASETS.SOURCES, off.DATASETS.MULTI_DATASET, [100, 600, 300])
+    mix = resolve_mix(
+        off.DATASETS.SOURCES, off.DATASETS.MULTI_DATASET, [100, 600, 300], max_iter=100
+    )
     assert [m.ratio for m in mix] == [1.0, 0.0, 0.0]
     assert [m.loss_weight for m in mix] == [1.0, 1.0, 1.0]
 
@@ -135,10 +141,10 @@ def test_resolve_mix_rejects_partial_ratios_that_do_not_sum_and_empty_sources(tm
     partial = SOURCES.replace("PATH: /data/vg}", "PATH: /data/vg, RATIO: 0.5}")
     cfg = load_config(write(tmp_path, partial))
     with pytest.raises(ConfigError, match=r"sum to 0\.8.*vg=0\.5, render=0\.15, gen=0\.15"):
-        resolve_mix(cfg.DATASETS.SOURCES, cfg.DATASETS.MULTI_DATASET, [1, 1, 1])
+        resolve_mix(cfg.DATASETS.SOURCES, cfg.DATASETS.MULTI_DATASET, [1, 1, 1], max_iter=100)
     cfg = load_config(write(tmp_path, SOURCES))
     with pytest.raises(ConfigError, match="source 'render' has ratio 0.15 but no items"):
-        resolve_mix(cfg.DATASETS.SOURCES, cfg.DATASETS.MULTI_DATASET, [10, 0, 5])
+        resolve_mix(cfg.DATASETS.SOURCES, cfg.DATASETS.MULTI_DATASET, [10, 0, 5], max_iter=100)
 
 
 def test_shipped_configs_load_and_keep_the_notes_keys():
@@ -148,18 +154,18 @@ def test_shipped_configs_load_and_keep_the_notes_keys():
     vg = load_config(root / "vg150_synthetic.yaml")
     assert [s.FORMAT for s in vg.DATASETS.SOURCES] == ["vg150", "relcoco"]
     assert vg.DATASETS.MULTI_DATASET.SYNTHETIC_LOSS_WEIGHT == 0.5
-    mix = resolve_mix(vg.DATASETS.SOURCES, vg.DATASETS.MULTI_DATASET, [10, 100])
+    mix = resolve_mix(vg.DATASETS.SOURCES, vg.DATASETS.MULTI_DATASET, [10, 100], max_iter=100)
     assert [(m.ratio, m.loss_weight) for m in mix] == [(0.7, 1.0), (pytest.approx(0.3), 0.5)]
 
 
 def test_sources_of_one_kind_share_the_whole_batch(tmp_path):
     one = "DATASETS:\n  SOURCES:\n    - {NAME: vg, TYPE: real, FORMAT: vg150, PATH: /data/vg}\n"
     cfg = load_config(write(tmp_path, one))
-    mix = resolve_mix(cfg.DATASETS.SOURCES, cfg.DATASETS.MULTI_DATASET, [100])
+    mix = resolve_mix(cfg.DATASETS.SOURCES, cfg.DATASETS.MULTI_DATASET, [100], max_iter=100)
     assert [(m.ratio, m.loss_weight) for m in mix] == [(1.0, 1.0)]
     two = one + "    - {NAME: coco, TYPE: real, PATH: /data/coco.json}\n"
     cfg = load_config(write(tmp_path, two))
-    mix = resolve_mix(cfg.DATASETS.SOURCES, cfg.DATASETS.MULTI_DATASET, [100, 50])
+    mix = resolve_mix(cfg.DATASETS.SOURCES, cfg.DATASETS.MULTI_DATASET, [100, 50], max_iter=100)
     assert [m.ratio for m in mix] == [0.5, 0.5]
 
 

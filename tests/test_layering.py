@@ -15,6 +15,7 @@ LAYERS = {
     "config_schema": 2,
     "config_checks": 2,
     "source_mix": 2,
+    "schedule_config": 2,
     "engine": 3,
     "cli": 4,
     "__main__": 4,

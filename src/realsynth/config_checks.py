@@ -8,6 +8,7 @@ import re
 from omegaconf import DictConfig, OmegaConf
 
 from realsynth.config_schema import _CHOICES, ConfigError
+from realsynth.schedule_config import REAL_RATIO_SCHEDULE, schedule_or_constant
 
 
 def validate(cfg: DictConfig) -> None:
@@ -67,6 +68,29 @@ def validate(cfg: DictConfig) -> None:
         _check_metric(OmegaConf.select(cfg, key), key)
     _check_ratio(cfg.DATASETS.DEMO.LABEL_NOISE, "DATASETS.DEMO.LABEL_NOISE")
     _validate_sources(cfg)
+    _validate_schedules(cfg)
+
+
+def _validate_schedules(cfg: DictConfig) -> None:
+    """Builds every schedule once, so that a bad one fails at load time, naming its key."""
+    md, max_iter = cfg.DATASETS.MULTI_DATASET, cfg.SOLVER.MAX_ITER
+    nodes = [
+        (md.REAL_SAMPLING_RATIO_SCHEDULE, REAL_RATIO_SCHEDULE, md.REAL_SAMPLING_RATIO, True),
+        (
+            md.SYNTHETIC_LOSS_WEIGHT_SCHEDULE,
+            "DATASETS.MULTI_DATASET.SYNTHETIC_LOSS_WEIGHT_SCHEDULE",
+            md.SYNTHETIC_LOSS_WEIGHT,
+            False,
+        ),
+    ]
+    for i, src in enumerate(cfg.DATASETS.SOURCES):
+        key = f"DATASETS.SOURCES[{i}]"
+        nodes.append((src.RATIO_SCHEDULE, f"{key}.RATIO_SCHEDULE", src.RATIO, True))
+        nodes.append(
+            (src.LOSS_WEIGHT_SCHEDULE, f"{key}.LOSS_WEIGHT_SCHEDULE", src.LOSS_WEIGHT, False)
+        )
+    for node, key, constant, is_ratio in nodes:
+        schedule_or_constant(node, key, constant, max_iter, ratio=is_ratio)
 
 
 def _validate_sources(cfg: DictConfig) -> None:

@@ -24,6 +24,31 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class ScheduleConfig:
+    """A share or a loss weight over optimizer steps (realsynth.data.step_schedule).
+
+    KIND constant: the plain key beside this node decides (RATIO, REAL_SAMPLING_RATIO, ...).
+    """
+
+    KIND: str = "constant"  # constant | linear | cosine | steps | pretrain_finetune
+    # linear / cosine: START_VALUE until START_STEP, then a line / half cosine to END_VALUE at
+    # END_STEP. steps: START_VALUE before the first breakpoint. Unset START_VALUE: the plain
+    # key's value; unset END_STEP: SOLVER.MAX_ITER.
+    START_VALUE: float | None = None
+    END_VALUE: float | None = None
+    START_STEP: int = 0
+    END_STEP: int | None = None
+    # steps: [[step, value], ...], steps strictly increasing; each value holds from its step on.
+    BREAKPOINTS: list[list[float]] = field(default_factory=list)
+    # pretrain_finetune (REAL_SAMPLING_RATIO_SCHEDULE only): the real share is
+    # PRETRAIN_REAL_RATIO for the first PRETRAIN_STEPS steps (unset: MAX_ITER / 2), then
+    # FINETUNE_REAL_RATIO.
+    PRETRAIN_STEPS: int | None = None
+    PRETRAIN_REAL_RATIO: float = 0.0
+    FINETUNE_REAL_RATIO: float = 1.0
+
+
+@dataclass
 class MultiDatasetConfig:
     ENABLED: bool = True
     REAL_SAMPLING_RATIO: float = 0.7
@@ -31,6 +56,9 @@ class MultiDatasetConfig:
     SYNTHETIC_LOSS_WEIGHT: float = 0.5
     # Naive concatenation baseline: every source's share is its size / total size.
     RATIO_BY_SIZE: bool = False
+    # Shares and weights that change over training; see ScheduleConfig and docs/schedules.md.
+    REAL_SAMPLING_RATIO_SCHEDULE: ScheduleConfig = field(default_factory=ScheduleConfig)
+    SYNTHETIC_LOSS_WEIGHT_SCHEDULE: ScheduleConfig = field(default_factory=ScheduleConfig)
 
 
 @dataclass
@@ -57,6 +85,9 @@ class SourceConfig:
     IMAGE_ROOT: str = ""
     RATIO: float | None = None
     LOSS_WEIGHT: float | None = None
+    # Per-source schedules win over the MULTI_DATASET ones, as RATIO / LOSS_WEIGHT do.
+    RATIO_SCHEDULE: ScheduleConfig = field(default_factory=ScheduleConfig)
+    LOSS_WEIGHT_SCHEDULE: ScheduleConfig = field(default_factory=ScheduleConfig)
     # Predicate names swapped by a horizontal flip, e.g. {"left of": "right of"}.
     PREDICATE_FLIP_MAP: dict[str, str] = field(default_factory=dict)
 

@@ -73,6 +73,7 @@ class CompositionSchedule:
         denom = math.lcm(*(s.denominator for s in shares))
         numer = [int(s * denom) for s in shares]
         self.num_sources = len(shares)
+        self._shares = list(shares)
         self.batch_size = int(batch_size)
         self._denom = denom
         self._base = np.array([a * batch_size // denom for a in numer], dtype=np.int64)
@@ -103,6 +104,11 @@ class CompositionSchedule:
         extras = whole[:, None] * self._extras_per_period[None, :]
         extras += self._extras_within(within)
         return g[:, None] * self._base[None, :] + extras
+
+    def shares(self, steps: np.ndarray) -> np.ndarray:
+        """The per-source shares at each given step (the same at every step): float64 [N, K]."""
+        row = np.array([float(s) for s in self._shares], dtype=np.float64)
+        return np.broadcast_to(row, (np.asarray(steps).shape[0], self.num_sources)).copy()
 
     def counts(self, batches: np.ndarray) -> np.ndarray:
         """Items of each source in each given global batch.

@@ -21,10 +21,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from realsynth.data.images import SkippedSample
 from realsynth.data.sampler import MixedBatchSampler
+from realsynth.data.step_schedule import StepSchedule
 from realsynth.data.transforms import item_rng
 from realsynth.utils.distributed import get_rank, get_world_size
 
-__all__ = ["MixedDataset", "Source", "build_mixed_loader"]
+__all__ = ["MixedDataset", "Source", "build_mixed_loader", "is_scheduled"]
 
 _KINDS = ("real", "synthetic")
 
@@ -37,27 +38,65 @@ class Source:
         name: unique name, copied into every item's ``source``.
         dataset: map-style dataset whose items are dicts.
         kind: ``"real"`` or ``"synthetic"``, copied into ``dataset_type``.
-        ratio: share of every batch, in [0, 1].
-        loss_weight: per-sample loss weight of its items, finite and >= 0.
+        ratio: share of every batch, in [0, 1], or a :class:`StepSchedule` of it.
+        loss_weight: per-sample loss weight of its items, finite and >= 0, or a
+            :class:`StepSchedule` of it (applied at the step each batch is drawn for).
     """
 
     name: str
     dataset: Dataset
     kind: Literal["real", "synthetic"]
-    ratio: float
-    loss_weight: float
+    ratio: float | StepSchedule
+    loss_weight: float | StepSchedule
 
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
             raise ValueError(
                 f"source {self.name!r}: kind must be one of {_KINDS}, got {self.kind!r}"
             )
-        if not math.isfinite(self.ratio) or not 0.0 <= self.ratio <= 1.0:
+        low, high = _extremes(self.ratio)
+        if not 0.0 <= low <= high <= 1.0:
             raise ValueError(f"source {self.name!r}: ratio must be in [0, 1], got {self.ratio}")
-        if not math.isfinite(self.loss_weight) or self.loss_weight < 0:
+        low, high = _extremes(self.loss_weight)
+        if not (math.isfinite(high) and low >= 0):
             raise ValueError(
                 f"source {self.name!r}: loss_weight must be finite and >= 0, got {self.loss_weight}"
             )
+
+    @property
+    def final_ratio(self) -> float:
+        """The share after the ratio schedule's last change (the ratio itself if constant)."""
+        if isinstance(self.ratio, StepSchedule):
+            return self.ratio.value(self.ratio.last_change_step)
+        return float(self.ratio)
+
+    def weight_at(self, step: int | None) -> float:
+        """The loss weight of items drawn for optimizer step ``step``.
+
+        Raises:
+            ValueError: the weight follows a schedule and ``step`` is None.
+        """
+        if not isinstance(self.loss_weight, StepSchedule):
+            return float(self.loss_weight)
+        if step is None:
+            if self.loss_weight.is_constant:
+                return self.loss_weight.value(0)
+            raise ValueError(
+                f"source {self.name!r} has a loss-weight schedule, so items must be fetched "
+                "with (index, step) pairs: use MixedBatchSampler(..., with_steps=True)"
+            )
+        return self.loss_weight.value(step)
+
+
+def _extremes(value: float | StepSchedule) -> tuple[float, float]:
+    if isinstance(value, StepSchedule):
+        return value.extremes()
+    return float(value), float(value)
+
+
+def is_scheduled(value: float | StepSchedule) -> bool:
+    """True for a schedule whose value changes over steps."""
+    return isinstance(value, StepSchedule) and not value.is_constant
 
 
 class MixedDataset(Dataset):
@@ -88,7 +127,7 @@ class MixedDataset(Dataset):
         self.seed = int(seed)
         self.epoch = 0
         self.sizes = [len(s.dataset) for s in self.sources]
-        self.ratios = [float(s.ratio) for s in self.sources]
+        self.ratios = [s.ratio for s in self.sources]
         self.offsets = [0]
         for size in self.sizes:
             self.offsets.append(self.offsets[-1] + size)
@@ -117,7 +156,10 @@ class MixedDataset(Dataset):
         k = bisect.bisect_right(self.offsets, index) - 1
         return k, index - self.offsets[k]
 
-    def __getitem__(self, index: int) -> dict[str, Any] | SkippedSample | None:
+    def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Any] | SkippedSample | None:
+        """The tagged item at a global index, or at an ``(index, step)`` pair from a sampler
+        with ``with_steps``: the item then carries ``step`` and that step's loss weight."""
+        index, step = (int(index[0]), int(index[1])) if isinstance(index, tuple) else (index, None)
         k, local = self.source_of(int(index))
         source = self.sources[k]
         if hasattr(source.dataset, "get_item"):
@@ -135,8 +177,10 @@ class MixedDataset(Dataset):
         tagged = dict(item)
         tagged["dataset_type"] = source.kind
         tagged["source"] = source.name
-        tagged["loss_weight"] = float(source.loss_weight)
+        tagged["loss_weight"] = source.weight_at(step)
         tagged["source_id"] = k
+        if step is not None:
+            tagged["step"] = step
         return tagged
 
 
@@ -178,8 +222,10 @@ def build_mixed_loader(
     """A DataLoader over :class:`MixedDataset` driven by :class:`MixedBatchSampler`.
 
     The epoch is one pass over the first real source with a positive ratio (else the first
-    source with one). The sampler is ``loader.batch_sampler``; call its ``set_epoch`` and use
-    its ``state_dict`` / ``load_state_dict`` to resume.
+    source with one), at its share after the last change of any ratio schedule. With a
+    changing ratio or loss-weight schedule the sampler yields ``(index, step)`` pairs and every
+    item carries the ``step`` it was drawn for. The sampler is ``loader.batch_sampler``; call
+    its ``set_epoch`` and use its ``state_dict`` / ``load_state_dict`` to resume.
 
     Args:
         sources: the sources, in global index order.
@@ -209,6 +255,7 @@ def build_mixed_loader(
         epoch_source=_epoch_source(sources),
         rank=rank,
         world_size=world_size,
+        with_steps=any(is_scheduled(s.ratio) or is_scheduled(s.loss_weight) for s in sources),
     )
     return DataLoader(
         dataset,
@@ -222,9 +269,10 @@ def build_mixed_loader(
 
 
 def _epoch_source(sources: Sequence[Source]) -> int:
-    """Position of the first real source with a positive ratio, else of any positive one."""
+    """Position of the first real source with a positive (final) ratio, else of any positive
+    one."""
     for want_real in (True, False):
         for k, source in enumerate(sources):
-            if source.ratio > 0 and (source.kind == "real" or not want_real):
+            if source.final_ratio > 0 and (source.kind == "real" or not want_real):
                 return k
     raise ValueError("build_mixed_loader: every source has ratio 0")

@@ -11,12 +11,22 @@ source k's own infinite stream (see :mod:`realsynth.data.permutation`) at positi
 Epoch ``e`` is global batches ``[e * L, (e + 1) * L)``; rank ``r`` of ``W`` takes ``r, r + W, ...``
 of them. Everything is a pure function of ``(seed, epoch, batch index)``, so resuming costs
 nothing and no memory grows with the sources' sizes.
+
+Shares may follow step schedules (:class:`realsynth.data.step_schedule.StepSchedule`): global
+batch ``g`` belongs to optimizer step ``g // W`` and gets that step's shares, with the same
+floor / ceil and running-count guarantees (see :mod:`realsynth.data.scheduled_composition`).
+Constant shares keep the exact-fraction schedule of :mod:`realsynth.data.batch_composition`,
+so a run without schedules yields the same stream as before schedules existed. Under a
+changing schedule the epoch length ``L`` is fixed: ``num_batches``, or by default one pass over
+the epoch source at its share after the schedule's last change. An epoch only numbers the
+augmentation draws (``set_epoch``); each source's stream runs on across epochs either way.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -24,10 +34,14 @@ from torch.utils.data import Sampler
 
 from realsynth.data.batch_composition import CompositionSchedule, exact_shares
 from realsynth.data.permutation import KeyedStream
+from realsynth.data.scheduled_composition import SHARE_UNITS, ScheduledComposition
+from realsynth.data.step_schedule import StepSchedule
 
 __all__ = ["MixedBatchSampler"]
 
 _RATIO_TOLERANCE = 1e-6
+# Schedules are tabulated per step up to their last change (8 bytes per source and step).
+_MAX_SCHEDULE_STEPS = 10**8
 # Indices generated per vectorized chunk: large enough to amortize numpy overhead, small
 # enough to stay in cache and keep time to first batch short.
 _CHUNK_INDICES = 1 << 16
@@ -38,7 +52,9 @@ class MixedBatchSampler(Sampler[list[int]]):
 
     Args:
         sizes: items per source, in global index order.
-        ratios: share of every batch per source; each in [0, 1], summing to 1 (+-1e-6).
+        ratios: share of every batch per source, each in [0, 1]: floats summing to 1 (+-1e-6),
+            or step schedules (a float is a constant), whose values are divided by their sum
+            at every step.
         batch_size: items per batch (global indices per yielded list).
         seed: seed of all permutations and draws.
         replacement: ``False``: passes without repeats, a new permutation per pass.
@@ -47,12 +63,14 @@ class MixedBatchSampler(Sampler[list[int]]):
         epoch_source: the source whose size defines an epoch (by convention 0, the real data).
         rank: this process's rank in ``[0, world_size)``.
         world_size: number of data-parallel processes.
+        with_steps: yield ``(index, step)`` pairs, ``step`` being the optimizer step the batch
+            is drawn for (what a dataset needs to apply a loss-weight schedule).
     """
 
     def __init__(
         self,
         sizes: Sequence[int],
-        ratios: Sequence[float],
+        ratios: Sequence[float | StepSchedule],
         batch_size: int,
         *,
         seed: int = 0,
@@ -61,30 +79,55 @@ class MixedBatchSampler(Sampler[list[int]]):
         epoch_source: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        with_steps: bool = False,
     ) -> None:
-        _validate(sizes, ratios, batch_size, num_batches, epoch_source, rank, world_size)
+        schedules = [r if isinstance(r, StepSchedule) else StepSchedule.constant(r) for r in ratios]
+        _validate(sizes, schedules, batch_size, num_batches, epoch_source, rank, world_size)
         self.sizes = [int(s) for s in sizes]
         self.batch_size = int(batch_size)
         self.seed = int(seed)
         self.replacement = bool(replacement)
         self.rank = int(rank)
         self.world_size = int(world_size)
-        self.shares = exact_shares(ratios)
-        self.schedule = CompositionSchedule(self.shares, self.batch_size)
+        self.with_steps = bool(with_steps)
+        self.ratio_schedules = schedules
+        self.is_scheduled = not all(s.is_constant for s in schedules)
+        self.schedule: CompositionSchedule | ScheduledComposition
+        if self.is_scheduled:
+            self.schedule = ScheduledComposition(schedules, self.batch_size, self.world_size)
+            final = self.schedule.shares(np.array([self.schedule.last_change]))[0]
+            self.shares = [Fraction(round(f * SHARE_UNITS), SHARE_UNITS) for f in final]
+        else:
+            self.shares = exact_shares([s.value(0) for s in schedules])
+            self.schedule = CompositionSchedule(self.shares, self.batch_size)
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes[:-1])]).astype(np.int64)
         self._streams = [
             KeyedStream(size, seed=self.seed, stream_id=k, replacement=self.replacement)
-            if share > 0
+            if schedule.extremes()[1] > 0
             else None
-            for k, (size, share) in enumerate(zip(self.sizes, self.shares))
+            for k, (size, schedule) in enumerate(zip(self.sizes, schedules))
         ]
         if num_batches is None:
-            per_batch = self.shares[epoch_source] * self.batch_size
-            one_pass = math.ceil(self.sizes[epoch_source] / per_batch)
-            num_batches = math.ceil(one_pass / self.world_size)
+            num_batches = self._one_pass(epoch_source)
         self.num_batches = int(num_batches)
         self.epoch = 0
         self._position = 0
+
+    def _one_pass(self, epoch_source: int) -> int:
+        """Batches per rank of one pass over ``epoch_source`` at its (final) share."""
+        per_batch = self.shares[epoch_source] * self.batch_size
+        if per_batch <= 0:
+            when = " after the schedules' last change" if self.is_scheduled else ""
+            raise ValueError(
+                f"epoch_source {epoch_source} has ratio 0{when}, so an epoch over it never "
+                "ends; pick a source with a positive ratio or set num_batches"
+            )
+        one_pass = math.ceil(self.sizes[epoch_source] / per_batch)
+        return math.ceil(one_pass / self.world_size)
+
+    def target_shares(self, step: int) -> list[float]:
+        """Every source's target share of the batches of optimizer step ``step`` (0-based)."""
+        return self.schedule.shares(np.array([step], dtype=np.int64))[0].tolist()
 
     def __len__(self) -> int:
         return self.num_batches
@@ -110,7 +153,7 @@ class MixedBatchSampler(Sampler[list[int]]):
         """Global batch index of this rank's ``index``-th batch in the current epoch."""
         return self.epoch * self.global_batches_per_epoch + self.rank + index * self.world_size
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list[int]] | Iterator[list[tuple[int, int]]]:
         per_chunk = max(1, _CHUNK_INDICES // self.batch_size)
         # Chunks grow from one batch so that the first batch is ready at once.
         chunk = 1
@@ -121,8 +164,12 @@ class MixedBatchSampler(Sampler[list[int]]):
             # collector to scan than ndarray.tolist() on the 2-D array.
             flat = self.batches(self._position, stop).ravel().tolist()
             for begin in range(0, len(flat), self.batch_size):
+                batch = flat[begin : begin + self.batch_size]
+                if self.with_steps:
+                    step = self.global_batch(self._position) // self.world_size
+                    batch = [(index, step) for index in batch]
                 self._position += 1
-                yield flat[begin : begin + self.batch_size]
+                yield batch
         self.epoch += 1
         self._position = 0
 
@@ -168,9 +215,10 @@ class MixedBatchSampler(Sampler[list[int]]):
             out[owner == k] = items
         return out
 
-    def state_dict(self) -> dict[str, int]:
-        """Progress of the live iterator plus the settings a resume must agree on."""
-        return {
+    def state_dict(self) -> dict[str, Any]:
+        """Progress of the live iterator plus the settings a resume must agree on (and, under a
+        changing schedule, the schedules' definitions)."""
+        state: dict[str, Any] = {
             "epoch": self.epoch,
             "position": self._position,
             "seed": self.seed,
@@ -178,6 +226,9 @@ class MixedBatchSampler(Sampler[list[int]]):
             "world_size": self.world_size,
             "num_batches": self.num_batches,
         }
+        if self.is_scheduled:
+            state["ratio_schedules"] = [s.definition() for s in self.ratio_schedules]
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Resumes at ``state_dict``'s epoch and position; settings must match.
@@ -187,7 +238,7 @@ class MixedBatchSampler(Sampler[list[int]]):
                 differ from this sampler's.
         """
         current = self.state_dict()
-        missing = sorted(set(current) - set(state_dict))
+        missing = sorted(set(current) - set(state_dict) - {"ratio_schedules"})
         if missing:
             raise ValueError(f"MixedBatchSampler state_dict is missing keys {missing}")
         for key in ("seed", "batch_size", "world_size", "num_batches"):
@@ -196,6 +247,12 @@ class MixedBatchSampler(Sampler[list[int]]):
                     f"MixedBatchSampler state_dict has {key}={state_dict[key]}, but this "
                     f"sampler has {key}={current[key]}"
                 )
+        if state_dict.get("ratio_schedules") != current.get("ratio_schedules"):
+            raise ValueError(
+                "MixedBatchSampler state_dict was saved with ratio schedules "
+                f"{state_dict.get('ratio_schedules')}, but this sampler has "
+                f"{current.get('ratio_schedules')}"
+            )
         position = int(state_dict["position"])
         if not 0 <= position <= self.num_batches or int(state_dict["epoch"]) < 0:
             raise ValueError(
@@ -208,7 +265,7 @@ class MixedBatchSampler(Sampler[list[int]]):
 
 def _validate(
     sizes: Sequence[int],
-    ratios: Sequence[float],
+    schedules: Sequence[StepSchedule],
     batch_size: int,
     num_batches: int | None,
     epoch_source: int,
@@ -216,21 +273,31 @@ def _validate(
     world_size: int,
 ) -> None:
     """Rejects bad settings with a message naming the setting."""
-    if len(sizes) != len(ratios) or not sizes:
+    if len(sizes) != len(schedules) or not sizes:
         raise ValueError(
             f"sizes and ratios must be non-empty and of equal length, got {len(sizes)} sizes "
-            f"and {len(ratios)} ratios"
+            f"and {len(schedules)} ratios"
         )
-    for k, (size, ratio) in enumerate(zip(sizes, ratios)):
+    for k, (size, schedule) in enumerate(zip(sizes, schedules)):
         if int(size) != size or size < 0:
             raise ValueError(f"sizes[{k}] must be a non-negative integer, got {size}")
-        if not math.isfinite(ratio) or not 0.0 <= ratio <= 1.0:
-            raise ValueError(f"ratios[{k}] must be in [0, 1], got {ratio}")
-        if ratio > 0 and size == 0:
-            raise ValueError(f"source {k} has ratio {ratio} > 0 but no items (sizes[{k}] = 0)")
-    if abs(math.fsum(ratios) - 1.0) > _RATIO_TOLERANCE:
-        raise ValueError(f"ratios must sum to 1 (tolerance 1e-6), got sum {math.fsum(ratios):.9g}")
-    positive = sum(1 for r in ratios if r > 0)
+        low, high = schedule.extremes()
+        if not 0.0 <= low <= high <= 1.0:
+            raise ValueError(f"ratios[{k}] must be in [0, 1], got {schedule.describe()}")
+        if high > 0 and size == 0:
+            raise ValueError(
+                f"source {k} has ratio {schedule.describe()} > 0 but no items (sizes[{k}] = 0)"
+            )
+    if all(s.is_constant for s in schedules):
+        total = math.fsum(s.value(0) for s in schedules)
+        if abs(total - 1.0) > _RATIO_TOLERANCE:
+            raise ValueError(f"ratios must sum to 1 (tolerance 1e-6), got sum {total:.9g}")
+    elif max(s.last_change_step for s in schedules) >= _MAX_SCHEDULE_STEPS:
+        raise ValueError(
+            f"ratio schedules must stop changing before step {_MAX_SCHEDULE_STEPS}, got "
+            f"{max(s.last_change_step for s in schedules)}"
+        )
+    positive = sum(1 for s in schedules if s.extremes()[1] > 0)
     if int(batch_size) != batch_size or batch_size < positive:
         raise ValueError(
             f"batch_size must be an integer >= the number of sources with a positive ratio "
@@ -244,8 +311,3 @@ def _validate(
         raise ValueError(f"num_batches must be >= 1 or None, got {num_batches}")
     if not 0 <= epoch_source < len(sizes):
         raise ValueError(f"epoch_source must be in [0, {len(sizes)}), got {epoch_source}")
-    if num_batches is None and ratios[epoch_source] <= 0:
-        raise ValueError(
-            f"epoch_source {epoch_source} has ratio 0, so an epoch over it never ends; "
-            "pick a source with a positive ratio or set num_batches"
-        )

@@ -18,6 +18,7 @@ from realsynth.config import ConfigError
 from realsynth.data.collate import collate_relations
 from realsynth.data.mixed_dataset import Source, build_mixed_loader
 from realsynth.data.stats import combine_statistics, compute_statistics, frequency_class_weights
+from realsynth.data.step_schedule import StepSchedule
 from realsynth.engine.data_setup import RunData, build_data
 from realsynth.engine.recall import SceneGraphEvaluator
 from realsynth.modeling.criterion import RelationCriterion
@@ -197,7 +198,7 @@ def print_run_summary(cfg: DictConfig, data: RunData, loader: DataLoader) -> Non
     world = get_world_size()
     per_rank = cfg.SOLVER.IMS_PER_BATCH // world
     parts = ", ".join(
-        f"{name} ({mix.kind}) {mix.ratio * per_rank:.3g}/batch weight {mix.loss_weight:g}"
+        f"{name} ({mix.kind}) {_per_batch(mix.ratio, per_rank)} weight {_value(mix.loss_weight)}"
         for name, mix in zip(data.names, data.mix)
     )
     print(
@@ -206,6 +207,17 @@ def print_run_summary(cfg: DictConfig, data: RunData, loader: DataLoader) -> Non
         f"{len(data.classes)} classes, {len(data.predicates)} predicates; "
         f"validation: {', '.join(data.val) or 'none'}; output: {cfg.OUTPUT_DIR}"
     )
+
+
+def _per_batch(ratio: float | StepSchedule, per_rank: int) -> str:
+    if isinstance(ratio, StepSchedule) and not ratio.is_constant:
+        return f"share {ratio.describe()}"
+    share = ratio.value(0) if isinstance(ratio, StepSchedule) else ratio
+    return f"{share * per_rank:.3g}/batch"
+
+
+def _value(weight: float | StepSchedule) -> str:
+    return weight.describe() if isinstance(weight, StepSchedule) else f"{weight:g}"
 
 
 def build_evaluator_factory(cfg: DictConfig, data: RunData) -> Callable[[], SceneGraphEvaluator]:

@@ -42,17 +42,24 @@ def builtin_overrides(cfg: DictConfig, name: str) -> list[str]:
     if name == "real_only":
         return [f"{MD}.ENABLED=false"]
     if name == "naive":
-        # Explicit per-source values would override the naive settings: unset them.
+        # Explicit per-source values and schedules would override the naive settings.
         unset = [
-            f"DATASETS.SOURCES[{i}].{key}=null"
+            override
             for i in range(len(cfg.DATASETS.SOURCES))
-            for key in ("RATIO", "LOSS_WEIGHT")
+            for override in (
+                f"DATASETS.SOURCES[{i}].RATIO=null",
+                f"DATASETS.SOURCES[{i}].LOSS_WEIGHT=null",
+                f"DATASETS.SOURCES[{i}].RATIO_SCHEDULE.KIND=constant",
+                f"DATASETS.SOURCES[{i}].LOSS_WEIGHT_SCHEDULE.KIND=constant",
+            )
         ]
         return [
             f"{MD}.ENABLED=true",
             f"{MD}.RATIO_BY_SIZE=true",
             f"{MD}.REAL_LOSS_WEIGHT=1.0",
             f"{MD}.SYNTHETIC_LOSS_WEIGHT=1.0",
+            f"{MD}.REAL_SAMPLING_RATIO_SCHEDULE.KIND=constant",
+            f"{MD}.SYNTHETIC_LOSS_WEIGHT_SCHEDULE.KIND=constant",
             *unset,
         ]
     if name == "mix":

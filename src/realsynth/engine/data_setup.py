@@ -103,8 +103,13 @@ def build_data(cfg: DictConfig) -> RunData:
         if src.FORMAT == "vg150" or src.VAL_PATH:
             val[src.NAME] = _dataset(cfg, src, "val")
     classes, predicates = _shared_labels(sources, train)
-    mix = resolve_mix(sources, cfg.DATASETS.MULTI_DATASET, [len(d) for d in train])
-    active = [k for k, m in enumerate(mix) if m.ratio > 0]
+    mix = resolve_mix(
+        sources,
+        cfg.DATASETS.MULTI_DATASET,
+        [len(d) for d in train],
+        max_iter=cfg.SOLVER.MAX_ITER,
+    )
+    active = [k for k, m in enumerate(mix) if m.max_ratio > 0]
     skipped = {
         f"source '{name}' ({split})": list(dataset.skipped)
         for name, split, dataset in [

@@ -24,7 +24,7 @@ from realsynth.engine.checkpoint import rng_states
 from realsynth.engine.data_setup import RunData
 from realsynth.engine.evaluation import EVAL_RECORDS, evaluate_sources, save_records, summaries
 from realsynth.engine.interrupt import StepInterrupt
-from realsynth.engine.records import loss_values, progress_postfix, reduce_records
+from realsynth.engine.records import loss_values, mix_targets, progress_postfix, reduce_records
 from realsynth.engine.run_folder import RunFolder
 from realsynth.engine.run_log import MetricsLog
 from realsynth.engine.run_state import RunState, checkpoint_payload, payload_writer
@@ -56,6 +56,8 @@ class StepResult:
     lr: float
     num_skipped: int
     skipped: list[str] = field(default_factory=list)
+    # Host-side per-source targets of the step the batch was drawn for (target_share/, weight/).
+    targets: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -165,7 +167,7 @@ class TrainingLoop:
             raise RuntimeError("loss keys changed between steps; flush them one by one")
         rows = reduce_records(keys, torch.stack([r.values for r in results]))
         for step, result, row in zip(steps, results, rows):
-            record = {"kind": "train", "step": step, **row, "lr": result.lr}
+            record = {"kind": "train", "step": step, **row, **result.targets, "lr": result.lr}
             if self.log is not None:
                 self.log.write(record)
             for callback in self.callbacks:
@@ -199,6 +201,8 @@ class TrainingLoop:
         """One optimizer step on a collated batch."""
         parts = self.parts
         parts.model.train()
+        # The step the sampler drew the batch for (tagged under schedules), else this one.
+        drawn_for = int(batch["targets"][0].get("step", parts.scheduler.last_epoch))
         images = batch["images"].to(parts.device, non_blocking=True)
         mask = batch["pixel_mask"].to(parts.device, non_blocking=True)
         targets = [_to_device(t, parts.device) for t in batch["targets"]]
@@ -236,12 +240,14 @@ class TrainingLoop:
         lr = parts.optimizer.param_groups[0]["lr"]
         parts.scheduler.step()
         keys, values = loss_values(losses, total, parts.criterion, parts.data.names)
+        items = torch.bincount(batch["source_ids"], minlength=len(parts.data.names))
         return StepResult(
-            keys,
-            values,
+            keys + tuple(f"items/{name}" for name in parts.data.names),
+            torch.cat([values, items.to(values.device, torch.float32)]),
             lr,
             int(batch.get("num_skipped", 0)),
             list(batch.get("skipped", [])),
+            mix_targets(parts.loader, parts.data.names, drawn_for),
         )
 
     def evaluate(self, step: int, *, final: bool = False) -> dict[str, dict[str, float]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -38,6 +39,20 @@ def loss_values(
         present = [coefficients[t] * v.detach() for t, v in diag if v is not None]
         values.append(torch.stack(present).sum() if present else nan)
     return tuple(keys), torch.stack([v.float().reshape(()) for v in values])
+
+
+def mix_targets(loader: Any, names: list[str], step: int) -> dict[str, float]:
+    """Every source's target share and loss weight at optimizer step ``step`` (0-based), as
+    ``target_share/<name>`` and ``weight/<name>``; empty for a loader without a
+    :class:`~realsynth.data.sampler.MixedBatchSampler` over a ``MixedDataset``."""
+    sampler, dataset = loader.batch_sampler, loader.dataset
+    if not hasattr(sampler, "target_shares") or not hasattr(dataset, "sources"):
+        return {}
+    shares = sampler.target_shares(step)
+    out = {f"target_share/{name}": share for name, share in zip(names, shares)}
+    for name, source in zip(names, dataset.sources):
+        out[f"weight/{name}"] = source.weight_at(step)
+    return out
 
 
 def reduce_records(keys: tuple[str, ...], values: Tensor) -> list[dict[str, float]]:

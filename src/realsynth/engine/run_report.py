@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from realsynth.engine.plots import plot_recall, plot_source_losses
+from realsynth.engine.plots import plot_mix_schedule, plot_recall, plot_source_losses
 from realsynth.engine.run_log import read_metrics
 from realsynth.engine.run_state import RunState
 from realsynth.engine.tables import format_table
@@ -64,6 +64,7 @@ def write_final_outputs(
     plots = [
         plot_source_losses(records, run_dir / "loss_per_source.png"),
         plot_recall(records, run_dir / "recall.png"),
+        plot_mix_schedule(records, run_dir / "mix_schedule.png"),
     ]
     print(f"\nFinished {state.step} steps. Validation per source:")
     print(format_table(results))

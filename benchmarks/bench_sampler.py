@@ -1,7 +1,9 @@
 """Mixed batch sampling, index only: MixedBatchSampler against its peers.
 
 Scenario (issue 2): real 100,000 items, synthetic 1,000,000, batch 32, real ratio 0.7,
-20,000 batches; plus MixedBatchSampler with a 10^9-item synthetic source. Each peer runs in its
+20,000 batches; plus MixedBatchSampler with a 10^9-item synthetic source, and (issue 12) with a
+real share annealed linearly from 0.4 to 1.0 over the 20,000 steps, for two sources and for three
+(the synthetic items split in two), against the same constant mixes. Each peer runs in its
 own subprocess so that peak memory (RSS high-water mark above the post-import baseline) is its
 own. Slow peers run fewer batches; indices/s is comparable regardless.
 
@@ -30,6 +32,9 @@ PEERS = [
     ("MixedBatchSampler (ours)", SYNTH, 1.0),
     ("MixedBatchSampler (ours), replacement=True", SYNTH, 1.0),
     ("MixedBatchSampler (ours), 10^9 synthetic", 10**9, 1.0),
+    ("MixedBatchSampler (ours), linear real share 0.4 -> 1.0", SYNTH, 1.0),
+    ("MixedBatchSampler (ours), 3 sources, constant", SYNTH, 1.0),
+    ("MixedBatchSampler (ours), 3 sources, linear real share 0.4 -> 1.0", SYNTH, 1.0),
     ("torch WeightedRandomSampler + BatchSampler", SYNTH, 1.0),
     ("torchdata nodes.MultiNodeWeightedSampler + Batcher", SYNTH, 0.25),
     ("HF datasets.interleave_datasets", SYNTH, 0.1),
@@ -45,12 +50,22 @@ def _rss_kib(field: str) -> int:
     return 0
 
 
-def _ours(synth: int, replacement: bool) -> Iterator[list[int]]:
+def _ours(
+    synth: int, replacement: bool, *, sources: int = 2, anneal_over: int = 0
+) -> Iterator[list[int]]:
+    """Ours; ``anneal_over`` > 0: the real share goes linearly 0.4 -> 1.0 over that many steps,
+    the synthetic sources sharing the rest equally."""
     from realsynth.data.sampler import MixedBatchSampler
+    from realsynth.data.step_schedule import StepSchedule
 
+    parts = sources - 1
+    sizes = [REAL] + [synth // parts] * parts
+    ratios: list = [RATIO] + [(1 - RATIO) / parts] * parts
+    if anneal_over:
+        real = StepSchedule.linear(0.4, 1.0, 0, anneal_over)
+        ratios = [real] + [real.affine(1 / parts, -1 / parts)] * parts
     sampler = MixedBatchSampler(
-        [REAL, synth], [RATIO, 1 - RATIO], BATCH, seed=0, replacement=replacement,
-        num_batches=10**9,
+        sizes, ratios, BATCH, seed=0, replacement=replacement, num_batches=10**9,
     )  # fmt: skip
     return iter(sampler)
 
@@ -136,10 +151,13 @@ FACTORIES: dict[str, Callable[[int, int], Iterator[list[int]]]] = {
     PEERS[0][0]: lambda s, _: _ours(s, False),
     PEERS[1][0]: lambda s, _: _ours(s, True),
     PEERS[2][0]: lambda s, _: _ours(s, False),
-    PEERS[3][0]: _weighted_random,
-    PEERS[4][0]: _torchdata,
-    PEERS[5][0]: _hf,
-    PEERS[6][0]: _note_replica,
+    PEERS[3][0]: lambda s, b: _ours(s, False, anneal_over=b),
+    PEERS[4][0]: lambda s, _: _ours(s, False, sources=3),
+    PEERS[5][0]: lambda s, b: _ours(s, False, sources=3, anneal_over=b),
+    PEERS[6][0]: _weighted_random,
+    PEERS[7][0]: _torchdata,
+    PEERS[8][0]: _hf,
+    PEERS[9][0]: _note_replica,
 }
 
 
@@ -232,6 +250,17 @@ def _report(rows: list[tuple[str, int, dict]], quick: bool, argv: list[str]) -> 
             f"| {r['end_to_end_per_s'] / ours['end_to_end_per_s']:.2f}x | {r['peak_mib']:.1f} | "
             f"{r['first_batch_s'] * 1e3:.1f} | {r['real_mean']:.3f} | {r['real_std']:.3f} | "
             f"{r['real_min']} | {r['real_max']} |"
+        )
+    by_name = {name: r for name, _, r in rows}
+    pairs = [(PEERS[3][0], PEERS[0][0], "two sources"), (PEERS[5][0], PEERS[4][0], "three sources")]
+    lines.append("")
+    for scheduled, constant, label in pairs:
+        a, b = by_name[scheduled], by_name[constant]
+        lines.append(
+            f"- Linear schedule vs constant share, {label}, same run: "
+            f"{a['indices_per_s'] / b['indices_per_s']:.2f}x steady, "
+            f"{a['end_to_end_per_s'] / b['end_to_end_per_s']:.2f}x incl. setup "
+            f"(first batch {a['first_batch_s'] * 1e3:.1f} ms vs {b['first_batch_s'] * 1e3:.1f} ms)."
         )
     lines += [
         "",

@@ -100,7 +100,11 @@ def _parameter(node: Any, where: str) -> Parameter:
 
 
 def _corners(parameter: Parameter) -> Sequence[Any]:
-    return parameter.choices if not parameter.numeric else (parameter.low, parameter.high)
+    if not parameter.numeric:
+        return parameter.choices
+    if parameter.type == "int":  # the values a trial would get: ints, not 200.0
+        return (int(parameter.low), int(parameter.high))
+    return (parameter.low, parameter.high)
 
 
 def _check_value(cfg: DictConfig, key: str, value: Any, where: str) -> None:

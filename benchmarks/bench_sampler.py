@@ -264,12 +264,39 @@ def _report(rows: list[tuple[str, int, dict]], quick: bool, argv: list[str]) -> 
         )
     lines += [
         "",
+        "Planning a changing schedule of three or more sources (once, at construction):",
+        "",
+    ]
+    lines += [
+        "| sources | global batches until the last change | construction (s) | per batch (us) |"
+    ]
+    lines += ["|---:|---:|---:|---:|"]
+    for k, batches, seconds in _planning_times(quick):
+        lines.append(f"| {k} | {batches:,} | {seconds:.2f} | {seconds / batches * 1e6:.1f} |")
+    lines += [
+        "",
         "Steady: time inside `next()` after the first batch. Incl. setup: construction, first "
         "batch and all later ones (WeightedRandomSampler draws every sample up front). Peak RSS "
         "is the process high-water mark above its RSS after imports. Slow peers run a fraction "
         "of the batches. " + ("`--quick` run: fewer batches." if quick else ""),
     ]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _planning_times(quick: bool) -> list[tuple[int, int, float]]:
+    """Construction time of a 3- and a 4-source linear schedule over 10^4 .. 10^6 batches."""
+    from realsynth.data.scheduled_composition import ScheduledComposition
+    from realsynth.data.step_schedule import StepSchedule
+
+    out = []
+    for k in (3, 4):
+        for batches in (10**4, 10**5) if quick else (10**4, 10**5, 10**6):
+            real = StepSchedule.linear(0.4, 1.0, 0, batches)
+            rest = real.affine(1 / (k - 1), -1 / (k - 1))
+            start = time.perf_counter()
+            ScheduledComposition([real] + [rest] * (k - 1), BATCH)
+            out.append((k, batches, time.perf_counter() - start))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -75,6 +75,27 @@ def test_two_process_run_writes_one_log_and_a_checkpoint_one_process_resumes(tmp
     assert load_checkpoint(run)["run_state"]["step"] == 5
 
 
+def test_a_scheduled_run_resumed_on_fewer_processes_keeps_its_schedule(tmp_path, demo_root):
+    # Synthetic only for steps 0..3, real only from step 4 on (record step = drawn-for step + 1).
+    schedule = "DATASETS.MULTI_DATASET.REAL_SAMPLING_RATIO_SCHEDULE"
+    cfg = tiny_config(
+        tmp_path,
+        "SOLVER.MAX_ITER=3",
+        "SOLVER.CHECKPOINT_PERIOD=3",
+        "TEST.EVAL_PERIOD=100",
+        f"{schedule}.KIND=pretrain_finetune",
+        f"{schedule}.PRETRAIN_STEPS=4",
+        demo_root=demo_root,
+    )
+    spawn(train_worker, 2, to_yaml(cfg))
+    train(load_config(None, ["SOLVER.MAX_ITER=6"], base_yaml=to_yaml(cfg)), resume=True)
+    records = [r for r in read_metrics(tmp_path / "run") if r["kind"] == "train"]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+    # 2 ranks x 4 images, then 1 process x 8: the schedule goes on from step 3 either way.
+    assert [r["items/real"] for r in records] == [0, 0, 0, 0, 8, 8]
+    assert [r["target_share/real"] for r in records] == [0, 0, 0, 0, 1, 1]
+
+
 def test_sharded_evaluation_equals_single_process(tmp_path, demo_root):
     config = to_yaml(tiny_config(tmp_path, demo_root=demo_root))
     single = evaluate_fixed_model(config)

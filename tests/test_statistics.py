@@ -76,8 +76,9 @@ def test_verdicts_in_words():
         "mix beats real_only on real by +0.060 R@50 [+0.020, +0.100]"
     )
     loss = {"value": -0.05, "low": -0.08, "high": -0.01, "probability_positive": 0.01}
-    assert verdict("naive", "real_only", "real", "R@50", loss).startswith(
-        "real_only beats naive on real by +0.050 R@50"
+    # The winner's gain and the interval of that gain, not the loser's.
+    assert verdict("naive", "real_only", "real", "R@50", loss) == (
+        "real_only beats naive on real by +0.050 R@50 [+0.010, +0.080]"
     )
     tie = {"value": 0.01, "low": -0.02, "high": 0.04, "probability_positive": 0.7}
     assert "no difference detectable at this budget" in verdict(

@@ -75,3 +75,16 @@ def test_start_up_summary_prints_the_schedules(tmp_path, demo_root, capsys):
     out = capsys.readouterr().out
     assert "real (real) share pretrain_finetune 0 for 3 steps, then 1 weight 1" in out
     assert "weight linear 0.5 -> 0 over steps 0..6" in out
+
+
+def test_resume_under_another_ratio_schedule_is_refused(scheduled_run):
+    from realsynth.config import load_config, to_yaml
+
+    saved = load_config(None, base_yaml=(scheduled_run / "config.yaml").read_text())
+    changed = load_config(
+        None,
+        ["SOLVER.MAX_ITER=8", f"{MD}.REAL_SAMPLING_RATIO_SCHEDULE.PRETRAIN_STEPS=4"],
+        base_yaml=to_yaml(saved),
+    )
+    with pytest.raises(ValueError, match="written with the ratio schedules .*'pretrain_steps': 3"):
+        train(changed, resume=True)

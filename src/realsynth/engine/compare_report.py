@@ -94,8 +94,9 @@ def verdict(name: str, reference: str, source: str, metric: str, diff: dict[str,
     interval = f"[{low:+.3f}, {high:+.3f}]"
     if low > 0:
         return f"{name} beats {reference} on {source} by {value:+.3f} {metric} {interval}"
-    if high < 0:
-        return f"{reference} beats {name} on {source} by {-value:+.3f} {metric} {interval}"
+    if high < 0:  # the reference wins: state its gain, with the interval of that gain
+        flipped = f"[{-high:+.3f}, {-low:+.3f}]"
+        return f"{reference} beats {name} on {source} by {-value:+.3f} {metric} {flipped}"
     return (
         f"{name} vs {reference} on {source}: no difference detectable at this budget "
         f"({value:+.3f} {metric} {interval}, P(better) = {diff['probability_positive']:.2f})"

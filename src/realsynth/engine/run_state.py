@@ -65,10 +65,15 @@ class RunState:
 
     def align_with(self, sampler: Any) -> None:
         """Carry the position over to a sampler of another epoch length (another number of
-        processes): the same fraction of the epoch (see docs/distributed.md)."""
+        processes): the same fraction of the epoch, or under a ratio schedule the same step for
+        the next batch to be drawn for, which the schedule follows (see docs/distributed.md)."""
         length = len(sampler)
         if self.epoch_length and self.epoch_length != length:
-            self.batch_in_epoch = self.batch_in_epoch * length // self.epoch_length
+            if getattr(sampler, "is_scheduled", False):
+                drawn = self.epoch * self.epoch_length + self.batch_in_epoch
+                self.epoch, self.batch_in_epoch = divmod(drawn, length)
+            else:
+                self.batch_in_epoch = self.batch_in_epoch * length // self.epoch_length
         self.epoch_length = length
 
     def sampler_state(self, sampler: Any) -> dict[str, Any]:

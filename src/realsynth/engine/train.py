@@ -215,8 +215,9 @@ def _restore(
     return RunState.from_dict(ckpt["run_state"])
 
 
-def _check_same_stream(run_dir: Path, saved: dict[str, int], live: dict[str, int]) -> None:
-    """A resumed run must draw from the same stream: same seed and global batch size."""
+def _check_same_stream(run_dir: Path, saved: dict[str, Any], live: dict[str, Any]) -> None:
+    """A resumed run must draw from the same stream: same seed, global batch size and ratio
+    schedules."""
     saved_batch = saved["batch_size"] * saved["world_size"]
     live_batch = live["batch_size"] * live["world_size"]
     if saved["seed"] != live["seed"] or saved_batch != live_batch:
@@ -224,6 +225,13 @@ def _check_same_stream(run_dir: Path, saved: dict[str, int], live: dict[str, int
             f"{run_dir}: the checkpoint was written with SEED={saved['seed']} and global batch "
             f"{saved_batch}, this run has SEED={live['seed']} and global batch {live_batch}; "
             "resume with the run's own SEED and SOLVER.IMS_PER_BATCH"
+        )
+    if saved.get("ratio_schedules") != live.get("ratio_schedules"):
+        raise ValueError(
+            f"{run_dir}: the checkpoint was written with the ratio schedules "
+            f"{saved.get('ratio_schedules')}, this run has {live.get('ratio_schedules')}; resume "
+            "with the run's own schedule (an unset END_STEP or PRETRAIN_STEPS follows "
+            "SOLVER.MAX_ITER: set it explicitly to extend a run and keep its schedule)"
         )
 
 

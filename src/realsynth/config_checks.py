@@ -69,6 +69,58 @@ def validate(cfg: DictConfig) -> None:
     _check_ratio(cfg.DATASETS.DEMO.LABEL_NOISE, "DATASETS.DEMO.LABEL_NOISE")
     _validate_sources(cfg)
     _validate_schedules(cfg)
+    _validate_adaptive(cfg)
+
+
+def _validate_adaptive(cfg: DictConfig) -> None:
+    adaptive = cfg.DATASETS.MULTI_DATASET.ADAPTIVE
+    key = "DATASETS.MULTI_DATASET.ADAPTIVE"
+    for name in ("INTERVAL", "HOLDOUT_IMAGES", "HOLDOUT_BATCH"):
+        _check_positive(adaptive[name], f"{key}.{name}")
+    if not (math.isfinite(adaptive.STEP_SIZE) and adaptive.STEP_SIZE > 0):
+        raise ConfigError(f"{key}.STEP_SIZE must be > 0, got {adaptive.STEP_SIZE}", key)
+    if not 0 <= adaptive.SMOOTHING < 1:
+        raise ConfigError(f"{key}.SMOOTHING must be in [0, 1), got {adaptive.SMOOTHING}", key)
+    _check_bounds(adaptive.MIN_RATIO, adaptive.MAX_RATIO, f"{key}.MIN_RATIO / MAX_RATIO", 1.0)
+    _check_bounds(adaptive.MIN_WEIGHT, adaptive.MAX_WEIGHT, f"{key}.MIN_WEIGHT / MAX_WEIGHT", None)
+    for i, src in enumerate(cfg.DATASETS.SOURCES):
+        low = adaptive.MIN_RATIO if src.MIN_RATIO is None else src.MIN_RATIO
+        high = adaptive.MAX_RATIO if src.MAX_RATIO is None else src.MAX_RATIO
+        _check_bounds(low, high, f"DATASETS.SOURCES[{i}].MIN_RATIO / MAX_RATIO", 1.0)
+    if not adaptive.ENABLED:
+        return
+    names = {s.NAME: s.TYPE for s in cfg.DATASETS.SOURCES}
+    if adaptive.HOLDOUT_SOURCE and names.get(adaptive.HOLDOUT_SOURCE) != "real":
+        raise ConfigError(
+            f"{key}.HOLDOUT_SOURCE={adaptive.HOLDOUT_SOURCE!r} must name a real source of "
+            f"DATASETS.SOURCES, one of {sorted(n for n, t in names.items() if t == 'real')}",
+            key,
+        )
+    md = cfg.DATASETS.MULTI_DATASET
+    scheduled = [md.REAL_SAMPLING_RATIO_SCHEDULE.KIND] + [
+        s.RATIO_SCHEDULE.KIND for s in cfg.DATASETS.SOURCES
+    ]
+    if any(kind != "constant" for kind in scheduled):
+        raise ConfigError(
+            f"{key}: adaptive mixing decides the shares itself; set every ratio schedule's "
+            "KIND to constant (the plain ratios are its starting point)",
+            key,
+        )
+    weights = [md.SYNTHETIC_LOSS_WEIGHT_SCHEDULE.KIND] + [
+        s.LOSS_WEIGHT_SCHEDULE.KIND for s in cfg.DATASETS.SOURCES
+    ]
+    if adaptive.ADAPT_WEIGHTS and any(kind != "constant" for kind in weights):
+        raise ConfigError(
+            f"{key}.ADAPT_WEIGHTS: the weights follow a schedule already; turn one of them off",
+            key,
+        )
+
+
+def _check_bounds(low: float, high: float, key: str, top: float | None) -> None:
+    ok = math.isfinite(low) and math.isfinite(high) and 0 <= low <= high
+    if not ok or (top is not None and high > top):
+        upper = f"<= {top:g}" if top is not None else "finite"
+        raise ConfigError(f"{key} must satisfy 0 <= low <= high {upper}, got {low}, {high}", key)
 
 
 def _validate_schedules(cfg: DictConfig) -> None:

@@ -49,6 +49,27 @@ class ScheduleConfig:
 
 
 @dataclass
+class AdaptiveConfig:
+    """Shares (and optionally synthetic weights) that follow a real holdout while training."""
+
+    ENABLED: bool = False
+    METHOD: str = "gradient_alignment"  # gradient_alignment (DoGE-style; docs/adaptive.md)
+    INTERVAL: int = 50  # steps between decisions; a decision rules the interval after the next
+    # The holdout: HOLDOUT_IMAGES images carved from the first real source's training set, or
+    # HOLDOUT_SOURCE, a source whose whole training file is the holdout (not trained on).
+    HOLDOUT_IMAGES: int = 64
+    HOLDOUT_SOURCE: str = ""
+    HOLDOUT_BATCH: int = 16  # holdout images per decision (cycling through the holdout)
+    STEP_SIZE: float = 1.0  # exponentiated-gradient step on the smoothed alignment
+    SMOOTHING: float = 0.5  # alignment EMA: new = SMOOTHING * old + (1 - SMOOTHING) * measured
+    MIN_RATIO: float = 0.05  # per-source share bounds (a source's own MIN_RATIO / MAX_RATIO win)
+    MAX_RATIO: float = 0.95
+    ADAPT_WEIGHTS: bool = False  # also move the synthetic sources' loss weights
+    MIN_WEIGHT: float = 0.0
+    MAX_WEIGHT: float = 1.0
+
+
+@dataclass
 class MultiDatasetConfig:
     ENABLED: bool = True
     REAL_SAMPLING_RATIO: float = 0.7
@@ -59,6 +80,7 @@ class MultiDatasetConfig:
     # Shares and weights that change over training; see ScheduleConfig and docs/schedules.md.
     REAL_SAMPLING_RATIO_SCHEDULE: ScheduleConfig = field(default_factory=ScheduleConfig)
     SYNTHETIC_LOSS_WEIGHT_SCHEDULE: ScheduleConfig = field(default_factory=ScheduleConfig)
+    ADAPTIVE: AdaptiveConfig = field(default_factory=AdaptiveConfig)
 
 
 @dataclass
@@ -88,6 +110,9 @@ class SourceConfig:
     # Per-source schedules win over the MULTI_DATASET ones, as RATIO / LOSS_WEIGHT do.
     RATIO_SCHEDULE: ScheduleConfig = field(default_factory=ScheduleConfig)
     LOSS_WEIGHT_SCHEDULE: ScheduleConfig = field(default_factory=ScheduleConfig)
+    # Adaptive mixing: this source's share bounds (unset: MULTI_DATASET.ADAPTIVE's).
+    MIN_RATIO: float | None = None
+    MAX_RATIO: float | None = None
     # Predicate names swapped by a horizontal flip, e.g. {"left of": "right of"}.
     PREDICATE_FLIP_MAP: dict[str, str] = field(default_factory=dict)
 
@@ -274,6 +299,7 @@ _CHOICES = {
     "COMPARE.SPLIT": ("val", "test"),
     "SWEEP.SAMPLER": ("tpe", "random", "grid"),
     "SWEEP.PRUNER": ("successive_halving", "median", "none"),
+    "DATASETS.MULTI_DATASET.ADAPTIVE.METHOD": ("gradient_alignment",),
 }
 
 #: Keys of earlier versions and their names now (a YAML that uses one gets told the new name).

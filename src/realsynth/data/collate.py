@@ -75,3 +75,8 @@ def collate_relations(items: list[dict[str, Any] | SkippedSample | None]) -> dic
         "num_skipped": num_skipped,
         "skipped": skipped,
     }
+
+
+def target_to_device(target: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """A collated target dict with its tensors on ``device`` (other values unchanged)."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in target.items()}

@@ -218,6 +218,7 @@ def build_mixed_loader(
     replacement: bool = False,
     num_batches: int | None = None,
     pin_memory: bool = False,
+    share_horizon: int | None = None,
 ) -> DataLoader:
     """A DataLoader over :class:`MixedDataset` driven by :class:`MixedBatchSampler`.
 
@@ -238,6 +239,8 @@ def build_mixed_loader(
         replacement: uniform draws inside sources instead of passes without repeats.
         num_batches: batches per rank per epoch; default one pass over the epoch source.
         pin_memory: page-locked batches for faster copies to a GPU.
+        share_horizon: adaptive shares: the first step whose shares are not decided yet (see
+            :meth:`MixedBatchSampler.change_shares`); None for fixed or scheduled shares.
 
     Returns:
         the DataLoader.
@@ -255,7 +258,9 @@ def build_mixed_loader(
         epoch_source=_epoch_source(sources),
         rank=rank,
         world_size=world_size,
-        with_steps=any(is_scheduled(s.ratio) or is_scheduled(s.loss_weight) for s in sources),
+        with_steps=share_horizon is not None
+        or any(is_scheduled(s.ratio) or is_scheduled(s.loss_weight) for s in sources),
+        share_horizon=share_horizon,
     )
     return DataLoader(
         dataset,

@@ -35,6 +35,7 @@ from torch.utils.data import Sampler
 from realsynth.data.batch_composition import CompositionSchedule, exact_shares
 from realsynth.data.permutation import KeyedStream
 from realsynth.data.scheduled_composition import SHARE_UNITS, ScheduledComposition
+from realsynth.data.share_history import ShareHistory
 from realsynth.data.step_schedule import StepSchedule
 
 __all__ = ["MixedBatchSampler"]
@@ -65,6 +66,9 @@ class MixedBatchSampler(Sampler[list[int]]):
         world_size: number of data-parallel processes.
         with_steps: yield ``(index, step)`` pairs, ``step`` being the optimizer step the batch
             is drawn for (what a dataset needs to apply a loss-weight schedule).
+        share_horizon: adaptive shares (constant ``ratios`` only): batches are drawn only for
+            steps before this one until :meth:`change_shares` moves it (see
+            :mod:`realsynth.data.share_history`). None: fixed or scheduled shares.
     """
 
     def __init__(
@@ -80,6 +84,7 @@ class MixedBatchSampler(Sampler[list[int]]):
         rank: int = 0,
         world_size: int = 1,
         with_steps: bool = False,
+        share_horizon: int | None = None,
     ) -> None:
         schedules = [r if isinstance(r, StepSchedule) else StepSchedule.constant(r) for r in ratios]
         _validate(sizes, schedules, batch_size, num_batches, epoch_source, rank, world_size)
@@ -92,8 +97,14 @@ class MixedBatchSampler(Sampler[list[int]]):
         self.with_steps = bool(with_steps)
         self.ratio_schedules = schedules
         self.is_scheduled = not all(s.is_constant for s in schedules)
-        self.schedule: CompositionSchedule | ScheduledComposition
-        if self.is_scheduled:
+        self.share_horizon = None if share_horizon is None else int(share_horizon)
+        self.schedule: CompositionSchedule | ScheduledComposition | ShareHistory
+        if self.share_horizon is not None:
+            if self.is_scheduled:
+                raise ValueError("adaptive shares (share_horizon) need constant ratios")
+            self.shares = exact_shares([s.value(0) for s in schedules])
+            self.schedule = ShareHistory(self.shares, self.batch_size, self.world_size)
+        elif self.is_scheduled:
             self.schedule = ScheduledComposition(schedules, self.batch_size, self.world_size)
             final = self.schedule.shares(np.array([self.schedule.last_change]))[0]
             self.shares = [Fraction(round(f * SHARE_UNITS), SHARE_UNITS) for f in final]
@@ -124,6 +135,38 @@ class MixedBatchSampler(Sampler[list[int]]):
             )
         one_pass = math.ceil(self.sizes[epoch_source] / per_batch)
         return math.ceil(one_pass / self.world_size)
+
+    @property
+    def shares_change(self) -> bool:
+        """Whether the shares depend on the step (a changing schedule or adaptive shares)."""
+        return self.is_scheduled or self.share_horizon is not None
+
+    def change_shares(self, step: int, ratios: Sequence[float], *, horizon: int) -> bool:
+        """Adaptive shares: ``ratios`` from optimizer step ``step`` on, and batches may be drawn
+        for steps before ``horizon``. Returns whether the shares in force changed.
+
+        Raises:
+            ValueError: not an adaptive sampler, ``step`` before the current horizon (batches up
+                to there may be drawn already), or ``horizon < step``.
+        """
+        if self.share_horizon is None:
+            raise ValueError("change_shares needs an adaptive sampler (share_horizon set)")
+        if step < self.share_horizon or horizon < step:
+            raise ValueError(
+                f"change_shares: step {step} must be >= the horizon {self.share_horizon} "
+                f"(earlier batches may be drawn already) and <= the new horizon {horizon}"
+            )
+        assert isinstance(self.schedule, ShareHistory)
+        changed = self.schedule.change(step, ratios)
+        self.share_horizon = int(horizon)
+        return changed
+
+    def _horizon_position(self) -> int:
+        """First position of this epoch whose step is past the share horizon."""
+        if self.share_horizon is None:
+            return self.num_batches
+        # Position p of epoch e on any rank is drawn for step e * num_batches + p.
+        return max(0, self.share_horizon - self.epoch * self.num_batches)
 
     def target_shares(self, step: int) -> list[float]:
         """Every source's target share of the batches of optimizer step ``step`` (0-based)."""
@@ -158,7 +201,14 @@ class MixedBatchSampler(Sampler[list[int]]):
         # Chunks grow from one batch so that the first batch is ready at once.
         chunk = 1
         while self._position < self.num_batches:
-            stop = min(self.num_batches, self._position + chunk)
+            limit = self._horizon_position()
+            if self._position >= limit:
+                raise RuntimeError(
+                    f"adaptive mixing: the batch of step {self.share_horizon} was asked for "
+                    "before its shares were decided; the loader prefetches more batches than "
+                    "ADAPTIVE.INTERVAL: raise the interval or lower DATALOADER.NUM_WORKERS"
+                )
+            stop = min(self.num_batches, self._position + chunk, limit)
             chunk = min(per_chunk, 4 * chunk)
             # One flat list sliced per batch: far fewer live containers for the garbage
             # collector to scan than ndarray.tolist() on the 2-D array.
@@ -228,7 +278,16 @@ class MixedBatchSampler(Sampler[list[int]]):
         }
         if self.is_scheduled:
             state["ratio_schedules"] = [s.definition() for s in self.ratio_schedules]
+        if isinstance(self.schedule, ShareHistory):
+            state["share_history"] = self.schedule.state_dict()
+            state["share_horizon"] = self.share_horizon
         return state
+
+    def load_share_history(self, state_dict: dict[str, Any]) -> None:
+        """Adaptive: replays the share changes of a saved state (any world size)."""
+        if isinstance(self.schedule, ShareHistory) and "share_history" in state_dict:
+            self.schedule.load_state_dict(state_dict["share_history"])
+            self.share_horizon = int(state_dict["share_horizon"])
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Resumes at ``state_dict``'s epoch and position; settings must match.
@@ -238,7 +297,8 @@ class MixedBatchSampler(Sampler[list[int]]):
                 differ from this sampler's.
         """
         current = self.state_dict()
-        missing = sorted(set(current) - set(state_dict) - {"ratio_schedules"})
+        optional = {"ratio_schedules", "share_history", "share_horizon"}
+        missing = sorted(set(current) - set(state_dict) - optional)
         if missing:
             raise ValueError(f"MixedBatchSampler state_dict is missing keys {missing}")
         for key in ("seed", "batch_size", "world_size", "num_batches"):
@@ -261,6 +321,7 @@ class MixedBatchSampler(Sampler[list[int]]):
             )
         self.epoch = int(state_dict["epoch"])
         self._position = position
+        self.load_share_history(state_dict)
 
 
 def _validate(

@@ -19,7 +19,8 @@ from realsynth.data.collate import collate_relations
 from realsynth.data.mixed_dataset import Source, build_mixed_loader
 from realsynth.data.stats import combine_statistics, compute_statistics, frequency_class_weights
 from realsynth.data.step_schedule import StepSchedule
-from realsynth.engine.data_setup import RunData, build_data
+from realsynth.engine.adaptive import AdaptiveMixer
+from realsynth.engine.data_setup import RunData, build_data, run_sources
 from realsynth.engine.recall import SceneGraphEvaluator
 from realsynth.modeling.criterion import RelationCriterion
 from realsynth.modeling.heads import loss_coefficients
@@ -149,9 +150,13 @@ def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer) -> Any:
 
 
 def build_train_loader(
-    cfg: DictConfig, data: RunData, device: torch.device | None = None
+    cfg: DictConfig,
+    data: RunData,
+    device: torch.device | None = None,
+    adaptive: AdaptiveMixer | None = None,
 ) -> DataLoader:
-    """The mixed loader: per-rank batches of ``IMS_PER_BATCH`` with the exact source composition.
+    """The mixed loader: per-rank batches of ``IMS_PER_BATCH`` with the exact source composition
+    (shares decided online when ``adaptive`` is given).
 
     ``SOLVER.IMS_PER_BATCH`` is the *global* batch (detectron2's convention): each of W ranks
     loads ``IMS_PER_BATCH / W`` images.
@@ -178,7 +183,43 @@ def build_train_loader(
         world_size=world,
         replacement=cfg.DATALOADER.REPLACEMENT,
         pin_memory=device is not None and device.type == "cuda",
+        share_horizon=None if adaptive is None else adaptive.initial_horizon,
     )
+
+
+def build_adaptive(cfg: DictConfig, data: RunData) -> AdaptiveMixer | None:
+    """``DATASETS.MULTI_DATASET.ADAPTIVE`` as keywords, or None when it is off."""
+    md = cfg.DATASETS.MULTI_DATASET
+    if not (md.ENABLED and md.ADAPTIVE.ENABLED):
+        return None
+    adaptive = md.ADAPTIVE
+    nodes = {src.NAME: src for src in run_sources(cfg)}
+
+    def bound(name: str, key: str) -> float:
+        own = nodes[name][key] if name in nodes else None
+        return float(adaptive[key] if own is None else own)
+
+    try:
+        return AdaptiveMixer(
+            names=data.names,
+            kinds=[m.kind for m in data.mix],
+            ratios=[_start_value(m.ratio) for m in data.mix],
+            weights=[_start_value(m.loss_weight) for m in data.mix],
+            interval=adaptive.INTERVAL,
+            step_size=adaptive.STEP_SIZE,
+            smoothing=adaptive.SMOOTHING,
+            min_ratios=[bound(n, "MIN_RATIO") for n in data.names],
+            max_ratios=[bound(n, "MAX_RATIO") for n in data.names],
+            adapt_weights=adaptive.ADAPT_WEIGHTS,
+            min_weight=adaptive.MIN_WEIGHT,
+            max_weight=adaptive.MAX_WEIGHT,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"DATASETS.MULTI_DATASET.ADAPTIVE: {exc}") from None
+
+
+def _start_value(value: float | StepSchedule) -> float:
+    return value.value(0) if isinstance(value, StepSchedule) else float(value)
 
 
 def wrap_distributed(model: nn.Module, device: torch.device) -> nn.Module:
@@ -212,8 +253,7 @@ def print_run_summary(cfg: DictConfig, data: RunData, loader: DataLoader) -> Non
 def _per_batch(ratio: float | StepSchedule, per_rank: int) -> str:
     if isinstance(ratio, StepSchedule) and not ratio.is_constant:
         return f"share {ratio.describe()}"
-    share = ratio.value(0) if isinstance(ratio, StepSchedule) else ratio
-    return f"{share * per_rank:.3g}/batch"
+    return f"{_start_value(ratio) * per_rank:.3g}/batch"
 
 
 def _value(weight: float | StepSchedule) -> str:

@@ -21,6 +21,7 @@ from realsynth.data.formats.vg150 import vg150_from_folder
 from realsynth.data.mixed_dataset import ignore_interrupts
 from realsynth.data.transforms import build_transforms, predicate_flip_indices
 from realsynth.data.zero_shot import load_zero_shot_triplets
+from realsynth.engine.holdout import Holdout, carve_holdout, whole_source_holdout
 from realsynth.source_mix import SourceMix, resolve_mix
 from realsynth.utils.distributed import barrier, get_rank, get_world_size
 
@@ -38,6 +39,7 @@ class RunData:
         skipped: images left out when the datasets were built (``DATALOADER.SKIP_BAD_SAMPLES``),
             by "source 'NAME' (train|val)"; empty lists are not kept.
         zero_shot: int64 [N, 3] (subject, predicate, object) triplets for zsR@K, or None.
+        holdout: adaptive mixing's real holdout (never trained on, never reported), or None.
     """
 
     names: list[str]
@@ -48,6 +50,7 @@ class RunData:
     predicates: list[str]
     skipped: dict[str, list[Any]] = field(default_factory=dict)
     zero_shot: np.ndarray | None = None
+    holdout: Holdout | None = None
 
     @property
     def kinds(self) -> dict[str, str]:
@@ -103,6 +106,10 @@ def build_data(cfg: DictConfig) -> RunData:
         if src.FORMAT == "vg150" or src.VAL_PATH:
             val[src.NAME] = _dataset(cfg, src, "val")
     classes, predicates = _shared_labels(sources, train)
+    holdout = None
+    md = cfg.DATASETS.MULTI_DATASET
+    if md.ENABLED and md.ADAPTIVE.ENABLED:
+        holdout, sources, train = _holdout(cfg, sources, train)
     mix = resolve_mix(
         sources,
         cfg.DATASETS.MULTI_DATASET,
@@ -131,7 +138,36 @@ def build_data(cfg: DictConfig) -> RunData:
             if cfg.TEST.ZERO_SHOT_TRIPLETS
             else None
         ),
+        holdout=holdout,
     )
+
+
+def _holdout(
+    cfg: DictConfig, sources: list[Any], train: list[Dataset]
+) -> tuple[Holdout, list[Any], list[Dataset]]:
+    """Adaptive mixing's holdout, and the sources and training sets left for training."""
+    adaptive = cfg.DATASETS.MULTI_DATASET.ADAPTIVE
+    names = [s.NAME for s in sources]
+    if adaptive.HOLDOUT_SOURCE:
+        k = names.index(adaptive.HOLDOUT_SOURCE)  # the config check made sure it is there
+        eval_transforms = _transforms(
+            cfg, dict(sources[k].PREDICATE_FLIP_MAP), train[k].predicates, False
+        )
+        holdout = whole_source_holdout(train[k], names[k], eval_transforms)
+        return holdout, sources[:k] + sources[k + 1 :], train[:k] + train[k + 1 :]
+    k = next((i for i, s in enumerate(sources) if s.TYPE == "real"), None)
+    if k is None:
+        raise ConfigError(
+            "DATASETS.MULTI_DATASET.ADAPTIVE needs a real source to carve the holdout from, or "
+            "ADAPTIVE.HOLDOUT_SOURCE"
+        )
+    eval_transforms = _transforms(
+        cfg, dict(sources[k].PREDICATE_FLIP_MAP), train[k].predicates, False
+    )
+    holdout, rest = carve_holdout(
+        train[k], names[k], adaptive.HOLDOUT_IMAGES, cfg.SEED, eval_transforms
+    )
+    return holdout, sources, [*train[:k], rest, *train[k + 1 :]]
 
 
 def run_sources(cfg: DictConfig) -> list[Any]:

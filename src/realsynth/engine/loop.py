@@ -19,6 +19,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from realsynth.config import to_yaml
+from realsynth.data.collate import target_to_device
+from realsynth.engine.adaptive import AdaptiveMixer
+from realsynth.engine.adaptive_step import adapt_after_step
 from realsynth.engine.build import build_evaluator_factory
 from realsynth.engine.checkpoint import rng_states
 from realsynth.engine.data_setup import RunData
@@ -72,6 +75,7 @@ class Components:
     scheduler: Any
     loader: DataLoader
     device: torch.device
+    adaptive: AdaptiveMixer | None = None
 
 
 class TrainingLoop:
@@ -151,10 +155,31 @@ class TrainingLoop:
         result = self.step(batch)
         state.advance(result.skipped, result.num_skipped)
         self.committing = False
-        self.boundary_rng = rng_states()
         self.pending.append((state.step, result))
         if len(self.pending) >= self.parts.cfg.SOLVER.LOG_PERIOD:
             self.flush()
+        if self.parts.adaptive is not None and self.parts.adaptive.due(state.step):
+            self._adapt(state.step, batch)
+        # After the decision: it belongs to this step, and a checkpoint of it holds both.
+        self.boundary_rng = rng_states()
+
+    def _adapt(self, step: int, batch: dict[str, Any]) -> None:
+        """An adaptive-mixing decision after ``step``, logged after the step's own record."""
+        parts = self.parts
+        self.flush()
+        record = adapt_after_step(
+            parts.adaptive,
+            step=step,
+            batch=batch,
+            model=parts.model,
+            criterion=parts.criterion,
+            sampler=parts.loader.batch_sampler,
+            holdout=parts.data.holdout.dataset,
+            holdout_batch=parts.cfg.DATASETS.MULTI_DATASET.ADAPTIVE.HOLDOUT_BATCH,
+            device=parts.device,
+        )
+        if self.log is not None:
+            self.log.write(record)
 
     def flush(self) -> None:
         """Fetch the pending steps' records (one reduction, one transfer) and log them."""
@@ -174,7 +199,9 @@ class TrainingLoop:
                 if hasattr(callback, "on_step_end"):
                     callback.on_step_end(step, record)
         if self.bar is not None:
-            self.bar.set_postfix(progress_postfix(record, self.parts.data.kinds), refresh=False)
+            share = getattr(self.parts.loader.batch_sampler, "shares_change", False)
+            postfix = progress_postfix(record, self.parts.data.kinds, share=share)
+            self.bar.set_postfix(postfix, refresh=False)
 
     def _after_step(self, state: RunState) -> None:
         """Periodic evaluation (first, so a checkpoint of the same step knows its score), then
@@ -205,7 +232,7 @@ class TrainingLoop:
         drawn_for = int(batch["targets"][0].get("step", parts.scheduler.last_epoch))
         images = batch["images"].to(parts.device, non_blocking=True)
         mask = batch["pixel_mask"].to(parts.device, non_blocking=True)
-        targets = [_to_device(t, parts.device) for t in batch["targets"]]
+        targets = [target_to_device(t, parts.device) for t in batch["targets"]]
         with self.autocast:
             outputs = parts.model(images, mask)
         outputs = _to_float(outputs)
@@ -213,7 +240,7 @@ class TrainingLoop:
             losses = parts.criterion(
                 outputs,
                 targets,
-                loss_weights=batch["loss_weights"],
+                loss_weights=self._loss_weights(batch, drawn_for),
                 source_ids=batch["source_ids"],
             )
         except ValueError as exc:
@@ -247,8 +274,24 @@ class TrainingLoop:
             lr,
             int(batch.get("num_skipped", 0)),
             list(batch.get("skipped", [])),
-            mix_targets(parts.loader, parts.data.names, drawn_for),
+            mix_targets(
+                parts.loader, parts.data.names, drawn_for, self._adapted_weights(drawn_for)
+            ),
         )
+
+    def _adapted_weights(self, step: int) -> list[float] | None:
+        adaptive = self.parts.adaptive
+        return (
+            adaptive.weights_at(step) if adaptive is not None and adaptive.adapt_weights else None
+        )
+
+    def _loss_weights(self, batch: dict[str, Any], drawn_for: int) -> torch.Tensor:
+        """The batch's weights; with adapted weights, those in force at its step."""
+        adaptive = self.parts.adaptive
+        if adaptive is None or not adaptive.adapt_weights:
+            return batch["loss_weights"]
+        in_force = torch.tensor(adaptive.weights_at(drawn_for), dtype=torch.float32)
+        return in_force[batch["source_ids"]]
 
     def evaluate(self, step: int, *, final: bool = False) -> dict[str, dict[str, float]]:
         """Recall@K per validation source, logged as an ``eval`` record."""
@@ -293,6 +336,7 @@ class TrainingLoop:
             parts.loader.batch_sampler,
             to_yaml(parts.cfg),
             rng,
+            extra={"adaptive": parts.adaptive.state_dict()} if parts.adaptive else None,
         )
 
     def save(self, state: RunState) -> None:
@@ -318,10 +362,6 @@ def _finite_on_every_rank(total: torch.Tensor) -> bool:
     """Whether the loss is finite on all ranks (all raise together; none waits in backward)."""
     bad = (~torch.isfinite(total.detach())).float().reshape(1)
     return all_reduce_sum(bad).item() == 0
-
-
-def _to_device(target: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in target.items()}
 
 
 def _to_float(outputs: Any) -> Any:

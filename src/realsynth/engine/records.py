@@ -41,17 +41,21 @@ def loss_values(
     return tuple(keys), torch.stack([v.float().reshape(()) for v in values])
 
 
-def mix_targets(loader: Any, names: list[str], step: int) -> dict[str, float]:
+def mix_targets(
+    loader: Any, names: list[str], step: int, weights: list[float] | None = None
+) -> dict[str, float]:
     """Every source's target share and loss weight at optimizer step ``step`` (0-based), as
-    ``target_share/<name>`` and ``weight/<name>``; empty for a loader without a
-    :class:`~realsynth.data.sampler.MixedBatchSampler` over a ``MixedDataset``."""
+    ``target_share/<name>`` and ``weight/<name>`` (``weights``, when given, are the ones in
+    force); empty for a loader without a :class:`~realsynth.data.sampler.MixedBatchSampler`
+    over a ``MixedDataset``."""
     sampler, dataset = loader.batch_sampler, loader.dataset
     if not hasattr(sampler, "target_shares") or not hasattr(dataset, "sources"):
         return {}
     shares = sampler.target_shares(step)
+    if weights is None:
+        weights = [source.weight_at(step) for source in dataset.sources]
     out = {f"target_share/{name}": share for name, share in zip(names, shares)}
-    for name, source in zip(names, dataset.sources):
-        out[f"weight/{name}"] = source.weight_at(step)
+    out.update({f"weight/{name}": weight for name, weight in zip(names, weights)})
     return out
 
 
@@ -75,9 +79,16 @@ def reduce_records(keys: tuple[str, ...], values: Tensor) -> list[dict[str, floa
     return [{k: v for k, v in zip(keys, row) if math.isfinite(v)} for row in values.cpu().tolist()]
 
 
-def progress_postfix(record: dict[str, float], kinds: dict[str, str]) -> dict[str, str]:
-    """Short progress-bar fields: total loss and the real / synthetic unweighted losses."""
+def progress_postfix(
+    record: dict[str, float], kinds: dict[str, str], *, share: bool = False
+) -> dict[str, str]:
+    """Short progress-bar fields: total loss and the real / synthetic unweighted losses (and,
+    with ``share``, the real share of the batches in force)."""
     postfix = {"loss": f"{record.get('total', float('nan')):.3f}"}
+    if share:
+        real = [v for k, v in record.items() if k.startswith("target_share/")
+                and kinds.get(k.split("/", 1)[1]) == "real"]  # fmt: skip
+        postfix["real_share"] = f"{sum(real):.2f}"
     for kind in ("real", "synthetic"):
         values = [
             v

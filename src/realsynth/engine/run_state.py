@@ -65,11 +65,11 @@ class RunState:
 
     def align_with(self, sampler: Any) -> None:
         """Carry the position over to a sampler of another epoch length (another number of
-        processes): the same fraction of the epoch, or under a ratio schedule the same step for
-        the next batch to be drawn for, which the schedule follows (see docs/distributed.md)."""
+        processes): the same fraction of the epoch, or when the shares depend on the step (a
+        schedule, adaptive mixing) the same step for the next batch to be drawn for."""
         length = len(sampler)
         if self.epoch_length and self.epoch_length != length:
-            if getattr(sampler, "is_scheduled", False):
+            if getattr(sampler, "shares_change", False):
                 drawn = self.epoch * self.epoch_length + self.batch_in_epoch
                 self.epoch, self.batch_in_epoch = divmod(drawn, length)
             else:
@@ -104,11 +104,14 @@ def checkpoint_payload(
     sampler: Any,
     config_yaml: str,
     rng: dict[str, Any],
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Everything a resumed run needs: weights, optimizer, scheduler, sampler position, RNG."""
+    """Everything a resumed run needs: weights, optimizer, scheduler, sampler position, RNG
+    (and ``extra``: e.g. the adaptive-mixing state)."""
     model = getattr(model, "module", model)
     state.align_with(sampler)
     return {
+        **(extra or {}),
         "version": CHECKPOINT_VERSION,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),

@@ -110,10 +110,11 @@ def _train(
     model, criterion = build.build_model_and_criterion(cfg, data, device)
     optimizer = build.build_optimizer(cfg, model)
     scheduler = build.build_scheduler(cfg, optimizer)
-    loader = build.build_train_loader(cfg, data, device)
+    adaptive = build.build_adaptive(cfg, data)
+    loader = build.build_train_loader(cfg, data, device, adaptive)
     state = RunState()
     if resume:
-        state = _restore(folder, model, optimizer, scheduler, loader.batch_sampler)
+        state = _restore(folder, model, optimizer, scheduler, loader.batch_sampler, adaptive)
         done = _finished_results(folder, state, cfg.SOLVER.MAX_ITER)
         if done is not None:
             return done
@@ -126,9 +127,12 @@ def _train(
         scheduler,
         loader,
         device,
+        adaptive,
     )
     if is_main:
         atomic_write_text(folder.path / "config.yaml", to_yaml(cfg))
+        if data.holdout is not None:
+            data.holdout.write(folder.path)
         write_skipped_samples(folder.path, data)
         build.print_run_summary(cfg, data, loader)
     log = None
@@ -190,6 +194,7 @@ def _restore(
     optimizer: Any,
     scheduler: Any,
     sampler: Any,
+    adaptive: Any = None,
 ) -> RunState:
     """Load the newest readable checkpoint into the fresh objects; refuse a changed stream."""
     candidates = folder.resume_candidates()
@@ -207,6 +212,14 @@ def _restore(
     if unreadable and get_rank() == 0:
         print(f"realsynth: {'; '.join(unreadable)}; resuming from {path} instead")
     _check_same_stream(folder.path, ckpt["sampler"], sampler.state_dict())
+    if adaptive is not None:
+        if "adaptive" not in ckpt:
+            raise ValueError(
+                f"{folder.path}: the checkpoint was written without adaptive mixing; resume with "
+                "DATASETS.MULTI_DATASET.ADAPTIVE.ENABLED=false"
+            )
+        adaptive.load_state_dict(ckpt["adaptive"])
+        sampler.load_share_history(ckpt["sampler"])
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])

@@ -118,3 +118,28 @@ def evaluate_fixed_model(config_yaml: str, rank: int = 0, world: int = 1) -> dic
             new_evaluator=build_evaluator_factory(cfg, data),
         )
     )
+
+
+def adaptive_alignment(config_yaml: str, rank: int, world: int) -> list[list[float | None]]:
+    """Every rank's per-source alignment on its share of ``fixed_items`` and of the first
+    holdout batch (4 images), gathered so that rank 0 returns all of them."""
+    import torch.distributed as dist
+
+    from realsynth.engine.alignment import source_alignment
+    from realsynth.engine.holdout import holdout_items
+
+    cfg = load_config(None, base_yaml=config_yaml)
+    seed_all(cfg.SEED)
+    data = build_data(cfg)
+    model, criterion = build_model_and_criterion(cfg, data, CPU)
+    items = fixed_items(data)
+    share = len(items) // world
+    batch = collate_relations(items[rank * share : (rank + 1) * share])
+    holdout = data.holdout.dataset
+    held = collate_relations([holdout[i] for i in holdout_items(len(holdout), 0, 4, rank, world)])
+    ours = source_alignment(model, criterion, batch, held, len(data.names), CPU)
+    if world == 1:
+        return [ours]
+    gathered: list = [None] * world
+    dist.all_gather_object(gathered, ours)
+    return gathered

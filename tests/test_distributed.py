@@ -96,6 +96,47 @@ def test_a_scheduled_run_resumed_on_fewer_processes_keeps_its_schedule(tmp_path,
     assert [r["target_share/real"] for r in records] == [0, 0, 0, 0, 1, 1]
 
 
+ADAPTIVE = (
+    "MODEL.BACKBONE_NORM=group",
+    "DATASETS.MULTI_DATASET.ADAPTIVE.ENABLED=true",
+    "DATASETS.MULTI_DATASET.ADAPTIVE.INTERVAL=2",
+    "DATASETS.MULTI_DATASET.ADAPTIVE.HOLDOUT_IMAGES=5",
+    "DATASETS.MULTI_DATASET.ADAPTIVE.STEP_SIZE=4.0",
+)
+
+
+def test_adaptive_alignment_is_the_same_on_both_ranks_and_equals_one_process(tmp_path, demo_root):
+    config = to_yaml(tiny_config(tmp_path, *ADAPTIVE, demo_root=demo_root))
+    out = tmp_path / "alignment.pt"
+    spawn(case_worker, 2, "adaptive_alignment", config, str(out))
+    rank0, rank1 = torch.load(out)
+    assert rank0 == rank1  # bit for bit: the statistics are all-reduced before the cosine
+    (single,) = one_process_alignment(config)
+    assert rank0 == pytest.approx(single, abs=1e-5)
+    assert all(a is not None and -1 <= a <= 1 for a in single) and single[0] != single[1]
+
+
+def one_process_alignment(config: str):
+    from ddp_cases import adaptive_alignment
+
+    return adaptive_alignment(config, 0, 1)
+
+
+def test_two_process_adaptive_run_takes_the_decisions_of_one_process(tmp_path, demo_root):
+    steps = ("SOLVER.MAX_ITER=6", "TEST.EVAL_PERIOD=100", "SOLVER.CHECKPOINT_PERIOD=100")
+    two = tiny_config(tmp_path / "two", *ADAPTIVE, *steps, demo_root=demo_root)
+    spawn(train_worker, 2, to_yaml(two))
+    train(tiny_config(tmp_path / "one", *ADAPTIVE, *steps, demo_root=demo_root))
+    decided = [
+        [r for r in read_metrics(tmp_path / f"{n}/run") if r["kind"] == "adaptive"]
+        for n in ("two", "one")
+    ]
+    assert [r["step"] for r in decided[0]] == [r["step"] for r in decided[1]] == [2, 4, 6]
+    for ddp, single in zip(*decided):
+        assert ddp["decided_share/real"] == pytest.approx(single["decided_share/real"], abs=1e-4)
+    assert decided[1][-1]["decided_share/real"] != pytest.approx(0.7, abs=1e-3)  # it moved
+
+
 def test_sharded_evaluation_equals_single_process(tmp_path, demo_root):
     config = to_yaml(tiny_config(tmp_path, demo_root=demo_root))
     single = evaluate_fixed_model(config)

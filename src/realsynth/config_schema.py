@@ -61,7 +61,7 @@ class AdaptiveConfig:
     HOLDOUT_SOURCE: str = ""
     HOLDOUT_BATCH: int = 16  # holdout images per decision (cycling through the holdout)
     STEP_SIZE: float = 1.0  # exponentiated-gradient step on the smoothed alignment
-    SMOOTHING: float = 0.5  # alignment EMA: new = SMOOTHING * old + (1 - SMOOTHING) * measured
+    SMOOTHING: float = 0.8  # alignment EMA: new = SMOOTHING * old + (1 - SMOOTHING) * measured
     MIN_RATIO: float = 0.05  # per-source share bounds (a source's own MIN_RATIO / MAX_RATIO win)
     MAX_RATIO: float = 0.95
     ADAPT_WEIGHTS: bool = False  # also move the synthetic sources' loss weights

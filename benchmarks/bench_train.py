@@ -4,7 +4,9 @@ Each step of a bare loop is split into data loading, model forward, criterion (H
 reported on its own), and backward + optimizer step. The real trainer (``realsynth.engine.train``:
 clipping, LR schedule, NaN check, logging every ``SOLVER.LOG_PERIOD`` steps, progress bar,
 checkpoint cadence) runs the same steps in the same process, alternating with the bare loop, and
-is reported as a ratio to it. On a CUDA machine the base preset is measured as well.
+is reported as a ratio to it, and so is the trainer with adaptive mixing on (its cost: one
+alignment measurement every ``ADAPTIVE.INTERVAL`` steps). On a CUDA machine the base preset is
+measured as well.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ PHASES = ("data", "forward", "matching", "criterion (rest)", "backward + step")
 # One checkpoint inside the timed window of the trainer row (every 100 steps).
 CHECKPOINT_PERIOD = 100
 REPEATS = 3
+ADAPTIVE = "DATASETS.MULTI_DATASET.ADAPTIVE"
 
 
 @contextmanager
@@ -139,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer steps")
     args = parser.parse_args(argv)
     steps, warmup = (8, 2) if args.quick else (150, 5)
+    # The default interval; quick runs take a decision inside their few steps too.
+    interval = 4 if args.quick else 50
+    adaptive_on = [f"{ADAPTIVE}.ENABLED=true", f"{ADAPTIVE}.INTERVAL={interval}"]
     runs = [("tiny, CPU", ["MODEL.DEVICE=cpu", "MODEL.PRESET=tiny"])]
     if torch.cuda.is_available():
         base = ["MODEL.DEVICE=cuda", "MODEL.PRESET=base", "INPUT.MIN_SIZE_TRAIN=[512]"]
@@ -153,20 +159,28 @@ def main(argv: list[str] | None = None) -> int:
         f"| run | batch | steps/s | images/s | ms/step | {header} |",
         "|---|---:|---:|---:|---:|" + "---:|" * len(PHASES),
     ]
-    trainer_rows = []
+    trainer_rows, adaptive_rows = [], []
+    decisions = (warmup + steps) // interval - warmup // interval
     for name, overrides in runs:
-        # Alternate bare loop and trainer and compare medians: load drifts on a shared
-        # machine, and the two must see the same conditions.
-        bare, trainer = [], []
+        # Alternate bare loop, trainer and adaptive trainer and compare medians: load drifts
+        # on a shared machine, and the three must see the same conditions.
+        bare, trainer, adaptive = [], [], []
         for _ in range(REPEATS):
             bare.append(measure(overrides, steps, warmup))
             trainer.append(measure_trainer(overrides, steps, warmup))
+            adaptive.append(measure_trainer(overrides + adaptive_on, steps, warmup))
         rates = [steps / sum(t[p] for p in PHASES) for t in bare]
         middle = sorted(range(REPEATS), key=lambda i: rates[i])[REPEATS // 2]
         bare_rate, trainer_rate = rates[middle], sorted(trainer)[REPEATS // 2]
+        adaptive_rate = sorted(adaptive)[REPEATS // 2]
         lines.append(row(name, bare[middle], steps))
         trainer_rows.append(
             f"| {name} | {bare_rate:.2f} | {trainer_rate:.2f} | {trainer_rate / bare_rate:.3f}x |"
+        )
+        per_decision = (steps / adaptive_rate - steps / trainer_rate) / max(1, decisions)
+        adaptive_rows.append(
+            f"| {name} | {interval} | {trainer_rate:.2f} | {adaptive_rate:.2f} | "
+            f"{100 * (trainer_rate / adaptive_rate - 1):+.1f}% | {1e3 * per_decision:.0f} |"
         )
     lines += [
         "",
@@ -177,6 +191,14 @@ def main(argv: list[str] | None = None) -> int:
         "| run | bare loop steps/s | trainer steps/s | trainer / bare |",
         "|---|---:|---:|---:|",
         *trainer_rows,
+        "",
+        f"Adaptive mixing (gradient alignment, 2 sources, holdout batch 16) against the same "
+        f"trainer with a fixed mix; {decisions} decisions in the timed window; medians of "
+        f"{REPEATS} alternating runs:",
+        "",
+        "| run | interval | fixed mix steps/s | adaptive steps/s | extra time | ms per decision |",
+        "|---|---:|---:|---:|---:|---:|",
+        *adaptive_rows,
     ]
     if not torch.cuda.is_available():
         lines += ["", "No CUDA device here: the base preset on a GPU was not measured."]

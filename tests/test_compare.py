@@ -60,6 +60,20 @@ def test_compare_on_the_test_split_evaluates_each_run_once(tmp_path):
     assert (tmp_path / "run" / "mix" / "seed0" / "eval_test.json").exists()
 
 
+def test_builtin_adaptive_starts_from_the_mix_and_the_mix_stays_fixed(tmp_path):
+    adaptive_config = tiny_config(tmp_path, "DATASETS.MULTI_DATASET.ADAPTIVE.ENABLED=true")
+    variants = compare_variants(
+        tiny_config(tmp_path, "COMPARE.BUILTIN=[real_only,naive,mix,adaptive]")
+    )
+    adaptive = run_config(adaptive_config, "adaptive", variants["adaptive"], 0)
+    mix = run_config(adaptive_config, "mix", variants["mix"], 0)
+    naive = run_config(adaptive_config, "naive", variants["naive"], 0)
+    assert adaptive.DATASETS.MULTI_DATASET.ADAPTIVE.ENABLED
+    assert not mix.DATASETS.MULTI_DATASET.ADAPTIVE.ENABLED
+    assert not naive.DATASETS.MULTI_DATASET.ADAPTIVE.ENABLED
+    assert adaptive.DATASETS.MULTI_DATASET.REAL_SAMPLING_RATIO == 0.7  # the mix's start
+
+
 def test_variant_names_and_reference_are_checked(tmp_path):
     clash = tiny_config(tmp_path, "COMPARE.VARIANTS=[{NAME: mix, OVERRIDES: []}]")
     with pytest.raises(ConfigError, match=r"COMPARE.VARIANTS\[0\].NAME: 'mix' is already"):

@@ -5,7 +5,10 @@ Built-in variants (``COMPARE.BUILTIN``):
 1. ``real_only``: the real sources alone (``MULTI_DATASET.ENABLED: false``), weights 1.0;
 2. ``naive``: every source, each batch's share proportional to the source's size, weights 1.0
    (what plain concatenation + shuffling gives);
-3. ``mix``: the configured mix (by default the note's: 0.7 real, synthetic weight 0.5);
+3. ``mix``: the configured mix (by default the note's: 0.7 real, synthetic weight 0.5), held
+   fixed (adaptive mixing off);
+4. ``adaptive`` (not run by default): the configured mix as the starting point of adaptive
+   mixing (``MULTI_DATASET.ADAPTIVE``, :mod:`realsynth.engine.adaptive`);
 
 plus the user's ``COMPARE.VARIANTS`` (a name and config overrides each). Every variant x seed
 is an ordinary run folder ``OUTPUT_DIR/<variant>/seed<k>`` (``SEED + k``); running ``compare``
@@ -34,7 +37,7 @@ from realsynth.engine.train import train
 from realsynth.utils.atomic import atomic_write_json
 
 MD = "DATASETS.MULTI_DATASET"
-BUILTIN_VARIANTS = ("real_only", "naive", "mix")
+BUILTIN_VARIANTS = ("real_only", "naive", "mix", "adaptive")
 
 
 def builtin_overrides(cfg: DictConfig, name: str) -> list[str]:
@@ -60,10 +63,13 @@ def builtin_overrides(cfg: DictConfig, name: str) -> list[str]:
             f"{MD}.SYNTHETIC_LOSS_WEIGHT=1.0",
             f"{MD}.REAL_SAMPLING_RATIO_SCHEDULE.KIND=constant",
             f"{MD}.SYNTHETIC_LOSS_WEIGHT_SCHEDULE.KIND=constant",
+            f"{MD}.ADAPTIVE.ENABLED=false",
             *unset,
         ]
     if name == "mix":
-        return []
+        return [f"{MD}.ADAPTIVE.ENABLED=false"]
+    if name == "adaptive":
+        return [f"{MD}.ENABLED=true", f"{MD}.ADAPTIVE.ENABLED=true"]
     raise ConfigError(f"COMPARE.BUILTIN: unknown variant {name!r}; known: {BUILTIN_VARIANTS}")
 
 

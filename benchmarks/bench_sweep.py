@@ -46,16 +46,19 @@ def test_score(report: dict) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short trials, small demo")
+    parser.add_argument("--steps", type=int, default=1000, help="steps per trial")
+    parser.add_argument("--val", type=int, default=500, help="validation images per domain")
     args = parser.parse_args(argv)
-    steps = 100 if args.quick else 1000
+    steps = 100 if args.quick else args.steps
+    val = 100 if args.quick else args.val
     base = [
         f"SOLVER.MAX_ITER={steps}",
         f"TEST.EVAL_PERIOD={steps // 4}",
         f"SOLVER.CHECKPOINT_PERIOD={steps}",
         "SWEEP.CONFIRM_SEEDS=0",
     ]
-    if args.quick:
-        base += ["DATASETS.DEMO.REAL_VAL=100", "DATASETS.DEMO.SYNTHETIC_VAL=100"]
+    if val != 500:
+        base += [f"DATASETS.DEMO.REAL_VAL={val}", f"DATASETS.DEMO.SYNTHETIC_VAL={val}"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         grid_settings = ["SWEEP.SAMPLER=grid", "SWEEP.GRID_POINTS=4", "SWEEP.TRIALS=16"]
@@ -88,8 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         "## Mix search (`benchmarks/bench_sweep.py`)",
         "",
         f"Machine: {machine()}. Command: `python benchmarks/bench_sweep.py"
-        f"{' --quick' if args.quick else ''}`; demo data, {steps}-step trials, evaluation every "
-        f"{steps // 4} steps, real share in [0.1, 1] x synthetic weight in [0, 1].",
+        f"{' --quick' if args.quick else f' --steps {steps} --val {val}'}`; demo data "
+        f"({val} validation images per domain, 500 real test images), {steps}-step trials, "
+        f"evaluation every {steps // 4} steps, real share in [0.1, 1] x synthetic weight in "
+        "[0, 1].",
         "",
         "| search | trials | steps trained | vs grid | wall time | picked share / weight | "
         "val R@50 | test R@50 |",

@@ -155,3 +155,23 @@ def test_a_study_searched_over_another_space_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="was searched over another SWEEP.SPACE"):
         open_study(narrower, parse_space(narrower), None, "s")
     assert storage_for(tmp_path, "sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_successive_halving_rungs_start_at_the_first_evaluation(tmp_path):
+    from realsynth.engine.sweep import make_pruner
+
+    cfg = tiny_config(tmp_path, "SOLVER.MAX_ITER=40", "TEST.EVAL_PERIOD=10")
+    pruner = make_pruner(cfg)
+    # The 4th trial, worst at the first rung (step 10) among four, is pruned; at step 9 (below
+    # the first rung) nothing is decided yet.
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    for value in (0.5, 0.6, 0.7):
+        trial = study.ask()
+        trial.report(value, 10)
+        trial.should_prune()  # records the trial's value at the rung, as the objective does
+        study.tell(trial, value)
+    trial = study.ask()
+    trial.report(0.1, 9)
+    assert not trial.should_prune()
+    trial.report(0.1, 10)
+    assert trial.should_prune()

@@ -115,9 +115,20 @@ class HungarianMatcher:
         if flat.total == 0:
             return [(empty, empty) for _ in flat.sizes]
         cost = self.cost_matrix(outputs, flat, spec, log_probs)
-        packed = torch.cat((cost.reshape(-1), flat.problems.to(cost.dtype))).cpu().numpy()
+        cost, copies = self.adjust_cost(outputs, flat, spec, cost, log_probs)
+        # One transfer: the cost, the targets' problem flags and (one-to-many) the copies.
+        parts = [cost.reshape(-1), flat.problems.to(cost.dtype)]
+        if copies is not None:
+            parts.append(copies.reshape(-1).to(cost.dtype))
+        packed = torch.cat(parts).cpu().numpy()
         cost_np = packed[: cost.numel()].reshape(cost.shape)
-        self._raise_on_problems(packed[cost.numel() :].astype(np.int64), flat, spec)
+        problems = packed[cost.numel() : cost.numel() + flat.total].astype(np.int64)
+        self._raise_on_problems(problems, flat, spec)
+        copies_np = (
+            packed[cost.numel() + flat.total :].reshape(cost.shape[0], -1).astype(np.int64)
+            if copies is not None
+            else None
+        )
         result: Assignment = []
         for b, size in enumerate(flat.sizes):
             block = cost_np[b, :, :size]
@@ -126,9 +137,26 @@ class HungarianMatcher:
                     f"matcher: NaN or inf in the {spec.mode} predictions of image {b} "
                     f"(keys {spec.class_keys + spec.box_keys})"
                 )
-            rows, cols = linear_sum_assignment(block) if size else (empty, empty)
-            result.append((rows.astype(np.int64), cols.astype(np.int64)))
+            if not size:
+                result.append((empty, empty))
+            elif copies_np is None:
+                rows, cols = linear_sum_assignment(block)
+                result.append((rows.astype(np.int64), cols.astype(np.int64)))
+            else:
+                result.append(assign_copies(block, copies_np[b, :size]))
         return result
+
+    def adjust_cost(
+        self,
+        outputs: dict[str, Tensor],
+        flat: FlatTargets,
+        spec: HeadSpec,
+        cost: Tensor,
+        log_probs: Sequence[Tensor] | None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """A subclass's hook: change the cost [B, Q, max(sizes)] and return the copies of each
+        target [B, max(sizes)] for one-to-many matching (None: one-to-one)."""
+        return cost, None
 
     @staticmethod
     def _raise_on_problems(problems: np.ndarray, flat: FlatTargets, spec: HeadSpec) -> None:
@@ -144,3 +172,25 @@ class HungarianMatcher:
             details.append(f"image {b} {spec.mode} target {int(i - starts[b])}: {', '.join(what)}")
         more = f" (and {bad.size - 10} more)" if bad.size > 10 else ""
         raise ValueError("invalid targets: " + "; ".join(details) + more)
+
+
+def assign_copies(cost: np.ndarray, copies: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One-to-many assignment: target j repeated ``copies[j]`` times, then Hungarian matching.
+
+    When the copies exceed the Q queries, the largest is lowered by one (the first of equals)
+    until they fit, so that every target is matched at least once.
+
+    Args:
+        cost: [Q, T] matching cost of one image, T <= Q.
+        copies: int64 [T], each >= 1.
+
+    Returns:
+        (query indices, target indices) of the matched pairs; target j appears ``copies[j]``
+        times (after the cap), a query at most once.
+    """
+    copies = np.maximum(copies.astype(np.int64), 1)
+    while copies.sum() > cost.shape[0]:
+        copies[np.argmax(copies)] -= 1  # the first of the largest; never below 1 as T <= Q
+    columns = np.repeat(np.arange(cost.shape[1]), copies)
+    rows, cols = linear_sum_assignment(cost[:, columns])
+    return rows.astype(np.int64), columns[cols].astype(np.int64)

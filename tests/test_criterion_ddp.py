@@ -17,6 +17,7 @@ from criterion_cases import make_outputs, make_targets, slice_batch
 
 from realsynth.modeling.criterion import RelationCriterion
 from realsynth.modeling.heads import RELATION_HEADS
+from realsynth.modeling.one_to_many import QualityAwareMatcher
 from realsynth.modeling.set_targets import flatten_targets
 from realsynth.modeling.weighting import batch_weights, box_term, reduce_terms
 from realsynth.utils import distributed
@@ -41,10 +42,19 @@ def _shared_offset(outputs, theta):
     return out
 
 
-def _run(outputs, targets, normalization):
+# One-to-one, and SpeaQ's copies (2 per triplet; the 7-triplet image is capped at 8 queries).
+MATCHERS = {"one_to_one": None, "two_copies": {"scheme": "static", "top_k": 2}}
+
+
+def _run(outputs, targets, normalization, matcher=None):
     theta = torch.zeros((), requires_grad=True)
     criterion = RelationCriterion(
-        C, R, no_object_class_weight=0.1, no_relation_class_weight=0.1, normalization=normalization
+        C,
+        R,
+        no_object_class_weight=0.1,
+        no_relation_class_weight=0.1,
+        normalization=normalization,
+        matcher=QualityAwareMatcher(**matcher) if matcher else None,
     )
     layer = _shared_offset(outputs, theta)
     layer["aux_outputs"] = [_shared_offset(a, theta) for a in outputs["aux_outputs"]]
@@ -97,9 +107,10 @@ def _worker(rank, port, path):
         lo, hi = rank * per_rank, (rank + 1) * per_rank
         results = {}
         for normalization in ("count", "weight"):
-            outputs = slice_batch(make_outputs(1, len(LAYOUT), Q, C, R, aux=1), lo, hi)
-            targets = make_targets(2, LAYOUT, C, R, weights=WEIGHTS)[lo:hi]
-            results[normalization] = _run(outputs, targets, normalization)
+            for name, matcher in MATCHERS.items():
+                outputs = slice_batch(make_outputs(1, len(LAYOUT), Q, C, R, aux=1), lo, hi)
+                targets = make_targets(2, LAYOUT, C, R, weights=WEIGHTS)[lo:hi]
+                results[normalization, name] = _run(outputs, targets, normalization, matcher)
         torch.save(results, f"{path}.{rank}")
     finally:
         dist.destroy_process_group()
@@ -116,7 +127,7 @@ def test_two_ranks_match_one_process(tmp_path):
             make_targets(2, LAYOUT, C, R, weights=WEIGHTS),
             normalization,
         )
-        got = [r[normalization] for r in ranks]
+        got = [r[normalization, "one_to_one"] for r in ranks]
         expected_num = (
             sum(m for _, m in LAYOUT)
             if normalization == "count"
@@ -139,3 +150,30 @@ def test_two_ranks_match_one_process(tmp_path):
         boxes = torch.cat([g["boxes"] for g in got]) / WORLD
         torch.testing.assert_close(boxes, single["boxes"])
         assert single["boxes"][:per_rank].abs().sum() > 0
+
+
+def test_two_ranks_match_one_process_with_duplicated_pairs(tmp_path):
+    path = str(tmp_path / "rank")
+    mp.spawn(_worker, args=(_free_port(), path), nprocs=WORLD, join=True)
+    ranks = [torch.load(f"{path}.{r}") for r in range(WORLD)]
+    for normalization in ("count", "weight"):
+        single = _run(
+            make_outputs(1, len(LAYOUT), Q, C, R, aux=1),
+            make_targets(2, LAYOUT, C, R, weights=WEIGHTS),
+            normalization,
+            MATCHERS["two_copies"],
+        )
+        one_to_one = _run(
+            make_outputs(1, len(LAYOUT), Q, C, R, aux=1),
+            make_targets(2, LAYOUT, C, R, weights=WEIGHTS),
+            normalization,
+        )
+        got = [r[normalization, "two_copies"] for r in ranks]
+        for key, value in single["terms"].items():
+            mean = sum(g["terms"][key] for g in got) / WORLD
+            torch.testing.assert_close(mean, value, msg=f"{normalization} {key}")
+        torch.testing.assert_close(sum(g["theta"] for g in got) / WORLD, single["theta"])
+        # The copies really changed the loss (more matched pairs, other divisors).
+        assert not torch.isclose(
+            single["terms"]["loss_bbox_subject"], one_to_one["terms"]["loss_bbox_subject"]
+        )

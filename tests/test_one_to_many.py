@@ -139,3 +139,25 @@ def test_duplicated_pairs_carry_their_images_weight_in_the_box_divisor(normaliza
         divisor += len(q) if normalization == "count" else weights[b] * len(q)
     assert divisor == (10 if normalization == "count" else 7.0)  # 2 x (3 + 2) duplicated pairs
     assert float(losses["loss_bbox_subject"]) == pytest.approx(total / divisor, rel=1e-5)
+
+
+def test_shared_matching_solves_the_costs_summed_over_layers() -> None:
+    from scipy.optimize import linear_sum_assignment
+
+    outputs, targets = _relation_batch(2)
+    flat = flatten_targets(targets, RELATION_HEADS, [4, 3, 3], device="cpu")
+    matcher = HungarianMatcher()
+    shared = matcher.assign(outputs, flat, RELATION_HEADS, extra_layers=outputs["aux_outputs"])
+    cost = matcher.cost_matrix(outputs, flat, RELATION_HEADS) + matcher.cost_matrix(
+        outputs["aux_outputs"][0], flat, RELATION_HEADS
+    )
+    for b, (q, t) in enumerate(shared):
+        rows, cols = linear_sum_assignment(cost[b, :, : flat.sizes[b]].detach().numpy())
+        assert q.tolist() == rows.tolist() and t.tolist() == cols.tolist()
+    # The criterion then uses that one matching for the final and the auxiliary layer.
+    crit = RelationCriterion(3, 4, match_independent=False)
+    losses = crit(outputs, targets)
+    alone = RelationCriterion(3, 4)({**outputs["aux_outputs"][0], "aux_outputs": []}, targets)
+    independent = RelationCriterion(3, 4)(outputs, targets)
+    assert not torch.equal(losses["loss_bbox_subject_0"], independent["loss_bbox_subject_0"])
+    assert torch.equal(independent["loss_bbox_subject_0"], alone["loss_bbox_subject"])

@@ -70,6 +70,28 @@ def validate(cfg: DictConfig) -> None:
     _validate_sources(cfg)
     _validate_schedules(cfg)
     _validate_adaptive(cfg)
+    _validate_speaq(cfg)
+
+
+def _validate_speaq(cfg: DictConfig) -> None:
+    speaq = cfg.MODEL.SPEAQ
+    for name in ("ONE2MANY_K", "MULTIPLY_QUERY", "NUM_GROUPS"):
+        _check_positive(speaq[name], f"MODEL.SPEAQ.{name}")
+    if not math.isfinite(speaq.ONE2MANY_PREDICATE_WEIGHT):
+        raise ConfigError("MODEL.SPEAQ.ONE2MANY_PREDICATE_WEIGHT must be finite", "MODEL.SPEAQ")
+    if speaq.ONLY_PREDICATE_MULTIPLY:
+        raise ConfigError(
+            "MODEL.SPEAQ.ONLY_PREDICATE_MULTIPLY is not supported: realsynth's relation queries "
+            "predict their own subject and object (no separate entity queries to share); "
+            "MULTIPLY_QUERY multiplies the whole triplet queries (docs/speaq.md)",
+            "MODEL.SPEAQ",
+        )
+    if speaq.ONE2MANY_SCHEME == "dynamic" and not speaq.MATCH_INDEPENDENT:
+        raise ConfigError(
+            "MODEL.SPEAQ.ONE2MANY_SCHEME=dynamic needs MATCH_INDEPENDENT=true (the quality is "
+            "measured on each layer's own predictions; SpeaQ has no shared dynamic matching)",
+            "MODEL.SPEAQ",
+        )
 
 
 def _validate_adaptive(cfg: DictConfig) -> None:

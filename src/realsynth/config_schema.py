@@ -160,6 +160,25 @@ class CriterionConfig:
 
 
 @dataclass
+class SpeaQConfig:
+    """SpeaQ's matching (CVPR 2024; mlvlab/SpeaQ ``configs/defaults.py``), under its key names;
+    docs/speaq.md maps them. Defaults are SpeaQ's, except ONE2MANY_SCHEME (none = one-to-one, what
+    SpeaQ's static with K 1 does) and MATCH_INDEPENDENT (true: realsynth matches every decoder
+    layer on its own predictions, as SpeaQ's recipe does)."""
+
+    ONE2MANY_SCHEME: str = "none"  # none | static (K copies each) | dynamic (quality-aware)
+    ONE2MANY_DYNAMIC_SCHEME: str = "min"  # IoU combination: min | max | gm | am
+    ONE2MANY_K: int = 1
+    MATCH_INDEPENDENT: bool = True  # false: one matching from the costs summed over layers
+    ONE2MANY_PREDICATE_SCORE: bool = False  # add the predicate probability term to the quality
+    ONE2MANY_PREDICATE_WEIGHT: float = 1.0
+    MULTIPLY_QUERY: int = 1  # relation queries = NUM_QUERIES (or the preset's) x this
+    ONLY_PREDICATE_MULTIPLY: bool = False  # not supported (docs/speaq.md)
+    USE_GROUP_MASK: bool = False
+    NUM_GROUPS: int = 5
+
+
+@dataclass
 class ModelConfig:
     PRESET: str = "tiny"  # tiny | base
     DEVICE: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -174,6 +193,7 @@ class ModelConfig:
     # batch (exact DDP equivalence on CPUs); batch learns much faster from scratch.
     BACKBONE_NORM: str = ""
     CRITERION: CriterionConfig = field(default_factory=CriterionConfig)
+    SPEAQ: SpeaQConfig = field(default_factory=SpeaQConfig)
 
 
 @dataclass
@@ -294,6 +314,8 @@ _CHOICES = {
     "MODEL.CRITERION.NORMALIZATION": ("count", "weight"),
     "MODEL.CRITERION.ON_INVALID_WEIGHT": ("error", "fallback"),
     "MODEL.CRITERION.PREDICATE_CLASS_WEIGHTS": ("none", "frequency"),
+    "MODEL.SPEAQ.ONE2MANY_SCHEME": ("none", "static", "dynamic"),
+    "MODEL.SPEAQ.ONE2MANY_DYNAMIC_SCHEME": ("min", "max", "gm", "am"),
     "SOLVER.LR_SCHEDULE": ("cosine", "constant"),
     "TEST.PROTOCOL": ("sgb", "continuous"),
     "COMPARE.SPLIT": ("val", "test"),

@@ -8,6 +8,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch import nn
@@ -25,7 +26,9 @@ from realsynth.engine.recall import SceneGraphEvaluator
 from realsynth.modeling.criterion import RelationCriterion
 from realsynth.modeling.heads import loss_coefficients
 from realsynth.modeling.matcher import HungarianMatcher
-from realsynth.modeling.model import build_model
+from realsynth.modeling.model import PRESETS, build_model
+from realsynth.modeling.one_to_many import QualityAwareMatcher
+from realsynth.modeling.predicate_groups import predicate_groups
 from realsynth.utils.distributed import get_rank, get_world_size, is_dist_avail_and_initialized
 
 __all__ = [
@@ -50,6 +53,8 @@ def build_model_and_criterion(
         for key in ("NUM_QUERIES", "D_MODEL", "ENC_LAYERS", "DEC_LAYERS", "DIM_FEEDFORWARD")
         if cfg.MODEL[key] is not None
     }
+    queries = overrides.get("num_queries", PRESETS[cfg.MODEL.PRESET]["num_queries"])
+    overrides["num_queries"] = queries * cfg.MODEL.SPEAQ.MULTIPLY_QUERY
     if cfg.MODEL.BACKBONE_CHANNELS:
         overrides["backbone_channels"] = tuple(cfg.MODEL.BACKBONE_CHANNELS)
     if cfg.MODEL.BACKBONE_NORM:
@@ -60,9 +65,8 @@ def build_model_and_criterion(
         len(data.classes),
         len(data.predicates),
         predicate_class_weights=predicate_class_weights(cfg, data),
-        matcher=HungarianMatcher(
-            cost_class=crit.COST_CLASS, cost_bbox=crit.COST_BBOX, cost_giou=crit.COST_GIOU
-        ),
+        matcher=build_matcher(cfg, data, overrides["num_queries"]),
+        match_independent=cfg.MODEL.SPEAQ.MATCH_INDEPENDENT,
         no_object_class_weight=crit.NO_OBJECT_CLASS_WEIGHT,
         no_relation_class_weight=crit.NO_RELATION_CLASS_WEIGHT,
         loss_coefficients=loss_coefficients(
@@ -76,18 +80,43 @@ def build_model_and_criterion(
     return model.to(device), criterion.to(device)
 
 
-def predicate_class_weights(cfg: DictConfig, data: RunData) -> torch.Tensor | None:
-    """``MODEL.CRITERION.PREDICATE_CLASS_WEIGHTS``: None (all ones), or frequency weights from the
-    predicate counts of ``PREDICATE_FREQUENCY_SOURCE`` (the real training sources by default;
-    never synthetic statistics unless asked for).
+def build_matcher(cfg: DictConfig, data: RunData, num_queries: int) -> HungarianMatcher:
+    """DETR's one-to-one matcher, or SpeaQ's (``MODEL.SPEAQ``: copies and the group mask, whose
+    predicate frequencies are those of ``PREDICATE_FREQUENCY_SOURCE``)."""
+    crit, speaq = cfg.MODEL.CRITERION, cfg.MODEL.SPEAQ
+    costs = {
+        "cost_class": crit.COST_CLASS,
+        "cost_bbox": crit.COST_BBOX,
+        "cost_giou": crit.COST_GIOU,
+    }
+    if speaq.ONE2MANY_SCHEME == "none" and not speaq.USE_GROUP_MASK:
+        return HungarianMatcher(**costs)
+    groups = None
+    if speaq.USE_GROUP_MASK:
+        try:
+            groups = predicate_groups(predicate_counts(cfg, data), speaq.NUM_GROUPS, num_queries)
+        except ValueError as exc:
+            raise ConfigError(f"MODEL.SPEAQ.USE_GROUP_MASK: {exc}", "MODEL.SPEAQ") from None
+    return QualityAwareMatcher(
+        scheme=speaq.ONE2MANY_SCHEME,
+        top_k=speaq.ONE2MANY_K,
+        combine=speaq.ONE2MANY_DYNAMIC_SCHEME,
+        predicate_weight=speaq.ONE2MANY_PREDICATE_WEIGHT
+        if speaq.ONE2MANY_PREDICATE_SCORE
+        else None,
+        groups=groups,
+        **costs,
+    )
+
+
+def predicate_counts(cfg: DictConfig, data: RunData) -> np.ndarray:
+    """Predicate counts [R] of ``MODEL.CRITERION.PREDICATE_FREQUENCY_SOURCE``: the real training
+    sources by default (never synthetic statistics unless asked for), ``all``, or one source.
 
     Raises:
         ConfigError: the named source is not a training source, or it has no relation.
     """
-    crit = cfg.MODEL.CRITERION
-    if crit.PREDICATE_CLASS_WEIGHTS == "none":
-        return None
-    chosen = crit.PREDICATE_FREQUENCY_SOURCE
+    chosen = cfg.MODEL.CRITERION.PREDICATE_FREQUENCY_SOURCE
     if chosen == "real":
         names = [n for n in data.names if data.kinds[n] == "real"]
     elif chosen == "all":
@@ -110,8 +139,17 @@ def predicate_class_weights(cfg: DictConfig, data: RunData) -> torch.Tensor | No
             f"MODEL.CRITERION.PREDICATE_FREQUENCY_SOURCE={chosen!r}: sources {names} hold no "
             "relation"
         )
+    return predicates
+
+
+def predicate_class_weights(cfg: DictConfig, data: RunData) -> torch.Tensor | None:
+    """``MODEL.CRITERION.PREDICATE_CLASS_WEIGHTS``: None (all ones), or SpeaQ's frequency weights
+    from :func:`predicate_counts`."""
+    crit = cfg.MODEL.CRITERION
+    if crit.PREDICATE_CLASS_WEIGHTS == "none":
+        return None
     values = frequency_class_weights(
-        predicates, alpha=crit.OVERSAMPLE_PARAM, beta=crit.UNDERSAMPLE_PARAM
+        predicate_counts(cfg, data), alpha=crit.OVERSAMPLE_PARAM, beta=crit.UNDERSAMPLE_PARAM
     )
     return torch.as_tensor(values, dtype=torch.float32)
 

@@ -22,7 +22,7 @@ from realsynth.modeling.heads import (
     base_term,
     loss_coefficients,
 )
-from realsynth.modeling.matcher import HungarianMatcher, foreground_classes
+from realsynth.modeling.matcher import Assignment, HungarianMatcher, foreground_classes
 from realsynth.modeling.set_losses import (
     BatchContext,
     box_losses,
@@ -76,6 +76,9 @@ class RelationCriterion(nn.Module):
         normalization: ``"count"`` or ``"weight"`` (see ``weighting``).
         on_invalid_weight: ``"error"`` or ``"fallback"`` for NaN/inf/negative ``loss_weight``.
         source_names: the names that ``forward``'s ``source_ids`` index (the run's sources).
+        match_independent: match every decoder layer on its own predictions (default); False:
+            one matching of the costs summed over the final and auxiliary layers, shared by all
+            layers (IterativeSG's and SpeaQ's default).
 
     ``coefficients`` holds the base terms' coefficients; an auxiliary layer's term ``<term>_{i}``
     takes its base term's (:meth:`coefficient`). The criterion never changes in ``forward``.
@@ -95,6 +98,7 @@ class RelationCriterion(nn.Module):
         normalization: Normalization = "count",
         on_invalid_weight: OnInvalid = "error",
         source_names: Sequence[str] | None = None,
+        match_independent: bool = True,
     ):
         super().__init__()
         if num_classes < 1 or num_predicates < 1:
@@ -120,6 +124,7 @@ class RelationCriterion(nn.Module):
         self.normalization = normalization
         self.on_invalid_weight = on_invalid_weight
         self.source_names = tuple(source_names) if source_names is not None else None
+        self.match_independent = bool(match_independent)
         self.coefficients: dict[str, float] = {**DEFAULT_COEFFICIENTS, **(loss_coefficients or {})}
         self.register_buffer(
             "entity_class_weights",
@@ -162,10 +167,13 @@ class RelationCriterion(nn.Module):
         spec: HeadSpec,
         ctx: BatchContext,
         diagnostics: bool,
+        assignment: Assignment | None = None,
     ) -> tuple[dict[str, WeightedTerm], dict[str, Tensor]]:
-        """Undivided loss terms of one decoder layer and, with ``diagnostics``, per-source [S]."""
+        """Undivided loss terms of one decoder layer and, with ``diagnostics``, per-source [S];
+        ``assignment``: a shared matching (default: this layer's own)."""
         log_probs = [layer[key].float().log_softmax(-1) for key in spec.class_keys]
-        assignment = self.matcher.assign(layer, flat, spec, log_probs)
+        if assignment is None:
+            assignment = self.matcher.assign(layer, flat, spec, log_probs)
         matched = matched_pairs(assignment, flat, ctx.weights.source_ids.device)
         terms: dict[str, WeightedTerm] = {}
         diag: dict[str, Tensor] = {}
@@ -234,12 +242,18 @@ class RelationCriterion(nn.Module):
         diagnostics: dict[str, Tensor] = {}
         for spec in specs:
             flat = flatten_targets(targets, spec, foreground_classes(outputs, spec), device=device)
-            for suffix, layer in layers:
-                if spec.class_keys[0] not in layer:
-                    continue
+            present = [(suffix, layer) for suffix, layer in layers if spec.class_keys[0] in layer]
+            for suffix, layer in present:
                 where = "outputs" if not suffix else f"outputs['aux_outputs'][{suffix[1:]}]"
                 self._check_widths(layer, spec, where)
-                layer_terms, diag = self._layer_terms(layer, flat, spec, ctx, not suffix)
+            shared = None
+            if not self.match_independent:
+                others = [layer for _, layer in present[1:]]
+                shared = self.matcher.assign(outputs, flat, spec, extra_layers=others)
+            for suffix, layer in present:
+                layer_terms, diag = self._layer_terms(
+                    layer, flat, spec, ctx, not suffix, assignment=shared
+                )
                 terms.update({term + suffix: value for term, value in layer_terms.items()})
                 for term, per_source in diag.items():
                     for name, value in zip(weights.source_names, per_source.unbind(0)):

@@ -95,10 +95,14 @@ class HungarianMatcher:
         flat: FlatTargets,
         spec: HeadSpec,
         log_probs: Sequence[Tensor] | None = None,
+        *,
+        extra_layers: Sequence[dict[str, Tensor]] = (),
     ) -> Assignment:
         """Match with pre-flattened targets; returns per image (query indices, target indices).
 
         ``log_probs``: optional precomputed log-softmax per class head (see :meth:`cost_matrix`).
+        ``extra_layers``: other decoder layers whose costs are added to ``outputs``' (one shared
+        matching, IterativeSG's); a subclass's adjustments use ``outputs`` only.
 
         Raises:
             ValueError: an image has more targets than queries, a target is invalid (see
@@ -115,6 +119,8 @@ class HungarianMatcher:
         if flat.total == 0:
             return [(empty, empty) for _ in flat.sizes]
         cost = self.cost_matrix(outputs, flat, spec, log_probs)
+        for layer in extra_layers:
+            cost = cost + self.cost_matrix(layer, flat, spec)
         cost, copies = self.adjust_cost(outputs, flat, spec, cost, log_probs)
         # One transfer: the cost, the targets' problem flags and (one-to-many) the copies.
         parts = [cost.reshape(-1), flat.problems.to(cost.dtype)]

@@ -1,0 +1,75 @@
+"""SpeaQ's config keys: what they build, where the frequencies come from, what is refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from engine_helpers import tiny_config
+
+from realsynth.config import ConfigError, load_config
+from realsynth.engine.build import build_model_and_criterion, predicate_counts
+from realsynth.engine.data_setup import build_data
+from realsynth.modeling.one_to_many import QualityAwareMatcher
+from realsynth.modeling.predicate_groups import split_by_frequency
+
+SPEAQ_DEMO = Path(__file__).resolve().parents[1] / "configs" / "speaq_demo.yaml"
+TINY_MODEL = ("MODEL.NUM_QUERIES=12", "MODEL.D_MODEL=32", "MODEL.BACKBONE_CHANNELS=[8,16,32]")
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("demo")
+
+
+def _speaq_demo(tmp_path, demo_root, *overrides):
+    base = tiny_config(tmp_path, demo_root=demo_root)
+    sizes = [f"DATASETS.DEMO.{k}={base.DATASETS.DEMO[k]}" for k in base.DATASETS.DEMO]
+    return load_config(SPEAQ_DEMO, [*sizes, *TINY_MODEL, f"OUTPUT_DIR={tmp_path}/run", *overrides])
+
+
+def test_the_speaq_demo_config_builds_speaqs_matcher(tmp_path, demo_root):
+    cfg = _speaq_demo(tmp_path, demo_root)
+    data = build_data(cfg)
+    model, criterion = build_model_and_criterion(cfg, data, "cpu")
+    assert model.num_queries == 24  # NUM_QUERIES 12 x MULTIPLY_QUERY 2
+    matcher = criterion.matcher
+    assert isinstance(matcher, QualityAwareMatcher)
+    assert (matcher.scheme, matcher.top_k, matcher.combine) == ("dynamic", 4, "max")
+    assert matcher.predicate_weight == -0.5
+    assert matcher.groups.query_group.numel() == 24 and len(matcher.groups.members) == 4
+    # The groups follow the real sources' predicate counts, not the synthetic ones.
+    real = predicate_counts(cfg, data)
+    assert matcher.groups.members == split_by_frequency(real, 4)
+    real_only = [ds for ds, n in zip(data.train, data.names) if data.kinds[n] == "real"]
+    counted = sum(len(ds.annotation(i)["relations"]) for ds in real_only for i in range(len(ds)))
+    assert real.sum() == counted
+    assert criterion.predicate_class_weights[:-1].min() >= 1.0  # frequency weights, >= 1
+
+
+def test_frequencies_of_all_sources_when_asked(tmp_path, demo_root):
+    cfg = _speaq_demo(tmp_path, demo_root, "MODEL.CRITERION.PREDICATE_FREQUENCY_SOURCE=all")
+    data = build_data(cfg)
+    real = _speaq_demo(tmp_path, demo_root)
+    assert predicate_counts(cfg, data).sum() > predicate_counts(real, data).sum()
+
+
+def test_one_to_one_without_the_speaq_keys(tmp_path, demo_root):
+    cfg = tiny_config(tmp_path, demo_root=demo_root)
+    _, criterion = build_model_and_criterion(cfg, build_data(cfg), "cpu")
+    assert type(criterion.matcher).__name__ == "HungarianMatcher"
+    assert criterion.match_independent
+
+
+def test_unsupported_and_impossible_speaq_settings_are_one_line_errors(tmp_path, demo_root):
+    with pytest.raises(ConfigError, match="ONLY_PREDICATE_MULTIPLY is not supported"):
+        load_config(None, ["MODEL.SPEAQ.ONLY_PREDICATE_MULTIPLY=true"])
+    with pytest.raises(ConfigError, match="dynamic needs MATCH_INDEPENDENT=true"):
+        load_config(
+            None, ["MODEL.SPEAQ.ONE2MANY_SCHEME=dynamic", "MODEL.SPEAQ.MATCH_INDEPENDENT=false"]
+        )
+    with pytest.raises(ConfigError, match="ONE2MANY_SCHEME must be one of"):
+        load_config(None, ["MODEL.SPEAQ.ONE2MANY_SCHEME=many"])
+    cfg = _speaq_demo(tmp_path, demo_root, "MODEL.SPEAQ.NUM_GROUPS=6")
+    with pytest.raises(ConfigError, match="USE_GROUP_MASK: NUM_GROUPS=6: need 1 .. 5 groups"):
+        build_model_and_criterion(cfg, build_data(cfg), "cpu")

@@ -5,7 +5,9 @@
     optional peer, on identical inputs;
 (c) relation mode against a replica of the design note's public implementation pattern: per-layer
     Python list comprehensions, weights rebuilt per term, CE over matched queries, and NaN / min
-    guards per term (each a device->host sync).
+    guards per term (each a device->host sync);
+(d) SpeaQ's one-to-many assignment (static 4 copies; dynamic, SpeaQ's recipe; dynamic with the
+    group mask) against one-to-one matching, 50 triplets per image.
 
 Run: ``python benchmarks/bench_criterion.py [--quick] [--threads N]``.
 """
@@ -25,6 +27,8 @@ from common import machine, write_result
 from scipy.optimize import linear_sum_assignment
 
 from realsynth.modeling.criterion import RelationCriterion
+from realsynth.modeling.one_to_many import QualityAwareMatcher
+from realsynth.modeling.predicate_groups import predicate_groups
 from realsynth.utils.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
 
 NUM_CLASSES, NUM_PREDICATES, BATCH = 150, 50, 16
@@ -33,8 +37,11 @@ REL_BOX_KEYS = ("relation_subject_boxes", "relation_object_boxes")
 RESULTS = Path(__file__).resolve().parent / "results" / "criterion.md"
 
 
-def make_batch(queries: int, aux: int, seed: int = 0) -> tuple[dict, list[dict]]:
-    """Random predictions (relation + entity heads) and targets: 2..15 boxes, 1..15 relations."""
+def make_batch(
+    queries: int, aux: int, seed: int = 0, relations: int | None = None
+) -> tuple[dict, list[dict]]:
+    """Random predictions (relation + entity heads) and targets: 2..15 boxes, 1..15 relations
+    (or 20 boxes and ``relations`` relations per image)."""
     g = torch.Generator().manual_seed(seed)
 
     def layer() -> dict:
@@ -49,8 +56,8 @@ def make_batch(queries: int, aux: int, seed: int = 0) -> tuple[dict, list[dict]]
     outputs["aux_outputs"] = [layer() for _ in range(aux)]
     targets = []
     for b in range(BATCH):
-        n = int(torch.randint(2, 16, (1,), generator=g))
-        m = int(torch.randint(1, 16, (1,), generator=g))
+        n = int(torch.randint(2, 16, (1,), generator=g)) if relations is None else 20
+        m = int(torch.randint(1, 16, (1,), generator=g)) if relations is None else relations
         boxes = torch.cat(
             (torch.rand(n, 2, generator=g) * 0.6 + 0.2, torch.rand(n, 2, generator=g) * 0.3 + 0.05),
             1,
@@ -310,6 +317,36 @@ def section_c(queries: int, aux: int, repeats: int) -> list[str]:
     ]
 
 
+def section_d(queries: int, aux: int, repeats: int) -> list[str]:
+    outputs, targets = make_batch(queries, aux, seed=1, relations=50)
+    rel = only(outputs, (*REL_CLASS_KEYS, *REL_BOX_KEYS))
+    counts = torch.randint(1, 1000, (NUM_PREDICATES,), generator=torch.Generator().manual_seed(0))
+    groups = predicate_groups(counts.tolist(), 4, queries)
+    recipe = {"scheme": "dynamic", "top_k": 4, "combine": "max", "predicate_weight": -0.5}
+    variants = {
+        "one-to-one": RelationCriterion(NUM_CLASSES, NUM_PREDICATES),
+        "static, 4 copies": RelationCriterion(
+            NUM_CLASSES, NUM_PREDICATES, matcher=QualityAwareMatcher(scheme="static", top_k=4)
+        ),
+        "dynamic (SpeaQ's recipe)": RelationCriterion(
+            NUM_CLASSES, NUM_PREDICATES, matcher=QualityAwareMatcher(**recipe)
+        ),
+        "dynamic + group mask (4 groups)": RelationCriterion(
+            NUM_CLASSES, NUM_PREDICATES, matcher=QualityAwareMatcher(**recipe, groups=groups)
+        ),
+    }
+    params = leaves(rel)
+    results = compare(
+        {name: (lambda c=c: c.total_loss(c(rel, targets)), params) for name, c in variants.items()},
+        repeats,
+    )
+    base_f, base_b = results["one-to-one"]
+    return [
+        f"| {queries} | {name} | {f:.2f} ({f / base_f:.2f}x) | {b:.2f} ({b / base_b:.2f}x) |"
+        for name, (f, b) in results.items()
+    ]
+
+
 def _peer_version() -> str:
     try:
         import transformers
@@ -330,13 +367,14 @@ def main(argv: list[str] | None = None) -> int:
     repeats = args.repeats or (10 if args.quick else 60)
     query_counts = [100] if args.quick else [100, 300]
     header = ["| queries | variant | forward ms | forward+backward ms |", "|---|---|---|---|"]
-    a, b, c, notes = [], [], [], []
+    a, b, c, d, notes = [], [], [], [], []
     for q in query_counts:
         a += section_a(q, args.aux, repeats)
         rows, note = section_b(q, args.aux, repeats)
         b += rows
         notes += [note] if note else []
         c += section_c(q, args.aux, repeats)
+    d += section_d(query_counts[-1], args.aux, max(3, repeats // 4))
     command = "python benchmarks/bench_criterion.py " + " ".join(
         sys.argv[1:] if argv is None else argv
     )
@@ -365,6 +403,11 @@ def main(argv: list[str] | None = None) -> int:
             "",
             *header,
             *c,
+            "",
+            "### (d) SpeaQ's one-to-many assignment vs one-to-one (50 triplets per image)",
+            "",
+            *header,
+            *d,
             "",
         ]
     )

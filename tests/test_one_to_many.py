@@ -161,3 +161,13 @@ def test_shared_matching_solves_the_costs_summed_over_layers() -> None:
     independent = RelationCriterion(3, 4)(outputs, targets)
     assert not torch.equal(losses["loss_bbox_subject_0"], independent["loss_bbox_subject_0"])
     assert torch.equal(independent["loss_bbox_subject_0"], alone["loss_bbox_subject"])
+
+
+def test_matching_with_copies_never_sees_the_loss_weights() -> None:
+    outputs, targets = _relation_batch(3)
+    matcher = QualityAwareMatcher(scheme="dynamic", top_k=4, combine="max", predicate_weight=-0.5)
+    reweighted = [{**t, "loss_weight": w} for t, w in zip(targets, (0.0, 7.0))]
+    for (q1, t1), (q2, t2) in zip(
+        match(matcher, outputs, targets), match(matcher, outputs, reweighted)
+    ):
+        assert torch.equal(q1, q2) and torch.equal(t1, t2)

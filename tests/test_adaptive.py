@@ -114,3 +114,19 @@ def test_holdout_batches_cycle_through_the_holdout_and_split_over_ranks() -> Non
     # Two ranks split the same global holdout batch.
     both = holdout_items(10, 1, 4, 0, 2) + holdout_items(10, 1, 4, 1, 2)
     assert sorted(both) == [4, 5, 6, 7]
+
+
+def test_a_decision_skipped_with_its_batch_is_taken_after_the_next_one() -> None:
+    mixer = _mixer()
+    assert not mixer.due(9) and mixer.due(10)
+    mixer.decide(mixer.next_decision, [0.1, 0.2])
+    assert mixer.next_decision == 20
+    assert not mixer.due(19) and mixer.due(21)  # the batch of step 20 was skipped
+
+
+def test_resume_with_another_interval_or_a_start_outside_the_bounds_is_refused() -> None:
+    saved = _mixer().state_dict()
+    with pytest.raises(ValueError, match="ADAPTIVE.INTERVAL=10, this config says 5"):
+        _mixer(interval=5).load_state_dict(saved)
+    with pytest.raises(ValueError, match="real 0.7 not in \\[0.8, 0.95\\]"):
+        _mixer(min_ratios=[0.8, 0.05])

@@ -131,7 +131,7 @@ def test_two_process_adaptive_run_takes_the_decisions_of_one_process(tmp_path, d
         [r for r in read_metrics(tmp_path / f"{n}/run") if r["kind"] == "adaptive"]
         for n in ("two", "one")
     ]
-    assert [r["step"] for r in decided[0]] == [r["step"] for r in decided[1]] == [2, 4, 6]
+    assert [r["step"] for r in decided[0]] == [r["step"] for r in decided[1]] == [2, 4]
     for ddp, single in zip(*decided):
         assert ddp["decided_share/real"] == pytest.approx(single["decided_share/real"], abs=1e-4)
     assert decided[1][-1]["decided_share/real"] != pytest.approx(0.7, abs=1e-3)  # it moved

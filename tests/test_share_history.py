@@ -71,7 +71,11 @@ def test_two_sources_follow_the_rounded_running_target_by_hand() -> None:
     assert history.change(2, [0.75, 0.25])
     assert not history.change(3, [3.0, 1.0])  # the same shares again: no new change
     assert history.counts(np.arange(5)).tolist() == [[2, 2], [2, 2], [3, 1], [3, 1], [3, 1]]
-    assert history.state_dict() == {"steps": [0, 2], "values": [[32768, 32768], [49152, 16384]]}
+    assert history.state_dict() == {
+        "steps": [0, 2],
+        "values": [[32768, 32768], [49152, 16384]],
+        "batch_size": 4,
+    }
 
 
 def test_three_sources_take_whole_items_per_batch_after_the_first_change() -> None:
@@ -79,6 +83,22 @@ def test_three_sources_take_whole_items_per_batch_after_the_first_change() -> No
     history.change(1, [0.5, 0.3, 0.2])  # 2.5 / 1.5 / 1.0 items: largest remainder, ties first
     assert history.shares(np.array([1]))[0].tolist() == [0.6, 0.2, 0.2]
     assert history.counts(np.array([1, 2])).tolist() == [[3, 1, 1], [3, 1, 1]]
+
+
+def test_three_sources_replay_only_at_the_same_per_rank_batch() -> None:
+    history = ShareHistory([Fraction(1, 3)] * 3, 8)
+    history.change(2, [0.5, 0.3, 0.2])
+    halved = ShareHistory([Fraction(1, 3)] * 3, 4, world_size=2)
+    with pytest.raises(ValueError, match="whole items per batch of 8 per process; this run has 4"):
+        halved.load_state_dict(history.state_dict())
+    two = ShareHistory([Fraction(1, 2)] * 2, 8)
+    two.change(2, [0.7, 0.3])
+    other = ShareHistory([Fraction(1, 2)] * 2, 4, world_size=2)
+    other.load_state_dict(two.state_dict())  # two sources: shares, not counts; any world size
+    # Global batches of steps 2, 3: 8 items each, split over two ranks of 4.
+    both = other.counts(np.arange(4, 8)).reshape(2, 2, 2).sum(axis=1)
+    assert both.sum(axis=1).tolist() == [8, 8]
+    assert (np.abs(both[:, 0] - 5.6) < 1).all()
 
 
 def test_changes_are_refused_before_the_last_one_and_for_bad_shares() -> None:
@@ -115,7 +135,7 @@ def test_a_resumed_adaptive_sampler_continues_the_stream() -> None:
     it = iter(again)
     [next(it) for _ in range(5)]
     state = again.state_dict()
-    assert state["share_history"] == {"steps": [0, 4], "values": [[32768, 32768], [58982, 6554]]}
+    assert state["share_history"]["values"] == [[32768, 32768], [58982, 6554]]
     resumed = _adaptive()
     resumed.load_share_history(state)
     resumed.load_state_dict(state)

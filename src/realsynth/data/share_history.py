@@ -122,14 +122,30 @@ class ShareHistory:
             out[early] = self._fixed.cumulative(g[early])
         return out
 
-    def state_dict(self) -> dict[str, list]:
-        """The changes: O(number of changes) plain numbers."""
-        return {"steps": list(self.steps), "values": [list(v) for v in self.values]}
+    def state_dict(self) -> dict[str, list | int]:
+        """The changes: O(number of changes) plain numbers (and the per-rank batch size)."""
+        return {
+            "steps": list(self.steps),
+            "values": [list(v) for v in self.values],
+            "batch_size": self.batch_size,
+        }
 
-    def load_state_dict(self, state: dict[str, list]) -> None:
-        """Replays the saved changes (raises ValueError for a history of another sampler)."""
+    def load_state_dict(self, state: dict[str, list | int]) -> None:
+        """Replays the saved changes (two sources: at any world size; more: the per-rank batch
+        must be the same, the changes being whole items per batch).
+
+        Raises:
+            ValueError: a history of another sampler, or 3+ sources at another batch size.
+        """
         if len(state["steps"]) != len(state["values"]) or state["values"][0] != self.values[0]:
             raise ValueError("share history does not start from this sampler's initial shares")
+        saved_batch = int(state.get("batch_size", self.batch_size))
+        if self.num_sources > 2 and len(state["steps"]) > 1 and saved_batch != self.batch_size:
+            raise ValueError(
+                f"adaptive mixing of {self.num_sources} sources decided whole items per batch of "
+                f"{saved_batch} per process; this run has {self.batch_size} per process: resume "
+                "on the same number of processes"
+            )
         fresh = ShareHistory(self._initial, self.batch_size, self.world_size)
         for step, values in zip(state["steps"][1:], state["values"][1:]):
             fresh._put(int(step), [int(v) for v in values])

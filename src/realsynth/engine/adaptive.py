@@ -99,7 +99,17 @@ class AdaptiveMixer:
         self.high = np.array(max_ratios, dtype=np.float64)
         self.adapt_weights = bool(adapt_weights)
         self.weight_bounds = (float(min_weight), float(max_weight))
-        self.ratios = project_shares(np.array(ratios, dtype=np.float64), self.low, self.high)
+        outside = [
+            f"{name} {r:g} not in [{lo:g}, {hi:g}]"
+            for name, r, lo, hi in zip(self.names, ratios, self.low, self.high)
+            if not lo - 1e-12 <= r <= hi + 1e-12
+        ]
+        if outside:
+            raise ValueError(
+                f"the starting shares must lie within the bounds (MIN_RATIO / MAX_RATIO): "
+                f"{'; '.join(outside)}"
+            )
+        self.ratios = np.array(ratios, dtype=np.float64)
         self.weights = np.array(weights, dtype=np.float64)
         self.smoothed: list[float | None] = [None] * len(self.names)
         # (first step, weights) of every weight change, for the weights of any batch's step.
@@ -111,9 +121,15 @@ class AdaptiveMixer:
         """Steps whose batches need no decision: the first two intervals."""
         return 2 * self.interval
 
+    @property
+    def next_decision(self) -> int:
+        """The step after which the next decision is taken: ``(decisions + 1) * interval``."""
+        return (self.decisions + 1) * self.interval
+
     def due(self, step: int) -> bool:
-        """Whether a decision follows completed step ``step`` (1-based)."""
-        return step > 0 and step % self.interval == 0
+        """Whether a decision is due once the batch drawn for step ``step - 1`` is trained
+        (a batch skipped at the due step moves the decision to the next trained batch)."""
+        return step >= self.next_decision
 
     def decide(self, step: int, alignment: Sequence[float | None]) -> Decision:
         """The shares and weights from step ``step + interval`` on, given the alignment
@@ -148,6 +164,7 @@ class AdaptiveMixer:
 
     def state_dict(self) -> dict[str, Any]:
         return {
+            "interval": self.interval,
             "ratios": self.ratios.tolist(),
             "weights": self.weights.tolist(),
             "smoothed": list(self.smoothed),
@@ -160,6 +177,12 @@ class AdaptiveMixer:
             raise ValueError(
                 f"adaptive state for {len(state['ratios'])} sources, this run has "
                 f"{len(self.names)} ({self.names})"
+            )
+        if state.get("interval", self.interval) != self.interval:
+            raise ValueError(
+                f"the run was written with DATASETS.MULTI_DATASET.ADAPTIVE.INTERVAL="
+                f"{state['interval']}, this config says {self.interval}; resume with the same "
+                "interval (the sampler's decided batches follow it)"
             )
         self.ratios = np.array(state["ratios"], dtype=np.float64)
         self.weights = np.array(state["weights"], dtype=np.float64)

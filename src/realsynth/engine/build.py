@@ -231,6 +231,14 @@ def build_adaptive(cfg: DictConfig, data: RunData) -> AdaptiveMixer | None:
     if not (md.ENABLED and md.ADAPTIVE.ENABLED):
         return None
     adaptive = md.ADAPTIVE
+    key = "DATASETS.MULTI_DATASET.ADAPTIVE"
+    holdout_batch, world = int(adaptive.HOLDOUT_BATCH), get_world_size()
+    if holdout_batch < world:
+        raise ConfigError(
+            f"{key}.HOLDOUT_BATCH={holdout_batch}: every one of the {world} "
+            "processes needs a holdout image per decision; use at least that many",
+            key,
+        )
     nodes = {src.NAME: src for src in run_sources(cfg)}
 
     def bound(name: str, key: str) -> float:
@@ -253,7 +261,7 @@ def build_adaptive(cfg: DictConfig, data: RunData) -> AdaptiveMixer | None:
             max_weight=adaptive.MAX_WEIGHT,
         )
     except ValueError as exc:
-        raise ConfigError(f"DATASETS.MULTI_DATASET.ADAPTIVE: {exc}") from None
+        raise ConfigError(f"{key}: {exc}", key) from None
 
 
 def _start_value(value: float | StepSchedule) -> float:

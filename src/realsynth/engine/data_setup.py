@@ -159,7 +159,8 @@ def _holdout(
     if k is None:
         raise ConfigError(
             "DATASETS.MULTI_DATASET.ADAPTIVE needs a real source to carve the holdout from, or "
-            "ADAPTIVE.HOLDOUT_SOURCE"
+            "ADAPTIVE.HOLDOUT_SOURCE",
+            "DATASETS.MULTI_DATASET.ADAPTIVE",
         )
     eval_transforms = _transforms(
         cfg, dict(sources[k].PREDICATE_FLIP_MAP), train[k].predicates, False

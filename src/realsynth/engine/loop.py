@@ -154,14 +154,17 @@ class TrainingLoop:
                 callback.on_step_start(state.step + 1)
         result = self.step(batch)
         state.advance(result.skipped, result.num_skipped)
-        self.committing = False
         self.pending.append((state.step, result))
         if len(self.pending) >= self.parts.cfg.SOLVER.LOG_PERIOD:
             self.flush()
-        if self.parts.adaptive is not None and self.parts.adaptive.due(state.step):
-            self._adapt(state.step, batch)
-        # After the decision: it belongs to this step, and a checkpoint of it holds both.
+        mixer = self.parts.adaptive
+        # The sampler counts the steps batches are drawn for (skipped batches included).
+        drawn = int(batch["targets"][0].get("step", state.step - 1)) + 1
+        if mixer is not None and mixer.due(drawn) and state.step < self.parts.cfg.SOLVER.MAX_ITER:
+            self._adapt(mixer.next_decision, batch)
+        # Only now is the step complete (its decision included): a checkpoint holds both.
         self.boundary_rng = rng_states()
+        self.committing = False
 
     def _adapt(self, step: int, batch: dict[str, Any]) -> None:
         """An adaptive-mixing decision after ``step``, logged after the step's own record."""

@@ -6,7 +6,9 @@ most frequent remaining predicates while its total stays strictly below half of 
 (integer half); the last group takes the rest. The relation queries are divided among the groups
 in proportion to the groups' totals (truncated, the remainder spread evenly with the extra ones
 going to the last groups), in contiguous blocks of query indices: group 0 owns the first block.
-A query may then only be matched to triplets of its own group.
+A query may then only be matched to triplets of its own group while the group has queries
+left: an image with more triplets (or copies) of a group than the group has queries matches the
+rest to other groups' queries at the mask's large cost, as SpeaQ does.
 
 Two guards SpeaQ does not have (its loop can produce them; realsynth refuses them instead):
 every group holds at least one predicate (a predicate holding half of what remains would leave a

@@ -147,6 +147,8 @@ class QualityAwareMatcher(HungarianMatcher):
                     f"group mask for {self.groups.query_group.numel()} relation queries, the "
                     f"model has {queries}"
                 )
+            if self.groups.query_group.device != cost.device:  # once, not every forward
+                self.groups = self.groups.on(cost.device)
             allowed = self.groups.allowed(flat.classes[0])[:, flat.padded_index].permute(1, 0, 2)
             cost = cost + GROUP_PENALTY * (~allowed).to(cost.dtype)
         if self.scheme == "none":

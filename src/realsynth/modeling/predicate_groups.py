@@ -109,14 +109,22 @@ class PredicateGroups:
     members: list[list[int]]
     queries: list[int]
 
+    def on(self, device: torch.device) -> PredicateGroups:
+        """The same groups with their tensors on ``device`` (copied once per device)."""
+        if self.query_group.device == device:
+            return self
+        return PredicateGroups(
+            self.predicate_group.to(device), self.query_group.to(device), self.members, self.queries
+        )
+
     def allowed(self, predicates: Tensor) -> Tensor:
         """Bool [Q, T]: query q may match a triplet of predicate ``predicates[t]``.
 
         Args:
-            predicates: int64 [T] foreground predicate ids.
+            predicates: int64 [T] foreground predicate ids, on the groups' device.
         """
-        groups = self.predicate_group.to(predicates.device)[predicates]
-        return self.query_group.to(predicates.device)[:, None] == groups[None, :]
+        groups = self.predicate_group[predicates]
+        return self.query_group[:, None] == groups[None, :]
 
 
 def predicate_groups(counts: Sequence[int], num_groups: int, num_queries: int) -> PredicateGroups:

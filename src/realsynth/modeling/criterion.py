@@ -242,23 +242,40 @@ class RelationCriterion(nn.Module):
         diagnostics: dict[str, Tensor] = {}
         for spec in specs:
             flat = flatten_targets(targets, spec, foreground_classes(outputs, spec), device=device)
-            present = [(suffix, layer) for suffix, layer in layers if spec.class_keys[0] in layer]
-            for suffix, layer in present:
-                where = "outputs" if not suffix else f"outputs['aux_outputs'][{suffix[1:]}]"
-                self._check_widths(layer, spec, where)
-            shared = None
-            if not self.match_independent:
-                others = [layer for _, layer in present[1:]]
-                shared = self.matcher.assign(outputs, flat, spec, extra_layers=others)
-            for suffix, layer in present:
-                layer_terms, diag = self._layer_terms(
-                    layer, flat, spec, ctx, not suffix, assignment=shared
-                )
-                terms.update({term + suffix: value for term, value in layer_terms.items()})
-                for term, per_source in diag.items():
-                    for name, value in zip(weights.source_names, per_source.unbind(0)):
-                        diagnostics[f"diag/{term}/{name}"] = value
+            spec_terms, spec_diag = self._spec_terms(outputs, layers, flat, spec, ctx)
+            terms.update(spec_terms)
+            diagnostics.update(spec_diag)
         return {**reduce_terms(terms), **diagnostics}
+
+    def _spec_terms(
+        self,
+        outputs: dict[str, Any],
+        layers: list[tuple[str, dict[str, Tensor]]],
+        flat: FlatTargets,
+        spec: HeadSpec,
+        ctx: BatchContext,
+    ) -> tuple[dict[str, WeightedTerm], dict[str, Tensor]]:
+        """Every layer's terms of one head spec (``<term><suffix>``) and the final layer's
+        per-source diagnostics (``diag/<term>/<source>``)."""
+        present = [(suffix, layer) for suffix, layer in layers if spec.class_keys[0] in layer]
+        for suffix, layer in present:
+            where = "outputs" if not suffix else f"outputs['aux_outputs'][{suffix[1:]}]"
+            self._check_widths(layer, spec, where)
+        shared = None
+        if not self.match_independent:
+            others = [layer for _, layer in present[1:]]
+            shared = self.matcher.assign(outputs, flat, spec, extra_layers=others)
+        terms: dict[str, WeightedTerm] = {}
+        diagnostics: dict[str, Tensor] = {}
+        for suffix, layer in present:
+            layer_terms, diag = self._layer_terms(
+                layer, flat, spec, ctx, not suffix, assignment=shared
+            )
+            terms.update({term + suffix: value for term, value in layer_terms.items()})
+            for term, per_source in diag.items():
+                for name, value in zip(ctx.weights.source_names, per_source.unbind(0)):
+                    diagnostics[f"diag/{term}/{name}"] = value
+        return terms, diagnostics
 
     def coefficient(self, key: str) -> float | None:
         """Coefficient of a loss key (aux ``<term>_{i}`` takes its base term's), or None for

@@ -122,19 +122,7 @@ class HungarianMatcher:
         for layer in extra_layers:
             cost = cost + self.cost_matrix(layer, flat, spec)
         cost, copies = self.adjust_cost(outputs, flat, spec, cost, log_probs)
-        # One transfer: the cost, the targets' problem flags and (one-to-many) the copies.
-        parts = [cost.reshape(-1), flat.problems.to(cost.dtype)]
-        if copies is not None:
-            parts.append(copies.reshape(-1).to(cost.dtype))
-        packed = torch.cat(parts).cpu().numpy()
-        cost_np = packed[: cost.numel()].reshape(cost.shape)
-        problems = packed[cost.numel() : cost.numel() + flat.total].astype(np.int64)
-        self._raise_on_problems(problems, flat, spec)
-        copies_np = (
-            packed[cost.numel() + flat.total :].reshape(cost.shape[0], -1).astype(np.int64)
-            if copies is not None
-            else None
-        )
+        cost_np, copies_np = self._to_host(cost, copies, flat, spec)
         result: Assignment = []
         for b, size in enumerate(flat.sizes):
             block = cost_np[b, :, :size]
@@ -151,6 +139,24 @@ class HungarianMatcher:
             else:
                 result.append(assign_copies(block, copies_np[b, :size]))
         return result
+
+    def _to_host(
+        self, cost: Tensor, copies: Tensor | None, flat: FlatTargets, spec: HeadSpec
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """One transfer of the cost, the targets' problem flags and (one-to-many) the copies;
+        raises on invalid targets."""
+        parts = [cost.reshape(-1), flat.problems.to(cost.dtype)]
+        if copies is not None:
+            parts.append(copies.reshape(-1).to(cost.dtype))
+        packed = torch.cat(parts).cpu().numpy()
+        cost_np = packed[: cost.numel()].reshape(cost.shape)
+        problems = packed[cost.numel() : cost.numel() + flat.total].astype(np.int64)
+        self._raise_on_problems(problems, flat, spec)
+        if copies is None:
+            return cost_np, None
+        return cost_np, packed[cost.numel() + flat.total :].reshape(cost.shape[0], -1).astype(
+            np.int64
+        )
 
     def adjust_cost(
         self,

@@ -54,6 +54,28 @@ def _class_weight_vector(size: int, empty: float, foreground: Tensor | None, nam
     return weights
 
 
+def _background_weights(
+    targets: Sequence[dict[str, Any]], collated: Tensor | None, device: torch.device
+) -> Tensor | None:
+    """[B] background weights (collated, or the targets' ``background_weight``), or None when
+    all are 1 (the exact path of a criterion without them)."""
+    if collated is None:
+        if not any("background_weight" in t for t in targets):
+            return None
+        collated = torch.tensor([float(t.get("background_weight", 1.0)) for t in targets])
+    host = collated.detach().cpu().to(torch.float32).reshape(-1)
+    bad = (~torch.isfinite(host) | (host < 0)).nonzero().flatten().tolist()
+    if bad:
+        raise ValueError(
+            f"background_weight must be finite and >= 0: positions {bad} have "
+            f"{[float(host[i]) for i in bad]}"
+        )
+    values = host.to(device)
+    if values.shape[0] != len(targets):
+        raise ValueError(f"{values.shape[0]} background_weights for a batch of {len(targets)}")
+    return values
+
+
 class RelationCriterion(nn.Module):
     """Hungarian-matched, per-image weighted set loss for relation (and entity) predictions.
 
@@ -181,7 +203,7 @@ class RelationCriterion(nn.Module):
             log_probs, spec.class_terms, flat.classes, self._class_weights(spec)
         ):
             terms[term], per_source = classification_loss(
-                scores, classes, matched, weights, ctx, diagnostics=diagnostics
+                scores, classes, matched, weights, ctx, diagnostics=diagnostics, flat=flat
             )
             if per_source is not None:
                 diag[term] = per_source
@@ -189,7 +211,7 @@ class RelationCriterion(nn.Module):
             spec.box_keys, spec.bbox_terms, spec.giou_terms, flat.boxes
         ):
             terms[l1_term], terms[giou_term], per_source = box_losses(
-                layer[key], boxes, matched, ctx, diagnostics=diagnostics
+                layer[key], boxes, matched, ctx, diagnostics=diagnostics, flat=flat
             )
             if per_source is not None:
                 diag[l1_term], diag[giou_term] = per_source.unbind(1)
@@ -202,6 +224,7 @@ class RelationCriterion(nn.Module):
         *,
         loss_weights: Tensor | None = None,
         source_ids: Tensor | None = None,
+        background_weights: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Compute every loss term of the final and auxiliary layers.
 
@@ -212,6 +235,9 @@ class RelationCriterion(nn.Module):
                 each target's ``loss_weight``.
             source_ids: [B] indices into ``source_names`` as collated; default: each target's
                 ``source``.
+            background_weights: [B] weight of the no-object / no-relation CE of each image's
+                unmatched queries (``SYNTHETIC_BACKGROUND_WEIGHT``); default: each target's
+                ``background_weight``, else 1.
 
         Returns:
             Loss terms (keys of ``coefficients``; auxiliary layer i as ``<term>_{i}``) and detached
@@ -234,7 +260,12 @@ class RelationCriterion(nn.Module):
             source_ids=source_ids,
             source_names=self.source_names,
         )
-        ctx = BatchContext(weights, self.normalization, self.ce_scope)
+        ctx = BatchContext(
+            weights,
+            self.normalization,
+            self.ce_scope,
+            _background_weights(targets, background_weights, device),
+        )
         layers = [("", outputs)] + [
             (f"_{i}", aux) for i, aux in enumerate(outputs.get(AUX_OUTPUTS, []))
         ]

@@ -38,11 +38,14 @@ class BatchContext:
         weights: per-image loss weights and sources of the batch.
         normalization: ``"count"`` or ``"weight"``.
         ce_scope: ``"all"`` queries or only ``"matched"`` ones in classification losses.
+        background: float32 [B] weight of the no-object / no-relation CE of each image's
+            unmatched queries, or None (all 1).
     """
 
     weights: BatchWeights
     normalization: Normalization
     ce_scope: CeScope
+    background: Tensor | None = None
 
     @property
     def num_sources(self) -> int:
@@ -79,6 +82,7 @@ def classification_loss(
     ctx: BatchContext,
     *,
     diagnostics: bool = True,
+    flat: FlatTargets | None = None,
 ) -> tuple[WeightedTerm, Tensor | None]:
     """Weighted cross-entropy of one class head.
 
@@ -93,6 +97,7 @@ def classification_loss(
         class_weights: [K+1] per-class CE weights (background's is the empty weight).
         ctx: batch context.
         diagnostics: also return the per-source unweighted loss.
+        flat: the targets, for their instance weights and ignore flags (None: all 1, none).
 
     Returns:
         (the term, per-source unweighted loss [S] detached, or None without diagnostics).
@@ -111,11 +116,60 @@ def classification_loss(
         image_of = matched.batch
     ce = F.nll_loss(scores, target, reduction="none")
     w_class = class_weights[target]
-    term = classification_term(ce, ctx.weights.image[image_of], w_class, ctx.normalization)
+    w_image = ctx.weights.image[image_of]
+    if ctx.ce_scope == "all":
+        trust = _query_trust(batch, queries, matched, ctx, flat)
+    else:
+        trust = _pair_trust(matched, flat)
+    if trust is not None:
+        multiplier, included = trust
+        w_image, w_class = w_image * multiplier * included, w_class * included
+    term = classification_term(ce, w_image, w_class, ctx.normalization)
     if not diagnostics:
         return term, None
     source_of = ctx.weights.source_ids[image_of]
     return term, per_source_means(ce[:, None], w_class, source_of, ctx.num_sources)[:, 0]
+
+
+def _query_trust(
+    batch: int, queries: int, matched: Matched, ctx: BatchContext, flat: FlatTargets | None
+) -> tuple[Tensor, Tensor] | None:
+    """Per query [B * Q]: weight multiplier (matched: instance weight; unmatched: background
+    weight) and whether it counts (not matched to an ignored target); None when all are 1."""
+    weights = flat.instance_weights if flat is not None else None
+    ignored = flat.ignored if flat is not None else None
+    if ctx.background is None and weights is None and ignored is None:
+        return None
+    device = ctx.weights.image.device
+    multiplier = torch.ones(batch, queries, device=device)
+    if ctx.background is not None:
+        multiplier = multiplier * ctx.background[:, None]
+    multiplier[matched.batch, matched.query] = (
+        weights[matched.target] if weights is not None else 1.0
+    )
+    included = torch.ones(batch, queries, device=device)
+    if ignored is not None:
+        included[matched.batch, matched.query] = (~ignored[matched.target]).float()
+    return multiplier.reshape(-1), included.reshape(-1)
+
+
+def _pair_trust(matched: Matched, flat: FlatTargets | None) -> tuple[Tensor, Tensor] | None:
+    """Per matched pair [n]: instance weight and whether it counts; None when all are 1."""
+    if flat is None or (flat.instance_weights is None and flat.ignored is None):
+        return None
+    n = matched.target.shape[0]
+    device = matched.target.device
+    weights = (
+        flat.instance_weights[matched.target]
+        if flat.instance_weights is not None
+        else torch.ones(n, device=device)
+    )
+    included = (
+        (~flat.ignored[matched.target]).float()
+        if flat.ignored is not None
+        else torch.ones(n, device=device)
+    )
+    return weights, included
 
 
 def box_losses(
@@ -125,6 +179,7 @@ def box_losses(
     ctx: BatchContext,
     *,
     diagnostics: bool = True,
+    flat: FlatTargets | None = None,
 ) -> tuple[WeightedTerm, WeightedTerm, Tensor | None]:
     """Weighted L1 and GIoU terms of one box head over the matched pairs.
 
@@ -134,6 +189,7 @@ def box_losses(
         matched: this layer's flat matched pairs.
         ctx: batch context.
         diagnostics: also return the per-source unweighted losses.
+        flat: the targets, for their instance weights and ignore flags (None: all 1, none).
 
     Returns:
         (l1 term, giou term, per-source unweighted [S, 2] (l1, giou) means per matched pair,
@@ -146,13 +202,18 @@ def box_losses(
         box_cxcywh_to_xyxy(src), box_cxcywh_to_xyxy(tgt), check=False
     )
     w_image = ctx.weights.image[matched.batch]
-    l1_term = box_term(l1, w_image, ctx.normalization)
-    giou_term = box_term(giou, w_image, ctx.normalization)
+    included = None
+    trust = _pair_trust(matched, flat)
+    if trust is not None:
+        w_image = w_image * trust[0]
+        included = trust[1].bool()
+    l1_term = box_term(l1, w_image, ctx.normalization, included)
+    giou_term = box_term(giou, w_image, ctx.normalization, included)
     if not diagnostics:
         return l1_term, giou_term, None
     per_source = per_source_means(
         torch.stack((l1, giou), dim=1),
-        torch.ones_like(l1),
+        torch.ones_like(l1) if included is None else included.float(),
         ctx.weights.source_ids[matched.batch],
         ctx.num_sources,
     )

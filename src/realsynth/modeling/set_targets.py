@@ -5,6 +5,12 @@ triplet targets: predicate, subject label/box = ``labels/boxes[subject index]``,
 ``labels/boxes[object index]``. Entity mode uses ``labels``/``boxes`` directly. Boxes stay cxcywh,
 normalized to [0, 1]. Class indices exclude the background, which is the LAST logit index.
 
+Per-instance trust (optional target keys): ``box_weights`` float [N] and ``box_ignore`` bool [N]
+per box, ``relation_weights`` float [M] and ``relation_ignore`` bool [M] per relation. A target's
+instance weight is, in relation mode, its relation's weight times its subject's and its object's
+box weights, and it is ignored when its relation or either box is; in entity mode the box's.
+Without any of these keys ``instance_weights`` and ``ignored`` are None (and nothing changes).
+
 Problems that can only be seen on the device (indices out of range, negative or NaN box sizes,
 class ids out of range) are recorded per target in ``FlatTargets.problems`` instead of being
 synced here; the matcher reads them together with its cost matrix, in its single transfer.
@@ -25,10 +31,12 @@ from realsynth.modeling.heads import HeadSpec
 PROBLEM_RELATION_INDEX = 1
 PROBLEM_BOX = 2
 PROBLEM_LABEL = 4
+PROBLEM_WEIGHT = 8
 PROBLEM_NAMES = {
     PROBLEM_RELATION_INDEX: "relation subject/object index outside [0, num boxes)",
     PROBLEM_BOX: "box width/height negative or not finite",
     PROBLEM_LABEL: "class id outside [0, num classes)",
+    PROBLEM_WEIGHT: "instance loss weight negative or not finite",
 }
 
 
@@ -43,6 +51,8 @@ class FlatTargets:
         padded_index: int64 [B, max(sizes)] flat target index per (image, slot); slots past an
             image's size repeat a valid index and are ignored by the matcher.
         problems: int32 [T] bit mask of PROBLEM_* flags, 0 for a valid target.
+        instance_weights: float32 [T] per-target weights, or None (all 1).
+        ignored: bool [T] targets matched but counted in no term, or None (none).
     """
 
     sizes: list[int]
@@ -50,6 +60,8 @@ class FlatTargets:
     boxes: tuple[Tensor, ...]
     padded_index: Tensor
     problems: Tensor
+    instance_weights: Tensor | None = None
+    ignored: Tensor | None = None
 
     @property
     def total(self) -> int:
@@ -100,8 +112,9 @@ def _label_problems(labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
 
 def _relation_parts(
     targets: Sequence[dict[str, Any]], device: torch.device
-) -> tuple[list[int], list[Tensor], list[Tensor], Tensor]:
-    """Triplet classes (predicate, subject, object), boxes (subject, object) and problems."""
+) -> tuple[list[int], list[Tensor], list[Tensor], Tensor, Tensor]:
+    """Triplet classes (predicate, subject, object), boxes (subject, object), problems and the
+    flat (subject, object) box indices [T, 2]."""
     box_counts = [int(t["boxes"].shape[0]) for t in targets]
     sizes = [int(t["relations"].shape[0]) for t in targets]
     labels = torch.cat([t["labels"].to(device) for t in targets]).long()
@@ -125,7 +138,49 @@ def _relation_parts(
     else:
         classes = [relations[:, 2], relations[:, 2], relations[:, 2]]
         triplet_boxes = [boxes, boxes]
-    return sizes, classes, triplet_boxes, problems
+    return sizes, classes, triplet_boxes, problems, flat_pair
+
+
+INSTANCE_KEYS = ("box_weights", "box_ignore", "relation_weights", "relation_ignore")
+
+
+def _per_item(
+    targets: Sequence[dict[str, Any]], key: str, length: str, fill: Any, device
+) -> Tensor:
+    """``key`` of every target concatenated (``fill`` where a target has none)."""
+    parts = []
+    for position, target in enumerate(targets):
+        count = int(target[length].shape[0])
+        value = target.get(key)
+        if value is None:
+            parts.append(torch.full((count,), fill))
+            continue
+        value = torch.as_tensor(value)
+        if value.shape != (count,):
+            raise ValueError(
+                f"targets[{position}][{key!r}]: expected shape ({count},), got {tuple(value.shape)}"
+            )
+        parts.append(value.to(torch.as_tensor(fill).dtype))
+    return torch.cat(parts).to(device) if parts else torch.zeros(0).to(device)
+
+
+def _instance_trust(
+    targets: Sequence[dict[str, Any]], relation: bool, pairs: Tensor | None, device
+) -> tuple[Tensor | None, Tensor | None]:
+    """(instance weights [T], ignored [T]) or (None, None) when no target carries trust keys."""
+    if not any(key in t for t in targets for key in INSTANCE_KEYS):
+        return None, None
+    box_w = _per_item(targets, "box_weights", "boxes", 1.0, device).float()
+    box_i = _per_item(targets, "box_ignore", "boxes", False, device).bool()
+    if not relation:
+        return box_w, box_i
+    rel_w = _per_item(targets, "relation_weights", "relations", 1.0, device).float()
+    rel_i = _per_item(targets, "relation_ignore", "relations", False, device).bool()
+    if box_w.numel():
+        subj, obj = pairs[:, 0], pairs[:, 1]
+        rel_w = rel_w * box_w[subj] * box_w[obj]
+        rel_i = rel_i | box_i[subj] | box_i[obj]
+    return rel_w, rel_i
 
 
 def flatten_targets(
@@ -154,8 +209,9 @@ def flatten_targets(
     relation = spec.mode == "relation"
     for position, target in enumerate(targets):
         _check_shapes(position, target, relation)
+    pairs = None
     if relation:
-        sizes, classes, boxes, problems = _relation_parts(targets, device)
+        sizes, classes, boxes, problems, pairs = _relation_parts(targets, device)
     else:
         sizes = [int(t["boxes"].shape[0]) for t in targets]
         classes = [torch.cat([t["labels"].to(device) for t in targets]).long()]
@@ -166,10 +222,16 @@ def flatten_targets(
         safe, label_problems = _label_problems(labels, count)
         clamped.append(safe)
         problems = problems | label_problems
+    weights, ignored = _instance_trust(targets, relation, pairs, device)
+    if weights is not None:
+        bad = ~torch.isfinite(weights) | (weights < 0)
+        problems = problems | torch.where(bad, PROBLEM_WEIGHT, 0).to(torch.int32)
     return FlatTargets(
         sizes=sizes,
         classes=tuple(clamped),
         boxes=tuple(boxes),
         padded_index=_padded_index(sizes, device),
         problems=problems,
+        instance_weights=weights,
+        ignored=ignored,
     )

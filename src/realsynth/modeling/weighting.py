@@ -12,6 +12,11 @@ term's per-element losses ``L_i`` belong to image ``b(i)``; its value is
 - boxes (L1, GIoU, one element per matched pair): ``u_i = w_b(i)`` and ``D`` the number of matched
   pairs (DETR's ``num_boxes``, at least 1) under ``count`` or ``sum_i w_b(i)`` under ``weight``.
 
+Per-instance trust enters the same rules: an element's ``w`` is its image's weight times its
+target's instance weight (or, for an unmatched query, its image's background weight), counted in
+the divisor only under ``weight``, like the image weight; an ignored target's element counts in
+neither the numerator nor the divisor.
+
 With every weight 1.0 both modes are exactly the unweighted loss. Under DDP each divisor is the
 sum over ranks divided by the world size (what makes DDP's averaged gradient equal to the single
 process's on the concatenated batch); :func:`reduce_terms` does that for every term of a forward
@@ -70,17 +75,27 @@ def classification_term(
     return WeightedTerm((weights * losses).sum(), divisor.detach().sum(), WEIGHT_FLOOR)
 
 
-def box_term(losses: Tensor, image_weights: Tensor, normalization: Normalization) -> WeightedTerm:
+def box_term(
+    losses: Tensor,
+    image_weights: Tensor,
+    normalization: Normalization,
+    included: Tensor | None = None,
+) -> WeightedTerm:
     """An L1 or GIoU term from per-pair losses.
 
     Args:
         losses: [n] unweighted loss of each matched pair (L1 summed over the 4 coordinates).
-        image_weights: [n] weight of each pair's image.
+        image_weights: [n] weight of each pair (its image's, times its instance weight).
         normalization: ``count`` (divide by the number of pairs) or ``weight``.
+        included: bool [n], pairs that count (ignored targets do not); default all.
     """
     weights = image_weights.to(losses.dtype)
-    if normalization == "count":
+    if included is not None:
+        weights = weights * included
+    if normalization == "count" and included is None:
         divisor, floor = losses.new_tensor(float(losses.shape[0])), 1.0
+    elif normalization == "count":
+        divisor, floor = included.sum().to(losses.dtype), 1.0
     else:
         divisor, floor = weights.detach().sum(), WEIGHT_FLOOR
     return WeightedTerm((weights * losses).sum(), divisor, floor)

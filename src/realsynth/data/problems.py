@@ -13,8 +13,8 @@ skipped.
 Problem codes: ``missing_file``, ``invalid_file``, ``duplicate_id``, ``missing_image``,
 ``unreadable_image``, ``size_mismatch``, ``bad_box``, ``empty_box``, ``box_outside_image``,
 ``unknown_image``, ``unknown_category``, ``unknown_predicate``, ``unknown_annotation``,
-``cross_image_relation``, ``no_images`` (errors); ``self_relation``, ``duplicate_relation``,
-``no_relations`` (warnings).
+``cross_image_relation``, ``no_images``, ``invalid_weight`` (errors); ``self_relation``,
+``duplicate_relation``, ``no_relations`` (warnings).
 """
 
 from __future__ import annotations

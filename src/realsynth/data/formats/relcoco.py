@@ -139,6 +139,7 @@ class RelCocoDataset(RelationDataset):
         self._labels = index.labels[boxes]
         relations, self._relation_starts = _packed(index.relation_image, kept, keep)
         self._relations = index.relations[relations]
+        self._trust = index.trust.take(boxes, relations) if index.trust is not None else None
 
     def __len__(self) -> int:
         return len(self._file_names)
@@ -154,7 +155,7 @@ class RelCocoDataset(RelationDataset):
     def annotation(self, index: int) -> dict[str, Any]:
         b0, b1 = self._box_starts[index], self._box_starts[index + 1]
         r0, r1 = self._relation_starts[index], self._relation_starts[index + 1]
-        return {
+        out = {
             "boxes": box_xywh_to_xyxy(torch.from_numpy(self._boxes[b0:b1])),
             "labels": torch.from_numpy(self._labels[b0:b1].copy()),
             "relations": torch.from_numpy(self._relations[r0:r1].copy()),
@@ -163,6 +164,13 @@ class RelCocoDataset(RelationDataset):
             "file_name": self._file_names[index],
             "source": self.source,
         }
+        if self._trust is not None:  # only files that carry trust fields: otherwise as before
+            trust = self._trust
+            out["box_weights"] = torch.from_numpy(trust.box_weights[b0:b1].copy())
+            out["box_ignore"] = torch.from_numpy(trust.box_ignore[b0:b1].copy())
+            out["relation_weights"] = torch.from_numpy(trust.relation_weights[r0:r1].copy())
+            out["relation_ignore"] = torch.from_numpy(trust.relation_ignore[r0:r1].copy())
+        return out
 
 
 def _file_name(image: Any, position: int) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from realsynth.data.formats.relcoco_trust import InstanceTrust, index_trust
 from realsynth.data.problems import Findings
 
 REQUIRED_KEYS = ("images", "annotations", "categories", "predicates", "relationships")
@@ -40,6 +41,8 @@ class RelCocoIndex:
         labels: int64 [B] 0-based class (-1 where unknown); ``box_image`` int64 [B] its image.
         relations: int64 [M, 3] (subject box, object box, 0-based predicate), box indices
             counted within the image; ``relation_image`` int64 [M] its image.
+        trust: per-box and per-relation ``loss_weight`` / ``ignore``, or None when the file
+            has none (``relcoco_trust``).
     """
 
     classes: list[str]
@@ -54,6 +57,7 @@ class RelCocoIndex:
     box_image: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     relations: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int64))
     relation_image: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    trust: InstanceTrust | None = None
 
     @property
     def class_counts(self) -> dict[int, int]:
@@ -243,11 +247,13 @@ def _box_array(findings: Findings, anns: list, index: RelCocoIndex, boxes: _Boxe
 
 def _index_relationships(
     findings: Findings, rels: list, image_pos: dict, where_of: dict, pred_pos: dict, images: list
-) -> tuple[list[tuple[int, int, int]], list[int]]:
-    """The valid relations (subject box, object box, predicate) and the image of each."""
+) -> tuple[list[tuple[int, int, int]], list[int], list[int]]:
+    """The valid relations (subject box, object box, predicate), the image of each and its
+    position in ``relationships``."""
     seen: set[tuple] = set()
     relations: list[tuple[int, int, int]] = []
     owners: list[int] = []
+    positions: list[int] = []
     for k, rel in enumerate(rels):
         if type(rel) is not dict:
             findings.error("invalid_file", f"relationships[{k}]", "entry is not an object")
@@ -288,7 +294,8 @@ def _index_relationships(
         seen.add(key)
         relations.append((subject[1], target[1], label))
         owners.append(pos)
-    return relations, owners
+        positions.append(k)
+    return relations, owners, positions
 
 
 def _relationship_problem(
@@ -366,7 +373,7 @@ def index_relcoco(data: Any, ann_file: str | Path) -> tuple[RelCocoIndex | None,
     index.boxes = _box_array(findings, data["annotations"], index, boxes)
     index.labels = np.asarray(boxes.labels, dtype=np.int64)
     index.box_image = np.asarray(boxes.image, dtype=np.int64)
-    relations, owners = _index_relationships(
+    relations, owners, positions = _index_relationships(
         findings,
         data["relationships"],
         image_pos,
@@ -376,6 +383,15 @@ def index_relcoco(data: Any, ann_file: str | Path) -> tuple[RelCocoIndex | None,
     )
     index.relations = np.asarray(relations, dtype=np.int64).reshape(-1, 3)
     index.relation_image = np.asarray(owners, dtype=np.int64)
+    index.trust = index_trust(
+        findings,
+        data["annotations"],
+        boxes.source,
+        boxes.image,
+        data["relationships"],
+        positions,
+        owners,
+    )
     if not images:
         findings.error("no_images", str(ann_file), "the file lists no images")
     has_relation = np.zeros(len(images), dtype=bool)

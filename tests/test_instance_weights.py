@@ -166,3 +166,43 @@ def test_bad_instance_and_background_weights_are_named() -> None:
         ValueError, match="background_weight must be finite and >= 0: positions \\[0\\]"
     ):
         _losses(outputs, background)
+
+
+def test_synthetic_background_weight_reaches_the_synthetic_items_only(tmp_path) -> None:
+    from engine_helpers import tiny_config
+
+    from realsynth.config import ConfigError, load_config
+    from realsynth.engine.build import build_train_loader
+    from realsynth.engine.data_setup import build_data
+
+    cfg = tiny_config(tmp_path, "DATASETS.MULTI_DATASET.SYNTHETIC_BACKGROUND_WEIGHT=0.0")
+    data = build_data(cfg)
+    assert [m.background_weight for m in data.mix] == [1.0, 0.0]
+    batch = next(iter(build_train_loader(cfg, data)))
+    for target in batch["targets"]:
+        if target["source"] == "synthetic":
+            assert target["background_weight"] == 0.0
+        else:
+            assert "background_weight" not in target
+    with pytest.raises(ConfigError, match="SYNTHETIC_BACKGROUND_WEIGHT"):
+        load_config(None, ["DATASETS.MULTI_DATASET.SYNTHETIC_BACKGROUND_WEIGHT=-1"])
+
+
+def test_a_source_background_weight_wins_over_its_kinds() -> None:
+    from omegaconf import OmegaConf
+
+    from realsynth.config_schema import MultiDatasetConfig, SourceConfig
+    from realsynth.source_mix import resolve_mix
+
+    md = OmegaConf.structured(MultiDatasetConfig)
+    md.SYNTHETIC_BACKGROUND_WEIGHT = 0.0
+    sources = [
+        OmegaConf.merge(OmegaConf.structured(SourceConfig), {"NAME": n, "TYPE": t, **extra})
+        for n, t, extra in (
+            ("real", "real", {}),
+            ("render", "synthetic", {}),
+            ("gen", "synthetic", {"BACKGROUND_WEIGHT": 0.3}),
+        )
+    ]
+    mix = resolve_mix(sources, md, [10, 10, 10], max_iter=10)
+    assert [m.background_weight for m in mix] == [1.0, 0.0, 0.3]

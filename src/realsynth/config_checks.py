@@ -19,7 +19,7 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key} must be one of {choices}, got {value!r}", key)
     md = cfg.DATASETS.MULTI_DATASET
     _check_ratio(md.REAL_SAMPLING_RATIO, "DATASETS.MULTI_DATASET.REAL_SAMPLING_RATIO")
-    for name in ("REAL_LOSS_WEIGHT", "SYNTHETIC_LOSS_WEIGHT"):
+    for name in ("REAL_LOSS_WEIGHT", "SYNTHETIC_LOSS_WEIGHT", "SYNTHETIC_BACKGROUND_WEIGHT"):
         _check_weight(md[name], f"DATASETS.MULTI_DATASET.{name}")
     _check_positive(cfg.SOLVER.IMS_PER_BATCH, "SOLVER.IMS_PER_BATCH")
     _check_positive(cfg.SOLVER.MAX_ITER, "SOLVER.MAX_ITER")
@@ -189,6 +189,8 @@ def _validate_sources(cfg: DictConfig) -> None:
             _check_ratio(src.RATIO, f"{key}.RATIO")
         if src.LOSS_WEIGHT is not None:
             _check_weight(src.LOSS_WEIGHT, f"{key}.LOSS_WEIGHT")
+        if src.BACKGROUND_WEIGHT is not None:
+            _check_weight(src.BACKGROUND_WEIGHT, f"{key}.BACKGROUND_WEIGHT")
     explicit = [s.RATIO for s in cfg.DATASETS.SOURCES if s.RATIO is not None]
     if len(explicit) == len(cfg.DATASETS.SOURCES) and explicit and abs(sum(explicit) - 1) > 1e-6:
         raise ConfigError(

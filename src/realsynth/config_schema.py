@@ -75,6 +75,9 @@ class MultiDatasetConfig:
     REAL_SAMPLING_RATIO: float = 0.7
     REAL_LOSS_WEIGHT: float = 1.0
     SYNTHETIC_LOSS_WEIGHT: float = 0.5
+    # Weight of the no-object / no-relation CE of unmatched queries in synthetic images
+    # (Gen2Det ignores the background of synthetic images: 0.0); a source's own wins.
+    SYNTHETIC_BACKGROUND_WEIGHT: float = 1.0
     # Naive concatenation baseline: every source's share is its size / total size.
     RATIO_BY_SIZE: bool = False
     # Shares and weights that change over training; see ScheduleConfig and docs/schedules.md.
@@ -113,6 +116,7 @@ class SourceConfig:
     # Adaptive mixing: this source's share bounds (unset: MULTI_DATASET.ADAPTIVE's).
     MIN_RATIO: float | None = None
     MAX_RATIO: float | None = None
+    BACKGROUND_WEIGHT: float | None = None  # default: its kind's (MULTI_DATASET)
     # Predicate names swapped by a horizontal flip, e.g. {"left of": "right of"}.
     PREDICATE_FLIP_MAP: dict[str, str] = field(default_factory=dict)
 

@@ -34,6 +34,7 @@ class SourceMix:
     kind: str
     ratio: float | StepSchedule
     loss_weight: float | StepSchedule
+    background_weight: float = 1.0
 
     @property
     def max_ratio(self) -> float:
@@ -79,13 +80,24 @@ def resolve_mix(
             f"not 1 ({listing}); set RATIO on every source or on none"
         )
     weights = _weights(sources, md, max_iter)
-    mix = [SourceMix(s.NAME, s.TYPE, r, w) for s, r, w in zip(sources, ratios, weights)]
+    mix = [
+        SourceMix(s.NAME, s.TYPE, r, w, _background_weight(s, md))
+        for s, r, w in zip(sources, ratios, weights)
+    ]
     for m, size in zip(mix, sizes):
         if m.max_ratio > 0 and size == 0:
             raise ConfigError(
                 f"DATASETS.SOURCES: source {m.name!r} has ratio {_describe(m.ratio)} but no items"
             )
     return mix
+
+
+def _background_weight(source: Any, md: Any) -> float:
+    """A source's ``BACKGROUND_WEIGHT``, else its kind's (``SYNTHETIC_BACKGROUND_WEIGHT`` for
+    synthetic sources, 1 for real ones)."""
+    if source.BACKGROUND_WEIGHT is not None:
+        return float(source.BACKGROUND_WEIGHT)
+    return float(md.SYNTHETIC_BACKGROUND_WEIGHT) if source.TYPE == "synthetic" else 1.0
 
 
 def _ratios(

@@ -41,6 +41,9 @@ class Source:
         ratio: share of every batch, in [0, 1], or a :class:`StepSchedule` of it.
         loss_weight: per-sample loss weight of its items, finite and >= 0, or a
             :class:`StepSchedule` of it (applied at the step each batch is drawn for).
+        background_weight: weight of the no-object / no-relation CE of unmatched queries in
+            its images (``SYNTHETIC_BACKGROUND_WEIGHT``; Gen2Det ignores a synthetic image's
+            background: 0.0); items carry ``background_weight`` only when it is not 1.
     """
 
     name: str
@@ -48,6 +51,7 @@ class Source:
     kind: Literal["real", "synthetic"]
     ratio: float | StepSchedule
     loss_weight: float | StepSchedule
+    background_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
@@ -61,6 +65,11 @@ class Source:
         if not (math.isfinite(high) and low >= 0):
             raise ValueError(
                 f"source {self.name!r}: loss_weight must be finite and >= 0, got {self.loss_weight}"
+            )
+        if not (math.isfinite(self.background_weight) and self.background_weight >= 0):
+            raise ValueError(
+                f"source {self.name!r}: background_weight must be finite and >= 0, got "
+                f"{self.background_weight}"
             )
 
     @property
@@ -179,6 +188,8 @@ class MixedDataset(Dataset):
         tagged["source"] = source.name
         tagged["loss_weight"] = source.weight_at(step)
         tagged["source_id"] = k
+        if source.background_weight != 1.0:
+            tagged["background_weight"] = source.background_weight
         if step is not None:
             tagged["step"] = step
         return tagged

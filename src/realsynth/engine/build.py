@@ -207,7 +207,12 @@ def build_train_loader(
         )
     sources = [
         Source(
-            name=name, dataset=dataset, kind=mix.kind, ratio=mix.ratio, loss_weight=mix.loss_weight
+            name=name,
+            dataset=dataset,
+            kind=mix.kind,
+            ratio=mix.ratio,
+            loss_weight=mix.loss_weight,
+            background_weight=mix.background_weight,
         )
         for name, dataset, mix in zip(data.names, data.train, data.mix)
     ]

@@ -52,6 +52,7 @@ def builtin_overrides(cfg: DictConfig, name: str) -> list[str]:
             for override in (
                 f"DATASETS.SOURCES[{i}].RATIO=null",
                 f"DATASETS.SOURCES[{i}].LOSS_WEIGHT=null",
+                f"DATASETS.SOURCES[{i}].BACKGROUND_WEIGHT=null",
                 f"DATASETS.SOURCES[{i}].RATIO_SCHEDULE.KIND=constant",
                 f"DATASETS.SOURCES[{i}].LOSS_WEIGHT_SCHEDULE.KIND=constant",
             )
@@ -61,6 +62,7 @@ def builtin_overrides(cfg: DictConfig, name: str) -> list[str]:
             f"{MD}.RATIO_BY_SIZE=true",
             f"{MD}.REAL_LOSS_WEIGHT=1.0",
             f"{MD}.SYNTHETIC_LOSS_WEIGHT=1.0",
+            f"{MD}.SYNTHETIC_BACKGROUND_WEIGHT=1.0",
             f"{MD}.REAL_SAMPLING_RATIO_SCHEDULE.KIND=constant",
             f"{MD}.SYNTHETIC_LOSS_WEIGHT_SCHEDULE.KIND=constant",
             f"{MD}.ADAPTIVE.ENABLED=false",

@@ -204,3 +204,47 @@ def test_a_validation_carve_that_swallows_the_train_pool_names_the_key(vg: Path)
     assert "use at most 1 (e.g. NUM_VAL_IMAGES=1)" in message
     with pytest.raises(ValueError, match="NUM_VAL_IMAGES is 0, so there is no validation split"):
         vg150_from_folder(vg, split="val", num_val_images=0)
+
+
+def _add_trust(root: Path, **datasets) -> None:
+    with h5py.File(root / "VG-SGG-with-attri.h5", "a") as f:
+        for name, values in datasets.items():
+            f.create_dataset(name, data=np.asarray(values, dtype=np.float32))
+
+
+def test_optional_h5_trust_follows_the_chosen_duplicate(vg: Path) -> None:
+    # Row 0's two relations share (subject, object): "on" weight 0.5, "near" ignored.
+    _add_trust(vg, relation_loss_weight=[0.5, 1.0, 1.0, 0.25], relation_ignore=[0, 1, 0, 0])
+    train = vg150_from_folder(vg, split="train", num_val_images=0)
+    seen = set()
+    for epoch in range(12):
+        train.set_epoch(epoch)
+        item = train[0]
+        predicate = int(item["relations"][0, 2])
+        expected = (0.5, False) if predicate == 0 else (1.0, True)
+        assert (float(item["relation_weights"][0]), bool(item["relation_ignore"][0])) == expected
+        assert item["box_weights"].tolist() == [1.0, 1.0]  # no box datasets: weight 1
+        seen.add(predicate)
+    assert seen == {0, 1}
+    last = train.annotation(len(train) - 1)
+    assert last["relation_weights"].tolist() == [0.25]
+
+
+def test_a_vg150_file_without_trust_datasets_has_no_trust_keys(vg: Path) -> None:
+    item = vg150_from_folder(vg, split="train", num_val_images=0).annotation(0)
+    assert "relation_weights" not in item and "box_ignore" not in item
+
+
+def test_bad_trust_datasets_name_the_file_and_dataset(tmp_path: Path) -> None:
+    short = build_vg_folder(tmp_path / "short")
+    _add_trust(short, box_loss_weight=[1.0, 1.0])
+    with pytest.raises(ValueError, match="'box_loss_weight' has 2 entries, expected 8"):
+        vg150_from_folder(short, split="train", num_val_images=0)
+    negative = build_vg_folder(tmp_path / "negative")
+    _add_trust(negative, relation_loss_weight=[1.0, -1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="'relation_loss_weight' must be finite and >= 0; row 1"):
+        vg150_from_folder(negative, split="train", num_val_images=0)
+    flags = build_vg_folder(tmp_path / "flags")
+    _add_trust(flags, box_ignore=[0, 2, 0, 0, 0, 0, 0, 0])
+    with pytest.raises(ValueError, match="'box_ignore' must hold 0 or 1 only"):
+        vg150_from_folder(flags, split="train", num_val_images=0)

@@ -187,22 +187,23 @@ class VG150Dataset(RelationDataset):
         xyxy = decode_vg_boxes(arrays.boxes)
         labels, predicates = arrays.labels - 1, arrays.predicates - 1
         self.rows, self._boxes, self._labels, self._relations = [], [], [], []
+        self._trust: list[dict[str, np.ndarray]] | None = [] if arrays.trust else None
         for row in rows.tolist():
             b0, b1 = int(arrays.first_box[row]), int(arrays.last_box[row]) + 1
             boxes = xyxy[b0:b1]
+            r0, r1 = 0, 0
             if arrays.first_rel[row] >= 0:
                 r0, r1 = int(arrays.first_rel[row]), int(arrays.last_rel[row]) + 1
-                rels = np.column_stack([arrays.pairs[r0:r1] - b0, predicates[r0:r1]])
-            else:
-                rels = np.zeros((0, 3), dtype=np.int64)
-            if non_overlap:
-                rels = rels[_overlapping(boxes, rels)]
-                if len(rels) == 0:
-                    continue
+            rels = np.column_stack([arrays.pairs[r0:r1] - b0, predicates[r0:r1]]).reshape(-1, 3)
+            kept = _overlapping(boxes, rels) if non_overlap else np.ones(len(rels), dtype=bool)
+            if non_overlap and not kept.any():
+                continue
             self.rows.append(row)
             self._boxes.append(boxes)
             self._labels.append(labels[b0:b1])
-            self._relations.append(rels)
+            self._relations.append(rels[kept])
+            if self._trust is not None:
+                self._trust.append(_image_trust(arrays.trust, (b0, b1), (r0, r1), kept))
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -231,6 +232,11 @@ class VG150Dataset(RelationDataset):
             "orig_size": torch.tensor([height, width], dtype=torch.int64),
             "file_name": f"{info['image_id']}.jpg",
             "source": self.source,
+            **(
+                {k: torch.from_numpy(v.copy()) for k, v in self._trust[index].items()}
+                if self._trust is not None
+                else {}
+            ),
         }
 
     def sample_annotation(self, target: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
@@ -238,10 +244,42 @@ class VG150Dataset(RelationDataset):
         if not self.filter_duplicate_rels or len(target["relations"]) == 0:
             return target
         groups: dict[tuple[int, int], list[int]] = {}
-        for s, o, p in target["relations"].tolist():
-            groups.setdefault((s, o), []).append(p)
-        rels = [(s, o, preds[int(rng.integers(len(preds)))]) for (s, o), preds in groups.items()]
-        return {**target, "relations": torch.tensor(rels, dtype=torch.int64).reshape(-1, 3)}
+        for i, (s, o, _) in enumerate(target["relations"].tolist()):
+            groups.setdefault((s, o), []).append(i)
+        chosen = torch.tensor(
+            [rows[int(rng.integers(len(rows)))] for rows in groups.values()], dtype=torch.int64
+        )
+        out = {**target, "relations": target["relations"][chosen].reshape(-1, 3)}
+        for key in ("relation_weights", "relation_ignore"):  # the chosen relations' trust
+            if key in target:
+                out[key] = target[key][chosen]
+        return out
+
+
+def _image_trust(
+    trust: dict[str, np.ndarray], boxes: tuple[int, int], relations: tuple[int, int], kept
+) -> dict[str, np.ndarray]:
+    """One image's trust arrays under the target keys (missing datasets: weight 1, not
+    ignored)."""
+    (b0, b1), (r0, r1) = boxes, relations
+    n, m = b1 - b0, int(np.count_nonzero(kept))
+    out = {
+        "box_weights": np.ones(n, np.float32),
+        "box_ignore": np.zeros(n, bool),
+        "relation_weights": np.ones(m, np.float32),
+        "relation_ignore": np.zeros(m, bool),
+    }
+    names = {
+        "box_loss_weight": "box_weights",
+        "box_ignore": "box_ignore",
+        "relation_loss_weight": "relation_weights",
+        "relation_ignore": "relation_ignore",
+    }
+    for dataset, key in names.items():
+        if dataset in trust:
+            part = trust[dataset][b0:b1] if dataset.startswith("box") else trust[dataset][r0:r1]
+            out[key] = part if dataset.startswith("box") else part[kept]
+    return out
 
 
 def vg150_from_folder(

@@ -113,6 +113,9 @@ class VGArrays:
             ``last_rel`` int64 [I] inclusive ranges (-1 for none).
         labels: int64 [B] 1-based classes; ``boxes`` int64 [B, 4] cx, cy, w, h at ``box_scale``.
         pairs: int64 [R, 2] global box indices; ``predicates`` int64 [R] 1-based.
+        trust: the optional per-instance datasets present in the file (:data:`TRUST_DATASETS`:
+            ``box_loss_weight`` / ``box_ignore`` [B], ``relation_loss_weight`` /
+            ``relation_ignore`` [R]), or None.
     """
 
     split: np.ndarray
@@ -125,6 +128,44 @@ class VGArrays:
     pairs: np.ndarray
     predicates: np.ndarray
     box_scale: int
+    trust: dict[str, np.ndarray] | None = None
+
+
+#: Optional h5 datasets of per-instance trust, aligned with ``labels`` (boxes) and
+#: ``relationships``: weights finite and >= 0, ignore flags 0 or 1.
+TRUST_DATASETS = {
+    "box_loss_weight": "labels",
+    "box_ignore": "labels",
+    "relation_loss_weight": "predicates",
+    "relation_ignore": "predicates",
+}
+
+
+def _read_trust(h5: Any, h5_file: str | Path, arrays: dict[str, np.ndarray]) -> dict | None:
+    trust = {}
+    for name, aligned in TRUST_DATASETS.items():
+        if name not in h5:
+            continue
+        values = h5[name][:].reshape(-1).astype(np.float64)
+        expected = arrays[aligned].reshape(-1).shape[0]
+        if values.shape[0] != expected:
+            raise ValueError(
+                f"{h5_file}: h5 dataset {name!r} has {values.shape[0]} entries, expected "
+                f"{expected} (one per row of {aligned!r})"
+            )
+        if name.endswith("ignore"):
+            if not np.isin(values, (0, 1)).all():
+                raise ValueError(f"{h5_file}: h5 dataset {name!r} must hold 0 or 1 only")
+            trust[name] = values.astype(bool)
+        else:
+            bad = np.flatnonzero(~np.isfinite(values) | (values < 0))
+            if bad.size:
+                raise ValueError(
+                    f"{h5_file}: h5 dataset {name!r} must be finite and >= 0; row {int(bad[0])} "
+                    f"is {values[bad[0]]}"
+                )
+            trust[name] = values.astype(np.float32)
+    return trust or None
 
 
 def read_vg_h5(h5_file: str | Path, box_scale: int = 1024) -> VGArrays:
@@ -140,6 +181,7 @@ def read_vg_h5(h5_file: str | Path, box_scale: int = 1024) -> VGArrays:
             if missing:
                 raise ValueError(f"{h5_file}: missing h5 datasets {missing} (VG-SGG schema)")
             arrays = {k: h5[k][:].astype(np.int64) for k in (*H5_REQUIRED, key)}
+            trust = _read_trust(h5, h5_file, arrays)
     except OSError as exc:
         raise ValueError(f"{h5_file}: not a readable h5 file ({exc})") from None
     return VGArrays(
@@ -153,6 +195,7 @@ def read_vg_h5(h5_file: str | Path, box_scale: int = 1024) -> VGArrays:
         pairs=arrays["relationships"].reshape(-1, 2),
         predicates=arrays["predicates"].reshape(-1),
         box_scale=int(box_scale),
+        trust=trust,
     )
 
 

@@ -118,3 +118,35 @@ def test_rejects_bad_settings(tmp_path: Path) -> None:
         generate_demo(tmp_path, **SMALL)
     assert (tmp_path / "real" / "train" / "keep.txt").exists()
     np.testing.assert_equal(sorted(p.name for p in (tmp_path / "real").iterdir()), ["train"])
+
+
+def test_the_corruption_record_lists_exactly_the_labels_that_differ_from_clean(tmp_path):
+    import json
+
+    from realsynth.data.demo import CORRUPTION_FILE, generate_demo
+
+    sizes = dict(real_train=2, real_val=2, synthetic_train=30, synthetic_val=4, real_test=0)
+    noisy = generate_demo(tmp_path / "noisy", label_noise=0.5, **sizes)
+    clean = generate_demo(tmp_path / "clean", label_noise=0.0, **sizes)
+    assert not (noisy["real/train"].parent / CORRUPTION_FILE).exists()
+    for split in ("synthetic/train", "synthetic/val"):
+        written = json.loads(noisy[split].read_text())
+        truth = json.loads(clean[split].read_text())
+        record = json.loads((noisy[split].parent / CORRUPTION_FILE).read_text())
+        changed_boxes = {
+            a["id"]: (t["category_id"] - 1, a["category_id"] - 1)
+            for a, t in zip(written["annotations"], truth["annotations"])
+            if a["category_id"] != t["category_id"]
+        }
+        changed_rels = {
+            k: (t["predicate_id"] - 1, r["predicate_id"] - 1)
+            for k, (r, t) in enumerate(zip(written["relationships"], truth["relationships"]))
+            if r["predicate_id"] != t["predicate_id"]
+        }
+        assert {b["annotation_id"]: (b["true"], b["written"]) for b in record["boxes"]} == (
+            changed_boxes
+        )
+        assert {r["relationship"]: (r["true"], r["written"]) for r in record["relationships"]} == (
+            changed_rels
+        )
+        assert changed_boxes and changed_rels  # at a rate of 0.5 some of each

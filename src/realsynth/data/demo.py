@@ -38,6 +38,8 @@ DEMO_MARKER = ".realsynth-demo"
 #: What the demo cache of realsynth 0.1 wrote when complete (still recognized).
 LEGACY_DEMO_MARKER = ".complete"
 DOMINANCE = 1.5
+#: Beside a synthetic split's annotations.json: which labels the generator corrupted.
+CORRUPTION_FILE = "corruption.json"
 
 
 def demo_predicate_flip_map() -> dict[str, str]:
@@ -97,11 +99,15 @@ def scene_relations(objects: list[DemoObject], rng: np.random.Generator) -> np.n
 
 def _corrupt(
     values: np.ndarray, num_values: int, rate: float, rng: np.random.Generator
-) -> np.ndarray:
-    """Replaces each value, with probability ``rate``, by a different uniformly drawn one."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Replaces each value, with probability ``rate``, by a different uniformly drawn one.
+
+    Returns:
+        (the values as written, bool mask of the replaced ones).
+    """
     flip = rng.random(len(values)) < rate
     shift = rng.integers(1, num_values, size=len(values))
-    return np.where(flip, (values + shift) % num_values, values)
+    return np.where(flip, (values + shift) % num_values, values), flip
 
 
 def make_scene(
@@ -116,20 +122,62 @@ def make_scene(
         objects = sample_objects(image_size, rng)
         relations = scene_relations(objects, rng)
     labels = np.array([o.shape for o in objects], dtype=np.int64)
+    truth = {"labels": labels.copy(), "predicates": relations[:, 2].copy()}
+    corrupted = {
+        "labels": np.zeros(len(labels), bool),
+        "predicates": np.zeros(len(relations), bool),
+    }
     if domain == "real":
         image = render_real(objects, image_size, rng)
     else:
         image = render_synthetic(objects, image_size)
-        labels = _corrupt(labels, len(DEMO_CLASSES), label_noise, rng)
-        relations[:, 2] = _corrupt(relations[:, 2], len(DEMO_PREDICATES), label_noise, rng)
+        labels, corrupted["labels"] = _corrupt(labels, len(DEMO_CLASSES), label_noise, rng)
+        relations[:, 2], corrupted["predicates"] = _corrupt(
+            relations[:, 2], len(DEMO_PREDICATES), label_noise, rng
+        )
     ann = {
         "width": image_size,
         "height": image_size,
         "boxes": np.array([o.box for o in objects], dtype=np.int64),
         "labels": labels,
         "relations": relations,
+        # What the generator changed: never written into annotations.json (see _write_split).
+        "corrupted": corrupted,
+        "truth": truth,
     }
     return image, ann
+
+
+def _write_corruption(path: Path, records: list[dict], corruption: list[tuple]) -> None:
+    """The ground truth of the label noise, by the ids ``write_relcoco`` assigns (annotations
+    1, 2, ... and relationships in file order): which were changed, from what to what."""
+    boxes, relations = [], []
+    box_id, rel_position = 1, 0
+    for ann, (changed, truth) in zip(records, corruption):
+        for j in range(len(ann["labels"])):
+            if changed["labels"][j]:
+                true, written = int(truth["labels"][j]), int(ann["labels"][j])
+                boxes.append({"annotation_id": box_id + j, "true": true, "written": written})
+        for j in range(len(ann["relations"])):
+            if changed["predicates"][j]:
+                true, written = int(truth["predicates"][j]), int(ann["relations"][j, 2])
+                relations.append(
+                    {"relationship": rel_position + j, "true": true, "written": written}
+                )
+        box_id += len(ann["labels"])
+        rel_position += len(ann["relations"])
+    atomic_write_text(
+        path,
+        json.dumps(
+            {
+                "about": "labels the demo generator replaced (0-based class / predicate "
+                "indices); a filter must never read this file",
+                "boxes": boxes,
+                "relationships": relations,
+            }
+        )
+        + "\n",
+    )
 
 
 def _claim_folder(out: Path, settings: dict[str, Any], *, force: bool) -> None:
@@ -172,12 +220,13 @@ def _write_split(
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         (tmp / "images").mkdir()
-        records = []
+        records, corruption = [], []
         for k in range(count):
             rng = np.random.default_rng([seed, DOMAINS.index(domain), SPLITS.index(split), k])
             image, ann = make_scene(domain, image_size, label_noise, rng)
             ann["file_name"] = f"{k:06d}.png"
             image.save(tmp / "images" / ann["file_name"], format="PNG", compress_level=6)
+            corruption.append((ann.pop("corrupted"), ann.pop("truth")))
             records.append(ann)
         write_relcoco(
             tmp / "annotations.json",
@@ -185,6 +234,8 @@ def _write_split(
             predicates=DEMO_PREDICATES,
             images=records,
         )
+        if domain == "synthetic":
+            _write_corruption(tmp / CORRUPTION_FILE, records, corruption)
         if folder.exists():
             shutil.rmtree(folder)
         tmp.replace(folder)

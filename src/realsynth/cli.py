@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from realsynth.config import ConfigError, load_config, to_yaml
 from realsynth.data.demo_settings import DEMO_LABEL_NOISE, DEMO_SIZES
@@ -121,7 +122,26 @@ def _parser() -> argparse.ArgumentParser:
     for name, default in DEMO_SIZES.items():
         demo.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
     demo.add_argument("--label-noise", type=float, default=DEMO_LABEL_NOISE)
+    _filter_parser(data_cmds)
     return parser
+
+
+def _filter_parser(data_cmds: Any) -> None:
+    flt = data_cmds.add_parser(
+        "filter",
+        help="mark, reweight or drop synthetic annotations a real-data model does not confirm",
+        description="Score every box and relationship of a relcoco file with the model of a "
+        "finished run; write a new file where doubtful instances get ignore, a lower "
+        "loss_weight, or are dropped (the input is never modified), and a report beside it.",
+    )
+    flt.add_argument("--run", type=Path, required=True, help="run folder or checkpoint")
+    flt.add_argument("--source", type=Path, required=True, help="relcoco annotation file")
+    flt.add_argument("--out", type=Path, required=True, help="the filtered annotation file")
+    flt.add_argument("--image-root", type=Path, default=None, help="default: images/ beside")
+    flt.add_argument("--mode", choices=("ignore", "reweight", "drop"), default="ignore")
+    flt.add_argument("--iou", type=float, default=0.3, help="least IoU of a confirming box")
+    flt.add_argument("--score", type=float, default=0.1, help="doubtful below this score")
+    flt.add_argument("--weight", type=float, default=0.5, help="reweight: loss_weight factor")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,6 +238,24 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _filter(args: argparse.Namespace) -> int:
+    from realsynth.engine.synthetic_filter import filter_with_run, format_filter_report
+
+    report = filter_with_run(
+        args.run,
+        args.source,
+        args.out,
+        image_root=args.image_root,
+        mode=args.mode,
+        iou=args.iou,
+        score=args.score,
+        weight=args.weight,
+    )
+    print(format_filter_report(report))
+    print(f"Wrote {args.out} and {args.out.with_name(args.out.stem + '.report.json')}")
+    return 0
+
+
 def _data(args: argparse.Namespace) -> int:
     if args.data_command == "demo":
         from realsynth.data.demo import generate_demo
@@ -229,6 +267,8 @@ def _data(args: argparse.Namespace) -> int:
         for name, path in paths.items():
             print(f"{name}: {path}")
         return 0
+    if args.data_command == "filter":
+        return _filter(args)
     from realsynth.data.check import check_dataset
     from realsynth.utils.atomic import atomic_write_json
 

@@ -219,6 +219,11 @@ def _dataset(cfg: DictConfig, src: Any, split: str) -> Dataset:
     return dataset
 
 
+def eval_transforms(cfg: DictConfig) -> Any:
+    """The evaluation transforms of ``cfg`` (``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``)."""
+    return _transforms(cfg, {}, [], False)
+
+
 def _transforms(
     cfg: DictConfig, flip_names: dict[str, str], predicates: list[str], train: bool
 ) -> Any:

@@ -1,0 +1,147 @@
+"""``realsynth data filter``: scores by hand, the three modes, the report, end to end."""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import json
+import math
+import pathlib
+
+import numpy as np
+import pytest
+import torch
+from engine_helpers import tiny_config
+
+from realsynth.data.formats.relcoco import RelCocoDataset
+from realsynth.engine.synthetic_filter import apply_filter, filter_with_run, instance_scores
+
+
+def _logits(probs: list[list[float]]) -> torch.Tensor:
+    return torch.tensor(probs).log()
+
+
+def test_scores_by_hand() -> None:
+    # Two classes + background, one predicate + background; two queries.
+    outputs = {
+        "relation_subject_boxes": torch.tensor([[0.25, 0.25, 0.2, 0.2], [0.8, 0.8, 0.1, 0.1]]),
+        "relation_object_boxes": torch.tensor([[0.75, 0.75, 0.2, 0.2], [0.25, 0.25, 0.2, 0.2]]),
+        "relation_subject_logits": _logits([[0.6, 0.3, 0.1], [0.1, 0.1, 0.8]]),
+        "relation_object_logits": _logits([[0.2, 0.7, 0.1], [0.9, 0.05, 0.05]]),
+        "relation_logits": _logits([[0.5, 0.5], [0.1, 0.9]]),
+    }
+    target = {
+        "boxes": torch.tensor([[0.25, 0.25, 0.2, 0.2], [0.75, 0.75, 0.2, 0.2]]),
+        "labels": torch.tensor([0, 1]),
+        "relations": torch.tensor([[0, 1, 0], [1, 0, 0]]),
+    }
+    boxes, relations = instance_scores(outputs, target, iou=0.5)
+    # Box 0 (class 0): query 0's subject (p 0.6) and query 1's object (p 0.9) overlap it.
+    # Box 1 (class 1): only query 0's object overlaps it (p 0.7).
+    np.testing.assert_allclose(boxes, [0.9, 0.7], rtol=1e-6)
+    # (0 -> 1): query 0, 0.6 * 0.7 * 0.5; (1 -> 0): no query has its subject on box 1.
+    np.testing.assert_allclose(relations, [0.21, 0.0], rtol=1e-6, atol=1e-9)
+
+
+DATA = {
+    "images": [{"id": 1, "file_name": "a.png", "width": 10, "height": 10}],
+    "categories": [{"id": 1, "name": "cube"}, {"id": 2, "name": "ball"}],
+    "predicates": [{"id": 1, "name": "near"}],
+    "annotations": [
+        {"id": 5, "image_id": 1, "category_id": 1, "bbox": [0, 0, 2, 2]},
+        {"id": 6, "image_id": 1, "category_id": 2, "bbox": [5, 5, 2, 2], "loss_weight": 0.8},
+        {"id": 7, "image_id": 1, "category_id": 2, "bbox": [1, 6, 2, 2]},
+    ],
+    "relationships": [
+        {"subject_id": 5, "object_id": 6, "predicate_id": 1},
+        {"subject_id": 6, "object_id": 7, "predicate_id": 1},
+        {"subject_id": 5, "object_id": 7, "predicate_id": 1},
+    ],
+}
+SCORES = {1: (np.array([0.9, 0.05, 0.5]), np.array([0.5, 0.02, 0.3]))}  # box 6 and rel 1 doubtful
+
+
+def test_ignore_and_reweight_mark_the_doubtful_instances() -> None:
+    ignored, report = apply_filter(DATA, SCORES, mode="ignore", score=0.1)
+    assert [a.get("ignore", False) for a in ignored["annotations"]] == [False, True, False]
+    assert [r.get("ignore", False) for r in ignored["relationships"]] == [False, True, False]
+    assert "ignore" not in DATA["annotations"][1]  # the input is not modified
+    assert report["classes"] == {
+        "cube": {"kept": 1, "changed": 0, "dropped": 0},
+        "ball": {"kept": 1, "changed": 1, "dropped": 0},
+    }
+    assert report["doubtful_annotation_ids"] == [6] and report["doubtful_relationships"] == [1]
+    weighted, _ = apply_filter(DATA, SCORES, mode="reweight", score=0.1, weight=0.5)
+    assert [a.get("loss_weight", 1.0) for a in weighted["annotations"]] == [1.0, 0.4, 1.0]
+    assert [r.get("loss_weight", 1.0) for r in weighted["relationships"]] == [1.0, 0.5, 1.0]
+
+
+def test_drop_removes_a_doubtful_box_with_its_relationships() -> None:
+    dropped, report = apply_filter(DATA, SCORES, mode="drop", score=0.1)
+    assert [a["id"] for a in dropped["annotations"]] == [5, 7]
+    assert dropped["relationships"] == [DATA["relationships"][2]]
+    # Relationship 0 uses the dropped box 6; relationship 1 is doubtful itself.
+    assert report["predicates"] == {"near": {"kept": 1, "changed": 0, "dropped": 2}}
+    with pytest.raises(ValueError, match="mode must be one of"):
+        apply_filter(DATA, SCORES, mode="delete", score=0.1)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    from realsynth.engine.train import train
+
+    tmp = tmp_path_factory.mktemp("filter")
+    cfg = tiny_config(
+        tmp, "SOLVER.MAX_ITER=3", "TEST.EVAL_PERIOD=0", "DATASETS.DEMO.LABEL_NOISE=0.5"
+    )
+    train(cfg)
+    return tmp / "run", pathlib.Path(cfg.DATASETS.DEMO.ROOT)
+
+
+def test_filter_end_to_end_never_reads_the_corruption_record(trained_run, tmp_path, monkeypatch):
+    run, demo = trained_run
+    source = demo / "synthetic" / "val" / "annotations.json"
+    assert (source.parent / "corruption.json").exists()
+    before = hashlib.sha256(source.read_bytes()).hexdigest()
+    opened = []
+    real_open = builtins.open
+
+    def recording_open(file, *args, **kwargs):
+        opened.append(str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", recording_open)
+    out = tmp_path / "filtered.json"
+    report = filter_with_run(run, source, out, mode="ignore", score=0.5)
+    monkeypatch.setattr(builtins, "open", real_open)
+    assert not [p for p in opened if p.endswith("corruption.json")]
+    assert hashlib.sha256(source.read_bytes()).hexdigest() == before
+    filtered = RelCocoDataset(out, source.parent / "images")  # a valid relcoco file
+    written = json.loads(out.read_text())
+    flagged = [a["id"] for a in written["annotations"] if a.get("ignore")]
+    assert flagged == report["doubtful_annotation_ids"]
+    counted = sum(row["changed"] for row in report["classes"].values())
+    assert counted == len(flagged) and len(filtered) == 6
+    assert json.loads((tmp_path / "filtered.report.json").read_text())["mode"] == "ignore"
+    with pytest.raises(ValueError, match="is the input file"):
+        filter_with_run(run, source, source)
+    assert math.isclose(report["score"], 0.5)
+
+
+def test_cli_filter_prints_the_report_and_refuses_to_overwrite_the_input(
+    trained_run, tmp_path, capsys
+):
+    from realsynth.cli import main
+
+    run, demo = trained_run
+    source = demo / "synthetic" / "val" / "annotations.json"
+    out = tmp_path / "dropped.json"
+    args = ["data", "filter", "--run", str(run), "--source", str(source), "--out", str(out)]
+    assert main([*args, "--mode", "drop", "--score", "0.5"]) == 0
+    printed = capsys.readouterr().out
+    assert "| class | kept | dropped | dropped with a box |" in printed and str(out) in printed
+    assert (
+        main(["data", "filter", "--run", str(run), "--source", str(source), "--out", str(source)])
+        == 2
+    )
+    assert "is the input file" in capsys.readouterr().err

@@ -89,6 +89,18 @@ def _parser() -> argparse.ArgumentParser:
         "--jobs", type=int, default=1, help="trials at once on this machine (cores are shared)"
     )
 
+    gap = commands.add_parser(
+        "gap",
+        help="how far each synthetic source is from the real one (gap.md, gap.json, plots)",
+        description="Label and box statistics, a domain classifier and the Fréchet distance on "
+        "the trained backbone's features, and per-predicate recall of every validation source; "
+        "written into the run folder.",
+    )
+    gap.add_argument("run", type=Path, help="a finished run folder")
+    gap.add_argument(
+        "--feature-images", type=int, default=500, help="images per source for the features"
+    )
+
     config = commands.add_parser("config", help="configuration tools")
     config_cmds = config.add_subparsers(dest="config_command", required=True)
     _add_config_args(config_cmds.add_parser("show", help="print the resolved config"))
@@ -192,6 +204,12 @@ def _dispatch(args: argparse.Namespace) -> int:
             output=args.output,
             split=args.split,
         )
+        return 0
+    if args.command == "gap":
+        from realsynth.engine.gap_report import gap_report
+
+        gap_report(args.run, feature_images=args.feature_images)
+        print((args.run / "gap.md").read_text())
         return 0
     if args.command == "sweep":
         from realsynth.engine.sweep import sweep

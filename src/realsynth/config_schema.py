@@ -232,6 +232,7 @@ class TestConfig:
     PROTOCOL: str = "sgb"
     # SGB's zeroshot_triplet.pytorch or a JSON of [subject, predicate, object] names: zsR@K.
     ZERO_SHOT_TRIPLETS: str = ""
+    GAP_REPORT: bool = False  # write the domain-gap report (`realsynth gap`) when a run ends
 
 
 @dataclass

@@ -237,19 +237,11 @@ def filter_with_run(
     Raises:
         ValueError: the source's classes or predicates are not the run's.
     """
-    from realsynth.config import load_config
-    from realsynth.engine.build import build_model_and_criterion
-    from realsynth.engine.checkpoint import load_checkpoint
-    from realsynth.engine.data_setup import build_data, eval_transforms
-    from realsynth.engine.launch import resolve_device
+    from realsynth.engine.data_setup import eval_transforms
+    from realsynth.engine.run_model import load_run_model
 
-    run = Path(run)
-    checkpoint = run / "checkpoints" / "best.pt" if run.is_dir() else run
-    if run.is_dir() and not checkpoint.exists():
-        checkpoint = run
-    state = load_checkpoint(checkpoint, required=("model", "config"))
-    cfg = load_config(None, base_yaml=state["config"])
-    data = build_data(cfg)
+    loaded = load_run_model(run)
+    data = loaded.data
     file_data = load_relcoco_json(source)
     classes = [c["name"] for c in sorted(file_data["categories"], key=lambda c: c["id"])]
     predicates = [p["name"] for p in sorted(file_data["predicates"], key=lambda p: p["id"])]
@@ -258,18 +250,15 @@ def filter_with_run(
             f"{source}: its classes / predicates are not those of the run {run} "
             f"({data.classes} / {data.predicates})"
         )
-    device = resolve_device(cfg.MODEL.DEVICE)
-    model, _ = build_model_and_criterion(cfg, data, device)
-    model.load_state_dict(state["model"])
     root = Path(image_root) if image_root is not None else Path(source).parent / "images"
     return filter_file(
-        model,
+        loaded.model,
         source,
         out,
         image_root=root,
-        transforms=eval_transforms(cfg),
-        device=device,
-        batch_size=cfg.TEST.IMS_PER_BATCH,
+        transforms=eval_transforms(loaded.cfg),
+        device=loaded.device,
+        batch_size=loaded.cfg.TEST.IMS_PER_BATCH,
         **options,
     )
 

@@ -160,6 +160,10 @@ def _train(
             log.close()
     if is_main:
         write_final_outputs(folder.path, results, state)
+        if cfg.TEST.GAP_REPORT:
+            from realsynth.engine.gap_report import gap_report
+
+            gap_report(folder.path)
     return results
 
 

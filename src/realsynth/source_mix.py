@@ -95,8 +95,9 @@ def resolve_mix(
 def _background_weight(source: Any, md: Any) -> float:
     """A source's ``BACKGROUND_WEIGHT``, else its kind's (``SYNTHETIC_BACKGROUND_WEIGHT`` for
     synthetic sources, 1 for real ones)."""
-    if source.BACKGROUND_WEIGHT is not None:
-        return float(source.BACKGROUND_WEIGHT)
+    own = source.get("BACKGROUND_WEIGHT")  # absent from a plain node: the kind's default
+    if own is not None:
+        return float(own)
     return float(md.SYNTHETIC_BACKGROUND_WEIGHT) if source.TYPE == "synthetic" else 1.0
 
 

@@ -164,6 +164,9 @@ def _train(
             from realsynth.engine.gap_report import gap_report
 
             gap_report(folder.path)
+    # Every rank leaves together: a rank tearing its process group down while rank 0 still
+    # writes the outputs can abort in gloo's destructor.
+    barrier()
     return results
 
 

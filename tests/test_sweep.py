@@ -175,3 +175,19 @@ def test_successive_halving_rungs_start_at_the_first_evaluation(tmp_path):
     assert not trial.should_prune()
     trial.report(0.1, 10)
     assert trial.should_prune()
+
+
+def test_each_jobs_worker_draws_with_its_own_seed(tmp_path):
+    from realsynth.engine.sweep import make_sampler
+    from realsynth.engine.sweep_space import parse_space
+
+    cfg = tiny_config(tmp_path, "SWEEP.SAMPLER=random")
+    space = parse_space(cfg)
+
+    def first_draw(worker: int) -> dict:
+        study = optuna.create_study(sampler=make_sampler(cfg, space, worker))
+        trial = study.ask()
+        return {p.key: trial.suggest_float(p.key, p.low, p.high) for p in space}
+
+    assert first_draw(0) == first_draw(0)  # the main worker: SEED, reproducible
+    assert first_draw(1) != first_draw(0) and first_draw(2) != first_draw(1)

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import torch
 from omegaconf import DictConfig
@@ -55,15 +56,21 @@ def storage_for(out: Path, storage: str | None) -> Any:
     return optuna.storages.JournalStorage(backend)
 
 
-def make_sampler(cfg: DictConfig, space: list[Parameter]) -> optuna.samplers.BaseSampler:
-    """TPE, random or grid, seeded with ``SEED``."""
+def make_sampler(
+    cfg: DictConfig, space: list[Parameter], worker: int = 0
+) -> optuna.samplers.BaseSampler:
+    """TPE, random or grid, seeded with ``SEED`` (worker ``j`` of ``--jobs`` with its own seed
+    derived from it: identical seeds would draw the same parameters in two processes)."""
+    seed = cfg.SEED
+    if worker:
+        seed = int(np.random.SeedSequence([cfg.SEED, worker]).generate_state(1)[0] % 2**31)
     kind = cfg.SWEEP.SAMPLER
     if kind == "grid":
         grid = {p.key: p.grid(cfg.SWEEP.GRID_POINTS) for p in space}
-        return optuna.samplers.GridSampler(grid, seed=cfg.SEED)
+        return optuna.samplers.GridSampler(grid, seed=seed)
     if kind == "random":
-        return optuna.samplers.RandomSampler(seed=cfg.SEED)
-    return optuna.samplers.TPESampler(seed=cfg.SEED, n_startup_trials=min(5, cfg.SWEEP.TRIALS))
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, cfg.SWEEP.TRIALS))
 
 
 def make_pruner(cfg: DictConfig) -> optuna.pruners.BasePruner:
@@ -77,12 +84,14 @@ def make_pruner(cfg: DictConfig) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def open_study(cfg: DictConfig, space: list[Parameter], storage: str | None, name: str) -> Any:
+def open_study(
+    cfg: DictConfig, space: list[Parameter], storage: str | None, name: str, worker: int = 0
+) -> Any:
     """Create the study or join it; a study searched with another space is refused."""
     study = optuna.create_study(
         study_name=name,
         storage=storage_for(Path(cfg.OUTPUT_DIR), storage),
-        sampler=make_sampler(cfg, space),
+        sampler=make_sampler(cfg, space, worker),
         pruner=make_pruner(cfg),
         direction="maximize",
         load_if_exists=True,
@@ -198,12 +207,12 @@ def _grid_exhausted(study: Any) -> bool:
     return isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study)
 
 
-def _worker(cfg_yaml: str, storage: str | None, name: str, threads: int) -> None:
-    """A worker process of ``--jobs``: its own share of the cores."""
+def _worker(cfg_yaml: str, storage: str | None, name: str, threads: int, worker: int) -> None:
+    """A worker process of ``--jobs``: its own share of the cores and sampler seed."""
     torch.set_num_threads(threads)
     cfg = load_config(None, [], base_yaml=cfg_yaml)
     space = parse_space(cfg)
-    study = open_study(cfg, space, storage, name)
+    study = open_study(cfg, space, storage, name, worker)
     # Ctrl-C: the trial is saved and marked for another try; the parent reports.
     with contextlib.suppress(KeyboardInterrupt):
         work(cfg, space, validation_source(cfg), study)
@@ -224,7 +233,7 @@ def run_workers(cfg: DictConfig, storage: str | None, name: str, jobs: int, call
         previous = os.environ.get("CUDA_VISIBLE_DEVICES")
         if gpus > 1:
             os.environ["CUDA_VISIBLE_DEVICES"] = str(j % gpus)
-        child = context.Process(target=_worker, args=(to_yaml(cfg), storage, name, threads))
+        child = context.Process(target=_worker, args=(to_yaml(cfg), storage, name, threads, j))
         child.start()
         children.append(child)
         if gpus > 1:

@@ -33,8 +33,9 @@ def fixed_items(data) -> list[dict]:
     return items
 
 
-def one_step(config_yaml: str, rank: int, world: int) -> dict[str, torch.Tensor]:
-    """One SGD step of the model on this rank's contiguous share of ``fixed_items``."""
+def rank_setup(config_yaml: str, rank: int, world: int):
+    """The run's data, seeded model and criterion, and this rank's contiguous share of
+    ``fixed_items`` collated."""
     cfg = load_config(None, base_yaml=config_yaml)
     seed_all(cfg.SEED)
     data = build_data(cfg)
@@ -42,6 +43,12 @@ def one_step(config_yaml: str, rank: int, world: int) -> dict[str, torch.Tensor]
     items = fixed_items(data)
     share = len(items) // world
     batch = collate_relations(items[rank * share : (rank + 1) * share])
+    return data, model, criterion, batch
+
+
+def one_step(config_yaml: str, rank: int, world: int) -> dict[str, torch.Tensor]:
+    """One SGD step of the model on this rank's contiguous share of ``fixed_items``."""
+    data, model, criterion, batch = rank_setup(config_yaml, rank, world)
     ddp = wrap_distributed(model, CPU)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     losses = criterion(ddp(batch["images"], batch["pixel_mask"]), batch["targets"])
@@ -128,13 +135,7 @@ def adaptive_alignment(config_yaml: str, rank: int, world: int) -> list[list[flo
     from realsynth.engine.alignment import source_alignment
     from realsynth.engine.holdout import holdout_items
 
-    cfg = load_config(None, base_yaml=config_yaml)
-    seed_all(cfg.SEED)
-    data = build_data(cfg)
-    model, criterion = build_model_and_criterion(cfg, data, CPU)
-    items = fixed_items(data)
-    share = len(items) // world
-    batch = collate_relations(items[rank * share : (rank + 1) * share])
+    data, model, criterion, batch = rank_setup(config_yaml, rank, world)
     holdout = data.holdout.dataset
     held = collate_relations([holdout[i] for i in holdout_items(len(holdout), 0, 4, rank, world)])
     ours = source_alignment(model, criterion, batch, held, len(data.names), CPU)

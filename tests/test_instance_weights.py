@@ -43,6 +43,19 @@ def test_all_instance_weights_one_is_todays_criterion_exactly(normalization) -> 
         assert torch.equal(ours[key], today[key]), key
 
 
+def _relation_ce(outputs, targets, pairs):
+    """Per query [2 * Q]: the relation CE, its target class' CE weight, and the targets [2, Q]
+    (the background, R, where unmatched)."""
+    target = torch.full((2, Q), R)
+    for b, (q, t) in enumerate(pairs):
+        target[b, q] = targets[b]["relations"][t, 2]
+    class_w = torch.ones(R + 1)
+    class_w[-1] = 0.1
+    logits = outputs["relation_logits"].detach().reshape(-1, R + 1)
+    ce = F.cross_entropy(logits, target.reshape(-1), reduction="none")
+    return ce, class_w[target.reshape(-1)], target
+
+
 def _subject_l1(outputs, targets, pairs, weights, included):
     total, count, weight_sum = 0.0, 0.0, 0.0
     for b, (q, t) in enumerate(pairs):
@@ -84,16 +97,9 @@ def test_an_ignored_triplet_is_matched_but_counts_in_no_term() -> None:
     assert float(losses["loss_bbox_subject"]) == pytest.approx(total / count, rel=1e-5)
     # Relation CE: the query matched to the ignored triplet drops out entirely (numerator and
     # divisor); every other query keeps its target (the background when unmatched).
-    logits = outputs["relation_logits"].detach()
     q_ignored = int(pairs[1][0][pairs[1][1] == 0][0])
-    target = torch.full((2, Q), R)
     weight = torch.tensor([[1.0], [0.5]]).expand(2, Q).clone()
-    for b, (q, t) in enumerate(pairs):
-        target[b, q] = targets[b]["relations"][t, 2]
-    class_w = torch.ones(R + 1)
-    class_w[-1] = 0.1
-    ce = F.cross_entropy(logits.reshape(-1, R + 1), target.reshape(-1), reduction="none")
-    c = class_w[target.reshape(-1)]
+    ce, c, _ = _relation_ce(outputs, targets, pairs)
     keep_q = torch.ones(2, Q)
     keep_q[1, q_ignored] = 0
     keep_q = keep_q.reshape(-1)
@@ -132,14 +138,7 @@ def test_background_weight_zero_removes_the_unmatched_queries_of_that_image() ->
     outputs, targets = _batch(4)
     targets[1]["background_weight"] = 0.0
     pairs = match(HungarianMatcher(), outputs, targets)
-    logits = outputs["relation_logits"].detach()
-    target = torch.full((2, Q), R)
-    for b, (q, t) in enumerate(pairs):
-        target[b, q] = targets[b]["relations"][t, 2]
-    class_w = torch.ones(R + 1)
-    class_w[-1] = 0.1
-    ce = F.cross_entropy(logits.reshape(-1, R + 1), target.reshape(-1), reduction="none")
-    c = class_w[target.reshape(-1)]
+    ce, c, target = _relation_ce(outputs, targets, pairs)
     image_w = torch.tensor([[1.0], [0.5]]).expand(2, Q).clone()
     image_w[1][target[1] == R] = 0.0  # unmatched queries of image 1: background weight 0
     # Count mode: the background weight is a loss weight, so the divisor keeps its class weights.

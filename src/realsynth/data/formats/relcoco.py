@@ -25,7 +25,6 @@ import torch
 from realsynth.data.formats.relcoco_rules import (
     REQUIRED_KEYS,
     RelCocoIndex,
-    grouped,
     image_location,
     index_relcoco,
 )
@@ -269,3 +268,19 @@ def write_relcoco(
         out["annotations"].extend(anns)
         out["relationships"].extend(rels)
     return atomic_write_text(path, json.dumps(out, separators=(",", ":")))
+
+
+def grouped(image_of: np.ndarray, num_images: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows grouped by image, file order kept within each image.
+
+    Args:
+        image_of: int64 [N] image position of each row.
+        num_images: I.
+
+    Returns:
+        (order int64 [N], starts int64 [I + 1]): image k's rows are
+        ``order[starts[k]:starts[k + 1]]``.
+    """
+    order = np.argsort(image_of, kind="stable")
+    starts = np.searchsorted(image_of[order], np.arange(num_images + 1))
+    return order, starts

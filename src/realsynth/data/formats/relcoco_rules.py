@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from realsynth.data.formats.relcoco_relationships import index_relationships
 from realsynth.data.formats.relcoco_trust import InstanceTrust, index_trust
 from realsynth.data.problems import Findings
 
@@ -245,91 +246,6 @@ def _box_array(findings: Findings, anns: list, index: RelCocoIndex, boxes: _Boxe
     return array
 
 
-def _index_relationships(
-    findings: Findings, rels: list, image_pos: dict, where_of: dict, pred_pos: dict, images: list
-) -> tuple[list[tuple[int, int, int]], list[int], list[int]]:
-    """The valid relations (subject box, object box, predicate), the image of each and its
-    position in ``relationships``."""
-    seen: set[tuple] = set()
-    relations: list[tuple[int, int, int]] = []
-    owners: list[int] = []
-    positions: list[int] = []
-    for k, rel in enumerate(rels):
-        if type(rel) is not dict:
-            findings.error("invalid_file", f"relationships[{k}]", "entry is not an object")
-            continue
-        sub, obj, pred = rel.get("subject_id"), rel.get("object_id"), rel.get("predicate_id")
-        subject, target = where_of.get(sub), where_of.get(obj)
-        if (
-            subject is None
-            or target is None
-            or pred is None
-            or subject[0] != target[0]
-            or ("image_id" in rel and image_pos.get(rel["image_id"]) != subject[0])
-        ):
-            _relationship_problem(findings, k, rel, image_pos, where_of, images)
-            continue
-        pos = subject[0]
-        label = pred_pos.get(pred, -1)
-        if label < 0:
-            findings.error(
-                "unknown_predicate",
-                f"relationships[{k}]",
-                f"predicate_id {pred!r} is not an id in 'predicates'",
-                pos,
-            )
-            continue
-        if sub == obj:
-            findings.warn(
-                "self_relation",
-                f"relationships[{k}]",
-                f"subject and object are the same annotation {sub}",
-                pos,
-            )
-        key = (sub, obj, pred)
-        if key in seen:
-            findings.warn(
-                "duplicate_relation", f"relationships[{k}]", f"{key} listed more than once", pos
-            )
-        seen.add(key)
-        relations.append((subject[1], target[1], label))
-        owners.append(pos)
-        positions.append(k)
-    return relations, owners, positions
-
-
-def _relationship_problem(
-    findings: Findings, k: int, rel: dict, image_pos: dict, where_of: dict, images: list
-) -> None:
-    """Say what is wrong with a relationship the fast path rejected."""
-    where = f"relationships[{k}]"
-    pos = image_pos.get(rel.get("image_id"))
-    for key in ("subject_id", "object_id"):
-        if pos is None and rel.get(key) in where_of:
-            pos = where_of[rel[key]][0]
-    missing = [key for key in ("subject_id", "object_id", "predicate_id") if key not in rel]
-    if missing:
-        findings.error("invalid_file", where, f"lacks {missing}", pos)
-        return
-    unknown = [
-        f"{key} {rel[key]!r}" for key in ("subject_id", "object_id") if rel[key] not in where_of
-    ]
-    if unknown:
-        findings.error(
-            "unknown_annotation", where, f"{' and '.join(unknown)} not an annotation id", pos
-        )
-        return
-    sub, obj = rel["subject_id"], rel["object_id"]
-    s_pos, o_pos = where_of[sub][0], where_of[obj][0]
-    findings.error(
-        "cross_image_relation",
-        where,
-        f"subject {sub} is in image {images[s_pos]['id']}, object {obj} in image "
-        f"{images[o_pos]['id']}, the relation says image {rel.get('image_id')!r}",
-        s_pos,
-    )
-
-
 def index_relcoco(data: Any, ann_file: str | Path) -> tuple[RelCocoIndex | None, Findings]:
     """Apply every relcoco rule to a parsed file and index its valid content.
 
@@ -373,7 +289,7 @@ def index_relcoco(data: Any, ann_file: str | Path) -> tuple[RelCocoIndex | None,
     index.boxes = _box_array(findings, data["annotations"], index, boxes)
     index.labels = np.asarray(boxes.labels, dtype=np.int64)
     index.box_image = np.asarray(boxes.image, dtype=np.int64)
-    relations, owners, positions = _index_relationships(
+    relations, owners, positions = index_relationships(
         findings,
         data["relationships"],
         image_pos,
@@ -401,22 +317,6 @@ def index_relcoco(data: Any, ann_file: str | Path) -> tuple[RelCocoIndex | None,
             "no_relations", image_location(k, images[k]), "image has no valid relation", k
         )
     return index, findings
-
-
-def grouped(image_of: np.ndarray, num_images: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows grouped by image, file order kept within each image.
-
-    Args:
-        image_of: int64 [N] image position of each row.
-        num_images: I.
-
-    Returns:
-        (order int64 [N], starts int64 [I + 1]): image k's rows are
-        ``order[starts[k]:starts[k + 1]]``.
-    """
-    order = np.argsort(image_of, kind="stable")
-    starts = np.searchsorted(image_of[order], np.arange(num_images + 1))
-    return order, starts
 
 
 def image_location(position: int, image: Any) -> str:

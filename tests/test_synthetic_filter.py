@@ -22,25 +22,30 @@ def _logits(probs: list[list[float]]) -> torch.Tensor:
 
 
 def test_scores_by_hand() -> None:
-    # Two classes + background, one predicate + background; two queries.
+    # Two classes + background, two predicates + background; two queries.
     outputs = {
         "relation_subject_boxes": torch.tensor([[0.25, 0.25, 0.2, 0.2], [0.8, 0.8, 0.1, 0.1]]),
         "relation_object_boxes": torch.tensor([[0.75, 0.75, 0.2, 0.2], [0.25, 0.25, 0.2, 0.2]]),
         "relation_subject_logits": _logits([[0.6, 0.3, 0.1], [0.1, 0.1, 0.8]]),
         "relation_object_logits": _logits([[0.2, 0.7, 0.1], [0.9, 0.05, 0.05]]),
-        "relation_logits": _logits([[0.5, 0.5], [0.1, 0.9]]),
+        "relation_logits": _logits([[0.3, 0.1, 0.6], [0.2, 0.6, 0.2]]),
     }
     target = {
         "boxes": torch.tensor([[0.25, 0.25, 0.2, 0.2], [0.75, 0.75, 0.2, 0.2]]),
         "labels": torch.tensor([0, 1]),
-        "relations": torch.tensor([[0, 1, 0], [1, 0, 0]]),
+        "relations": torch.tensor([[0, 1, 0], [1, 0, 1], [0, 1, 1]]),
     }
     boxes, relations = instance_scores(outputs, target, iou=0.5)
     # Box 0 (class 0): query 0's subject (p 0.6) and query 1's object (p 0.9) overlap it.
-    # Box 1 (class 1): only query 0's object overlaps it (p 0.7).
+    # Box 1 (class 1): only query 0's object overlaps it (p 0.7); query 1's subject has IoU 0.25.
     np.testing.assert_allclose(boxes, [0.9, 0.7], rtol=1e-6)
-    # (0 -> 1): query 0, 0.6 * 0.7 * 0.5; (1 -> 0): no query has its subject on box 1.
-    np.testing.assert_allclose(relations, [0.21, 0.0], rtol=1e-6, atol=1e-9)
+    # Predicates without the background: query 0 (0.75, 0.25), query 1 (0.25, 0.75).
+    # (0 -> 1) is localized by query 0 (IoUs 1, 1): 0.75 for predicate 0, 0.25 for predicate 1,
+    # although query 1 is surer of predicate 1 (it does not localize the pair).
+    # (1 -> 0): the best pair is query 1's, min(0.25, 1) < 0.5, so 0.
+    np.testing.assert_allclose(relations, [0.75, 0.0, 0.25], rtol=1e-6, atol=1e-9)
+    _, relations = instance_scores(outputs, target, iou=0.2)
+    np.testing.assert_allclose(relations, [0.75, 0.75, 0.25], rtol=1e-6)
 
 
 DATA = {
@@ -140,8 +145,38 @@ def test_cli_filter_prints_the_report_and_refuses_to_overwrite_the_input(
     assert main([*args, "--mode", "drop", "--score", "0.5"]) == 0
     printed = capsys.readouterr().out
     assert "| class | kept | dropped | dropped with a box |" in printed and str(out) in printed
+    assert f"IMAGE_ROOT={source.parent / 'images'}" in printed  # written away from its images
     assert (
         main(["data", "filter", "--run", str(run), "--source", str(source), "--out", str(source)])
         == 2
     )
     assert "is the input file" in capsys.readouterr().err
+
+
+def test_a_filtered_file_written_elsewhere_trains_with_its_images_and_val_keeps_its_own(
+    trained_run, tmp_path
+) -> None:
+    from realsynth.config import load_config
+    from realsynth.engine.data_setup import build_data
+
+    run, demo = trained_run
+    train_json = demo / "synthetic" / "train" / "annotations.json"
+    out = tmp_path / "elsewhere" / "filtered.json"
+    out.parent.mkdir()
+    filter_with_run(run, train_json, out, mode="ignore", score=0.5)
+    config = tmp_path / "filtered.yaml"
+    real = demo / "real"
+    config.write_text(
+        "DATASETS:\n  SOURCES:\n"
+        f"    - {{NAME: real, PATH: {real / 'train/annotations.json'},"
+        f" VAL_PATH: {real / 'val/annotations.json'}}}\n"
+        f"    - {{NAME: synthetic, TYPE: synthetic, PATH: {out},"
+        f" IMAGE_ROOT: {train_json.parent / 'images'},"
+        f" VAL_PATH: {demo / 'synthetic/val/annotations.json'},"
+        f" VAL_IMAGE_ROOT: {demo / 'synthetic/val/images'}}}\n"
+    )
+    data = build_data(load_config(config, ["MODEL.PRESET=tiny"]))
+    assert data.train[1].image_root == train_json.parent / "images"
+    assert data.val["synthetic"].image_root == demo / "synthetic" / "val" / "images"
+    assert data.val["real"].image_root == real / "val" / "images"  # the default, beside the JSON
+    assert data.val["synthetic"][0]["image"].shape[0] == 3  # its images are found

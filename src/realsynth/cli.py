@@ -271,6 +271,13 @@ def _filter(args: argparse.Namespace) -> int:
     )
     print(format_filter_report(report))
     print(f"Wrote {args.out} and {args.out.with_name(args.out.stem + '.report.json')}")
+    root = Path(report["image_root"])
+    if root.resolve() != (args.out.parent / "images").resolve():
+        # A relcoco file's images default to images/ beside it; validation keeps its own.
+        print(
+            f"Its images are in {root}: train with the source's PATH={args.out} and "
+            f"IMAGE_ROOT={root} (and VAL_IMAGE_ROOT for a VAL_PATH whose images are elsewhere)"
+        )
     return 0
 
 

@@ -43,7 +43,14 @@ from realsynth.config_schema import RENAMED_KEYS, ConfigError, RunConfig, Source
 __all__ = ["ConfigError", "RunConfig", "load_config", "to_yaml", "validate"]
 
 #: Keys of a source that name files or folders (resolved to absolute paths).
-SOURCE_PATH_KEYS = ("PATH", "VAL_PATH", "TEST_PATH", "IMAGE_ROOT")
+SOURCE_PATH_KEYS = (
+    "PATH",
+    "VAL_PATH",
+    "TEST_PATH",
+    "IMAGE_ROOT",
+    "VAL_IMAGE_ROOT",
+    "TEST_IMAGE_ROOT",
+)
 
 
 def _origin_of(key: str, config_file: str | Path | None, overrides: list[str]) -> str:

@@ -108,6 +108,10 @@ class SourceConfig:
     FILTER_NON_OVERLAP: bool = False
     # relcoco: defaults to images/ beside each JSON; vg150: defaults to PATH/VG_100K.
     IMAGE_ROOT: str = ""
+    # relcoco: the validation / test JSON's images when they are not IMAGE_ROOT's (e.g. a
+    # filtered training file written elsewhere with IMAGE_ROOT pointing at its images).
+    VAL_IMAGE_ROOT: str = ""
+    TEST_IMAGE_ROOT: str = ""
     RATIO: float | None = None
     LOSS_WEIGHT: float | None = None
     # Per-source schedules win over the MULTI_DATASET ones, as RATIO / LOSS_WEIGHT do.

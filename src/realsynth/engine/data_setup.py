@@ -210,7 +210,11 @@ def _dataset(cfg: DictConfig, src: Any, split: str) -> Dataset:
     else:
         key = {"train": "PATH", "val": "VAL_PATH", "test": "TEST_PATH"}[split]
         ann = _existing(src[key], f"{src.NAME}.{key}")
-        root = Path(src.IMAGE_ROOT) if src.IMAGE_ROOT else ann.parent / "images"
+        root_key = {"train": "IMAGE_ROOT", "val": "VAL_IMAGE_ROOT", "test": "TEST_IMAGE_ROOT"}[
+            split
+        ]
+        root = src[root_key] or src.IMAGE_ROOT
+        root = Path(root) if root else ann.parent / "images"
         dataset = RelCocoDataset(ann, root, **common)
     if not train:
         dataset.skip_bad_samples = False

@@ -14,6 +14,7 @@ from realsynth.modeling.one_to_many import QualityAwareMatcher
 from realsynth.modeling.predicate_groups import split_by_frequency
 
 SPEAQ_DEMO = Path(__file__).resolve().parents[1] / "configs" / "speaq_demo.yaml"
+DEMO = SPEAQ_DEMO.with_name("demo.yaml")
 TINY_MODEL = ("MODEL.NUM_QUERIES=12", "MODEL.D_MODEL=32", "MODEL.BACKBONE_CHANNELS=[8,16,32]")
 
 
@@ -73,3 +74,12 @@ def test_unsupported_and_impossible_speaq_settings_are_one_line_errors(tmp_path,
     cfg = _speaq_demo(tmp_path, demo_root, "MODEL.SPEAQ.NUM_GROUPS=6")
     with pytest.raises(ConfigError, match="USE_GROUP_MASK: NUM_GROUPS=6: need 1 .. 5 groups"):
         build_model_and_criterion(cfg, build_data(cfg), "cpu")
+
+
+def test_the_demo_trains_with_speaqs_recipe_and_no_config_file_with_one_to_one_matching():
+    demo, speaq = load_config(DEMO), load_config(SPEAQ_DEMO, ["OUTPUT_DIR=runs/demo"])
+    assert demo == speaq  # make demo trains exactly configs/speaq_demo.yaml
+    plain = load_config(None, [])
+    assert plain.MODEL.SPEAQ.ONE2MANY_SCHEME == "none" and not plain.MODEL.SPEAQ.USE_GROUP_MASK
+    assert plain.MODEL.CRITERION.PREDICATE_CLASS_WEIGHTS != "frequency"
+    assert plain.DATASETS.MULTI_DATASET == demo.DATASETS.MULTI_DATASET  # the same mix

@@ -22,13 +22,17 @@ def _logits(probs: list[list[float]]) -> torch.Tensor:
 
 
 def test_scores_by_hand() -> None:
-    # Two classes + background, two predicates + background; two queries.
+    # Two classes + background, two predicates + background; three queries.
     outputs = {
-        "relation_subject_boxes": torch.tensor([[0.25, 0.25, 0.2, 0.2], [0.8, 0.8, 0.1, 0.1]]),
-        "relation_object_boxes": torch.tensor([[0.75, 0.75, 0.2, 0.2], [0.25, 0.25, 0.2, 0.2]]),
-        "relation_subject_logits": _logits([[0.6, 0.3, 0.1], [0.1, 0.1, 0.8]]),
-        "relation_object_logits": _logits([[0.2, 0.7, 0.1], [0.9, 0.05, 0.05]]),
-        "relation_logits": _logits([[0.3, 0.1, 0.6], [0.2, 0.6, 0.2]]),
+        "relation_subject_boxes": torch.tensor(
+            [[0.25, 0.25, 0.2, 0.2], [0.8, 0.8, 0.1, 0.1], [0.26, 0.25, 0.2, 0.2]]
+        ),
+        "relation_object_boxes": torch.tensor(
+            [[0.75, 0.75, 0.2, 0.2], [0.25, 0.25, 0.2, 0.2], [0.75, 0.75, 0.2, 0.2]]
+        ),
+        "relation_subject_logits": _logits([[0.6, 0.3, 0.1], [0.1, 0.1, 0.8], [0.5, 0.4, 0.1]]),
+        "relation_object_logits": _logits([[0.2, 0.7, 0.1], [0.9, 0.05, 0.05], [0.1, 0.6, 0.3]]),
+        "relation_logits": _logits([[0.3, 0.1, 0.6], [0.2, 0.6, 0.2], [0.1, 0.8, 0.1]]),
     }
     target = {
         "boxes": torch.tensor([[0.25, 0.25, 0.2, 0.2], [0.75, 0.75, 0.2, 0.2]]),
@@ -36,16 +40,20 @@ def test_scores_by_hand() -> None:
         "relations": torch.tensor([[0, 1, 0], [1, 0, 1], [0, 1, 1]]),
     }
     boxes, relations = instance_scores(outputs, target, iou=0.5)
-    # Box 0 (class 0): query 0's subject (p 0.6) and query 1's object (p 0.9) overlap it.
-    # Box 1 (class 1): only query 0's object overlaps it (p 0.7); query 1's subject has IoU 0.25.
+    # Box 0 (class 0): the subjects of queries 0 (p 0.6) and 2 (IoU 0.905, p 0.5) and query 1's
+    # object (p 0.9) overlap it. Box 1 (class 1): the objects of queries 0 (p 0.7) and 2 (p 0.6);
+    # query 1's subject has IoU 0.25.
     np.testing.assert_allclose(boxes, [0.9, 0.7], rtol=1e-6)
-    # Predicates without the background: query 0 (0.75, 0.25), query 1 (0.25, 0.75).
-    # (0 -> 1) is localized by query 0 (IoUs 1, 1): 0.75 for predicate 0, 0.25 for predicate 1,
-    # although query 1 is surer of predicate 1 (it does not localize the pair).
-    # (1 -> 0): the best pair is query 1's, min(0.25, 1) < 0.5, so 0.
-    np.testing.assert_allclose(relations, [0.75, 0.0, 0.25], rtol=1e-6, atol=1e-9)
+    # Predicates without the background: query 0 (0.75, 0.25), query 1 (0.25, 0.75), query 2
+    # (1/9, 8/9). (0 -> 1) is localized by queries 0 and 2: max(0.75, 1/9) for predicate 0,
+    # max(0.25, 8/9) for predicate 1 (query 1 does not localize it). (1 -> 0): only query 1
+    # comes near, min(IoU 0.25, 1) < 0.5, so 0.
+    np.testing.assert_allclose(relations, [0.75, 0.0, 8 / 9], rtol=1e-6, atol=1e-9)
     _, relations = instance_scores(outputs, target, iou=0.2)
-    np.testing.assert_allclose(relations, [0.75, 0.75, 0.25], rtol=1e-6)
+    np.testing.assert_allclose(relations, [0.75, 0.75, 8 / 9], rtol=1e-6)
+    outputs["relation_logits"][2] = float("nan")  # a broken prediction confirms nothing
+    _, relations = instance_scores(outputs, target, iou=0.5)
+    np.testing.assert_allclose(relations, [0.75, 0.0, 0.25], rtol=1e-6, atol=1e-9)
 
 
 DATA = {

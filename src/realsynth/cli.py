@@ -273,10 +273,11 @@ def _filter(args: argparse.Namespace) -> int:
     print(f"Wrote {args.out} and {args.out.with_name(args.out.stem + '.report.json')}")
     root = Path(report["image_root"])
     if root.resolve() != (args.out.parent / "images").resolve():
-        # A relcoco file's images default to images/ beside it; validation keeps its own.
+        # A relcoco file's images default to images/ beside it; IMAGE_ROOT then serves every
+        # split unless VAL_IMAGE_ROOT / TEST_IMAGE_ROOT says otherwise.
         print(
             f"Its images are in {root}: train with the source's PATH={args.out} and "
-            f"IMAGE_ROOT={root} (and VAL_IMAGE_ROOT for a VAL_PATH whose images are elsewhere)"
+            f"IMAGE_ROOT={root} (and VAL_IMAGE_ROOT for a VAL_PATH whose images are not there)"
         )
     return 0
 

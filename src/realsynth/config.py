@@ -6,8 +6,8 @@ names), the value checks :mod:`realsynth.config_checks`.
 Overrides use dotted keys with YAML values; list items are addressed as
 ``DATASETS.SOURCES[1].LOSS_WEIGHT=0.2`` or ``DATASETS.SOURCES.1.LOSS_WEIGHT=0.2``.
 
-Paths (a source's ``PATH``, ``VAL_PATH``, ``IMAGE_ROOT``, ``DATASETS.DEMO.ROOT`` and
-``TEST.ZERO_SHOT_TRIPLETS``): written in a
+Paths (a source's ``PATH``, ``VAL_PATH``, ``TEST_PATH``, ``IMAGE_ROOT``, ``VAL_IMAGE_ROOT``,
+``TEST_IMAGE_ROOT``, ``DATASETS.DEMO.ROOT`` and ``TEST.ZERO_SHOT_TRIPLETS``): written in a
 config file, a relative path is relative to that file's folder, so a config can ship beside its
 data; given on the command line, it is relative to the working directory. Both become absolute
 when the config is loaded (``config show`` prints them, a run folder keeps them). ``OUTPUT_DIR``

@@ -109,7 +109,8 @@ class SourceConfig:
     # relcoco: defaults to images/ beside each JSON; vg150: defaults to PATH/VG_100K.
     IMAGE_ROOT: str = ""
     # relcoco: the validation / test JSON's images when they are not IMAGE_ROOT's (e.g. a
-    # filtered training file written elsewhere with IMAGE_ROOT pointing at its images).
+    # filtered training file written elsewhere with IMAGE_ROOT pointing at its images); vg150:
+    # unused (IMAGE_ROOT serves its splits).
     VAL_IMAGE_ROOT: str = ""
     TEST_IMAGE_ROOT: str = ""
     RATIO: float | None = None

@@ -5,13 +5,15 @@ Every box and relationship of a relcoco file gets a score from the model of a fi
 
 - a box of class ``c``: the highest probability of ``c`` among the model's subject and object
   slots whose box overlaps it with IoU >= ``iou`` (0 when none does);
-- a relationship ``(s, o, p)``: the probability of predicate ``p`` (softmax over the predicates,
-  the no-relation class left out) at the query that localizes the pair best, the largest
-  ``min(IoU(subject box, s), IoU(object box, o))``; 0 when that IoU is below ``iou``. The
-  relationship's boxes are judged by their own scores (a triplet using an ignored box is ignored
-  in training), so the predicate is not penalized twice for a doubtful class. On the demo this
-  ranks corrupted predicates better than the product ``P(c_s) P(c_o) P(p)`` over overlapping
-  queries (ROC AUC 0.89 against 0.75; docs/data.md has the figures).
+- a relationship ``(s, o, p)``: the highest probability of predicate ``p`` (softmax over the
+  predicates, the no-relation class left out) among the queries that localize the pair, those
+  whose subject box overlaps ``s`` and whose object box overlaps ``o`` with IoU >= ``iou`` (0
+  when none does). Any localizing query may confirm it, so a model trained with several queries
+  per triplet or with predicate groups (whose queries lean to their own group's predicates)
+  confirms a correct relationship through the query of its group. The relationship's boxes are
+  judged by their own scores (a triplet using an ignored box is ignored in training), so the
+  predicate is not penalized twice for a doubtful class. On the demo this ranks corrupted
+  predicates better than the product ``P(c_s) P(c_o) P(p)`` (docs/data.md has the figures).
 
 An instance is doubtful when its score is below ``score`` (Gen2Det's starting point: IoU 0.3,
 score 0.1). The output file marks doubtful instances ``"ignore": true`` (mode ``ignore``),
@@ -63,16 +65,15 @@ def instance_scores(
         pred = box_cxcywh_to_xyxy(outputs[f"relation_{slot}_boxes"].float())
         ious[slot] = box_iou(pred, boxes)[0].nan_to_num(0.0)  # [Q, N]
         probs = outputs[f"relation_{slot}_logits"].float().softmax(-1)[:, labels]  # [Q, N]
-        confirmed = (probs * (ious[slot] >= iou)).max(dim=0).values
+        confirmed = torch.where(ious[slot] >= iou, probs.nan_to_num(0.0), 0.0).max(dim=0).values
         box_scores = torch.maximum(box_scores, confirmed)
     if len(relations) == 0:
         return box_scores.double().numpy(), np.zeros(0)
     s, o, p = relations.unbind(1)
-    pair_iou = torch.minimum(ious["subject"][:, s], ious["object"][:, o])  # [Q, M]
-    localized, best = pair_iou.max(dim=0)
-    predicates = outputs["relation_logits"].float()[:, :-1].softmax(-1)  # [Q, R]
-    relation_scores = predicates[best, p] * (localized >= iou)
-    return box_scores.double().numpy(), relation_scores.double().numpy()
+    localized = torch.minimum(ious["subject"][:, s], ious["object"][:, o]) >= iou  # [Q, M]
+    predicates = outputs["relation_logits"].float()[:, :-1].softmax(-1)[:, p]  # [Q, M]
+    confirmed = torch.where(localized, predicates.nan_to_num(0.0), 0.0)
+    return box_scores.double().numpy(), confirmed.max(dim=0).values.double().numpy()
 
 
 @torch.no_grad()
@@ -221,7 +222,11 @@ def filter_file(
         load_relcoco_json(source), scores, mode=mode, score=score, weight=weight
     )
     report.update(
-        source=str(source), image_root=str(image_root), iou=iou, score=score, weight=weight
+        source=str(source),
+        image_root=str(Path(image_root).resolve()),
+        iou=iou,
+        score=score,
+        weight=weight,
     )
     atomic_write_json(out, filtered)
     atomic_write_json(out.with_name(f"{out.stem}.report.json"), report)

@@ -208,12 +208,9 @@ def _dataset(cfg: DictConfig, src: Any, split: str) -> Dataset:
             **common,
         )
     else:
-        key = {"train": "PATH", "val": "VAL_PATH", "test": "TEST_PATH"}[split]
-        ann = _existing(src[key], f"{src.NAME}.{key}")
-        root_key = {"train": "IMAGE_ROOT", "val": "VAL_IMAGE_ROOT", "test": "TEST_IMAGE_ROOT"}[
-            split
-        ]
-        root = src[root_key] or src.IMAGE_ROOT
+        prefix = "" if train else f"{split.upper()}_"  # PATH / VAL_PATH / TEST_PATH, ...
+        ann = _existing(src[f"{prefix}PATH"], f"{src.NAME}.{prefix}PATH")
+        root = src[f"{prefix}IMAGE_ROOT"] or src.IMAGE_ROOT
         root = Path(root) if root else ann.parent / "images"
         dataset = RelCocoDataset(ann, root, **common)
     if not train:

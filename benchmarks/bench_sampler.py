@@ -55,8 +55,8 @@ def _ours(
 ) -> Iterator[list[int]]:
     """Ours; ``anneal_over`` > 0: the real share goes linearly 0.4 -> 1.0 over that many steps,
     the synthetic sources sharing the rest equally."""
-    from realsynth.data.sampler import MixedBatchSampler
-    from realsynth.data.step_schedule import StepSchedule
+    from realsynth.mixing.sampler import MixedBatchSampler
+    from realsynth.mixing.step_schedule import StepSchedule
 
     parts = sources - 1
     sizes = [REAL] + [synth // parts] * parts
@@ -165,7 +165,7 @@ def _import_peer_modules() -> None:
     """Imports every library a peer uses, so that import time and memory are not measured."""
     import torch  # noqa: F401
 
-    import realsynth.data.sampler  # noqa: F401
+    import realsynth.mixing.sampler  # noqa: F401
 
     for optional in ("datasets", "torchdata.nodes"):
         with contextlib.suppress(ImportError):
@@ -285,8 +285,8 @@ def _report(rows: list[tuple[str, int, dict]], quick: bool, argv: list[str]) -> 
 
 def _planning_times(quick: bool) -> list[tuple[int, int, float]]:
     """Construction time of a 3- and a 4-source linear schedule over 10^4 .. 10^6 batches."""
-    from realsynth.data.scheduled_composition import ScheduledComposition
-    from realsynth.data.step_schedule import StepSchedule
+    from realsynth.mixing.scheduled_composition import ScheduledComposition
+    from realsynth.mixing.step_schedule import StepSchedule
 
     out = []
     for k in (3, 4):

@@ -22,8 +22,8 @@ from pathlib import Path
 from common import machine, write_result
 
 from realsynth.config import load_config
-from realsynth.engine.evaluation import evaluate_checkpoint
-from realsynth.engine.sweep import sweep
+from realsynth.studies.sweep import sweep
+from realsynth.training.reopen import evaluate_checkpoint
 
 
 def run_search(base: list[str], out: Path, extra: list[str]) -> tuple[dict, float]:

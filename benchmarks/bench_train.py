@@ -1,7 +1,7 @@
 """Training speed of the tiny preset on the demo data: steps/s, images/s, where the time goes.
 
 Each step of a bare loop is split into data loading, model forward, criterion (Hungarian matching
-reported on its own), and backward + optimizer step. The real trainer (``realsynth.engine.train``:
+reported on its own), and backward + optimizer step. The real trainer (``realsynth.training.train``:
 clipping, LR schedule, NaN check, logging every ``SOLVER.LOG_PERIOD`` steps, progress bar,
 checkpoint cadence) runs the same steps in the same process, alternating with the bare loop, and
 is reported as a ratio to it, and so is the trainer with adaptive mixing on (its cost: one
@@ -24,14 +24,14 @@ import torch
 from common import machine, write_result
 
 from realsynth.config import load_config
-from realsynth.engine.build import (
+from realsynth.training.build import (
     build_model_and_criterion,
     build_optimizer,
     build_train_loader,
 )
-from realsynth.engine.data_setup import build_data
-from realsynth.engine.launch import seed_all
-from realsynth.engine.train import train
+from realsynth.training.data_setup import build_data
+from realsynth.training.train import train
+from realsynth.utils.distributed import seed_all
 
 PHASES = ("data", "forward", "matching", "criterion (rest)", "backward + step")
 # One checkpoint inside the timed window of the trainer row (every 100 steps).

@@ -9,14 +9,14 @@ from torch import nn
 
 from realsynth.config import load_config
 from realsynth.data.collate import collate_relations
-from realsynth.engine.build import (
+from realsynth.evaluation.evaluate import evaluate_sources, summaries
+from realsynth.training.build import (
     build_evaluator_factory,
     build_model_and_criterion,
     wrap_distributed,
 )
-from realsynth.engine.data_setup import build_data
-from realsynth.engine.evaluation import evaluate_sources, summaries
-from realsynth.engine.launch import seed_all
+from realsynth.training.data_setup import build_data
+from realsynth.utils.distributed import seed_all
 
 CPU = torch.device("cpu")
 
@@ -132,8 +132,8 @@ def adaptive_alignment(config_yaml: str, rank: int, world: int) -> list[list[flo
     holdout batch (4 images), gathered so that rank 0 returns all of them."""
     import torch.distributed as dist
 
-    from realsynth.engine.alignment import source_alignment
-    from realsynth.engine.holdout import holdout_items
+    from realsynth.mixing.alignment import source_alignment
+    from realsynth.mixing.holdout import holdout_items
 
     data, model, criterion, batch = rank_setup(config_yaml, rank, world)
     holdout = data.holdout.dataset

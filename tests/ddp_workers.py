@@ -35,8 +35,8 @@ def _join(rank: int, world: int, port: int) -> None:
 def train_worker(rank: int, world: int, port: int, config_yaml: str) -> None:
     """One torchrun-like rank of ``realsynth train``."""
     from realsynth.config import load_config
-    from realsynth.engine.launch import shutdown_distributed
-    from realsynth.engine.train import train
+    from realsynth.training.train import train
+    from realsynth.utils.distributed import shutdown_distributed
 
     _join(rank, world, port)
     try:
@@ -49,7 +49,7 @@ def case_worker(rank: int, world: int, port: int, case: str, config_yaml: str, o
     """Run ``ddp_cases.<case>(config_yaml, rank, world)`` in a process group; rank 0 saves it."""
     import ddp_cases
 
-    from realsynth.engine.launch import init_distributed, shutdown_distributed
+    from realsynth.utils.distributed import barrier, init_distributed, shutdown_distributed
 
     _join(rank, world, port)
     init_distributed(torch.device("cpu"))
@@ -57,5 +57,7 @@ def case_worker(rank: int, world: int, port: int, case: str, config_yaml: str, o
         result = getattr(ddp_cases, case)(config_yaml, rank, world)
         if rank == 0:
             torch.save(result, Path(out))
+        # No rank tears the group down while another still uses it (gloo aborts then).
+        barrier()
     finally:
         shutdown_distributed()

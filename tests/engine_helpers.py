@@ -46,7 +46,7 @@ class AtStep:
 
 def train_records(run: Path) -> list[dict]:
     """The ``train`` records of a run folder's metrics.jsonl."""
-    from realsynth.engine.run_log import read_metrics
+    from realsynth.training.run_log import read_metrics
 
     return [r for r in read_metrics(run) if r["kind"] == "train"]
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from realsynth.engine.adaptive import AdaptiveMixer, project_shares
-from realsynth.engine.holdout import holdout_items
+from realsynth.mixing.adaptive import AdaptiveMixer, project_shares
+from realsynth.mixing.holdout import holdout_items
 
 
 def test_projection_by_hand() -> None:
@@ -126,7 +126,7 @@ def test_a_decision_skipped_with_its_batch_is_taken_after_the_next_one() -> None
 
 def test_resume_with_another_interval_or_a_start_outside_the_bounds_is_refused() -> None:
     saved = _mixer().state_dict()
-    with pytest.raises(ValueError, match="ADAPTIVE.INTERVAL=10, this config says 5"):
+    with pytest.raises(ValueError, match="decision interval of 10 steps, this run has 5"):
         _mixer(interval=5).load_state_dict(saved)
     with pytest.raises(ValueError, match="real 0.7 not in \\[0.8, 0.95\\]"):
         _mixer(min_ratios=[0.8, 0.05])

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from realsynth.data import batch_composition as composition
-from realsynth.data.batch_composition import CompositionSchedule, exact_shares
+from realsynth.mixing import batch_composition as composition
+from realsynth.mixing.batch_composition import CompositionSchedule, exact_shares
 
 weights_st = st.lists(st.integers(0, 40), min_size=1, max_size=6).filter(lambda w: sum(w) > 0)
 

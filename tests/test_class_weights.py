@@ -14,8 +14,8 @@ from realsynth.config import load_config
 from realsynth.data.formats.relcoco import RelCocoDataset
 from realsynth.data.formats.vg150 import vg150_from_folder
 from realsynth.data.stats import frequency_class_weights
-from realsynth.engine.build import predicate_class_weights
-from realsynth.engine.data_setup import build_data
+from realsynth.training.build import predicate_class_weights
+from realsynth.training.data_setup import build_data
 
 
 def test_frequency_weights_by_hand():

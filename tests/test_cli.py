@@ -11,7 +11,7 @@ from engine_helpers import TINY, tiny_config
 
 from realsynth.cli import main
 from realsynth.data.formats.relcoco_rules import REQUIRED_KEYS
-from realsynth.engine.train import train
+from realsynth.training.train import train
 
 
 def test_config_show_prints_the_resolved_config(capsys):

@@ -10,8 +10,8 @@ import pytest
 from engine_helpers import AtStep, tiny_config, train_records
 
 from realsynth.config import ConfigError
-from realsynth.engine.compare import compare, compare_variants, run_config
-from realsynth.engine.train import TrainingInterrupted, train
+from realsynth.studies.compare import compare, compare_variants, run_config
+from realsynth.training.train import TrainingInterrupted, train
 
 COMPARE = (
     "SOLVER.MAX_ITER=3",

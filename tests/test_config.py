@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from realsynth.config import ConfigError, load_config, to_yaml
-from realsynth.source_mix import resolve_mix
+from realsynth.config.source_mix import resolve_mix
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -9,9 +9,9 @@ from ddp_workers import case_worker, spawn, train_worker
 from engine_helpers import tiny_config
 
 from realsynth.config import load_config, to_yaml
-from realsynth.engine.checkpoint import load_checkpoint
-from realsynth.engine.run_log import read_metrics
-from realsynth.engine.train import train
+from realsynth.training.checkpoint import load_checkpoint
+from realsynth.training.run_log import read_metrics
+from realsynth.training.train import train
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def demo_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     # Generate once in this process, so the spawned ranks only read it.
     build = tiny_config(tmp_path_factory.mktemp("gen"), demo_root=root)
-    from realsynth.engine.data_setup import ensure_demo_data
+    from realsynth.training.data_setup import ensure_demo_data
 
     ensure_demo_data(build)
     return root
@@ -40,9 +40,9 @@ def test_two_processes_take_the_same_step_as_one_process_on_the_whole_batch(tmp_
 
 
 def one_step_initial(config: str) -> dict[str, torch.Tensor]:
-    from realsynth.engine.build import build_model_and_criterion
-    from realsynth.engine.data_setup import build_data
-    from realsynth.engine.launch import seed_all
+    from realsynth.training.build import build_model_and_criterion
+    from realsynth.training.data_setup import build_data
+    from realsynth.utils.distributed import seed_all
 
     cfg = load_config(None, base_yaml=config)
     seed_all(cfg.SEED)

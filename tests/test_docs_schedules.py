@@ -11,9 +11,9 @@ import yaml
 from omegaconf import OmegaConf
 
 from realsynth.config import load_config
-from realsynth.engine.compare import compare_variants
-from realsynth.engine.sweep_space import parse_space
-from realsynth.source_mix import resolve_mix
+from realsynth.config.source_mix import resolve_mix
+from realsynth.studies.compare import compare_variants
+from realsynth.studies.sweep_space import parse_space
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "schedules.md"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from realsynth.engine.domain_gap import (
+from realsynth.diagnostics.domain_gap import (
     domain_classifier_auc,
     frechet_distance,
     js_divergence,

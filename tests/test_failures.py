@@ -11,9 +11,9 @@ from engine_helpers import assert_same_records, tiny_config, train_records
 from realsynth.cli import main
 from realsynth.data.check import check_dataset
 from realsynth.data.problems import DatasetProblems
-from realsynth.engine import build
-from realsynth.engine.checkpoint import load_checkpoint
-from realsynth.engine.train import TrainingFailed, train
+from realsynth.training import build
+from realsynth.training.checkpoint import load_checkpoint
+from realsynth.training.train import TrainingFailed, train
 
 COMMON = ("SOLVER.MAX_ITER=5", "SOLVER.CHECKPOINT_PERIOD=100", "TEST.EVAL_PERIOD=0")
 

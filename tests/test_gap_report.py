@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from engine_helpers import tiny_config
+from engine_helpers import TINY, tiny_config
 
-from realsynth.engine.data_setup import ensure_demo_data
-from realsynth.engine.gap_report import gap_report
-from realsynth.engine.train import train
+from realsynth.diagnostics.gap_report import gap_report
+from realsynth.training.data_setup import ensure_demo_data
+from realsynth.training.train import train
 
 STEPS = ("SOLVER.MAX_ITER=3", "TEST.EVAL_PERIOD=0")
 
@@ -22,7 +22,10 @@ def demo_root(tmp_path_factory):
 
 
 def test_a_run_with_gap_report_writes_the_report(tmp_path, demo_root, capsys):
-    train(tiny_config(tmp_path, *STEPS, "TEST.GAP_REPORT=true", demo_root=demo_root))
+    from realsynth.cli import main
+
+    where = [f"DATASETS.DEMO.ROOT={demo_root}", f"OUTPUT_DIR={tmp_path / 'run'}"]
+    assert main(["train", *TINY, *where, *STEPS, "TEST.GAP_REPORT=true"]) == 0
     run = tmp_path / "run"
     report = json.loads((run / "gap.json").read_text())
     assert report["real"] == "real" and set(report["sources"]) == {"real", "synthetic"}
@@ -38,8 +41,6 @@ def test_a_run_with_gap_report_writes_the_report(tmp_path, demo_root, capsys):
     assert "| synthetic |" in text and "domain classifier AUC" in text
     for name in ("gap_labels.png", "gap_boxes.png", "gap_recall.png"):
         assert (run / name).read_bytes()[:4] == b"\x89PNG"
-    from realsynth.cli import main
-
     assert main(["gap", str(run), "--feature-images", "6"]) == 0
     assert "# Domain gap: each source against `real`" in capsys.readouterr().out
 

@@ -171,8 +171,8 @@ def test_synthetic_background_weight_reaches_the_synthetic_items_only(tmp_path) 
     from engine_helpers import tiny_config
 
     from realsynth.config import ConfigError, load_config
-    from realsynth.engine.build import build_train_loader
-    from realsynth.engine.data_setup import build_data
+    from realsynth.training.build import build_train_loader
+    from realsynth.training.data_setup import build_data
 
     cfg = tiny_config(tmp_path, "DATASETS.MULTI_DATASET.SYNTHETIC_BACKGROUND_WEIGHT=0.0")
     data = build_data(cfg)
@@ -190,8 +190,8 @@ def test_synthetic_background_weight_reaches_the_synthetic_items_only(tmp_path) 
 def test_a_source_background_weight_wins_over_its_kinds() -> None:
     from omegaconf import OmegaConf
 
-    from realsynth.config_schema import MultiDatasetConfig, SourceConfig
-    from realsynth.source_mix import resolve_mix
+    from realsynth.config.schema import MultiDatasetConfig, SourceConfig
+    from realsynth.config.source_mix import resolve_mix
 
     md = OmegaConf.structured(MultiDatasetConfig)
     md.SYNTHETIC_BACKGROUND_WEIGHT = 0.0

@@ -8,7 +8,7 @@ import signal
 import pytest
 import torch
 
-from realsynth.engine.interrupt import StepInterrupt
+from realsynth.training.interrupt import StepInterrupt
 
 
 def test_first_ctrl_c_is_a_request_second_interrupts_and_handler_is_restored():

@@ -1,4 +1,9 @@
-"""Imports only run down the layers: cli -> engine -> config -> data | modeling -> utils."""
+"""Imports only run down the layers, by folder:
+utils < data | modeling < mixing | evaluation < config < training < studies | diagnostics < cli.
+
+Folders of one rank never import each other; lower layers never import ``config`` (they raise
+``ValueError`` naming their argument, and the builder names the config key).
+"""
 
 from __future__ import annotations
 
@@ -6,19 +11,18 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "realsynth"
-# Higher numbers may import lower ones; data and modeling never import each other.
-LAYERS = {
+RANKS = {
     "utils": 0,
     "data": 1,
     "modeling": 1,
-    "config": 2,
-    "config_schema": 2,
-    "config_checks": 2,
-    "source_mix": 2,
-    "schedule_config": 2,
-    "engine": 3,
-    "cli": 4,
-    "__main__": 4,
+    "mixing": 2,
+    "evaluation": 2,
+    "config": 3,
+    "training": 4,
+    "studies": 5,
+    "diagnostics": 5,
+    "cli": 6,
+    "__main__": 6,
 }
 
 
@@ -37,16 +41,39 @@ def _imports(path: Path) -> list[str]:
     return [n for n in names if n == "realsynth" or n.startswith("realsynth.")]
 
 
-def test_no_module_imports_a_layer_above_its_own():
-    upward = []
-    for path in PACKAGE.rglob("*.py"):
-        module = "realsynth." + ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
-        if module.endswith(".__init__"):
+def _modules() -> list[tuple[str, Path]]:
+    return [
+        ("realsynth." + ".".join(path.relative_to(PACKAGE).with_suffix("").parts), path)
+        for path in PACKAGE.rglob("*.py")
+    ]
+
+
+def test_every_module_lives_in_a_known_layer():
+    assert {_layer(m) for m, _ in _modules()} - {"__init__"} <= RANKS.keys()
+
+
+def test_no_module_imports_a_layer_above_or_beside_its_own():
+    wrong = []
+    for module, path in _modules():
+        if module in ("realsynth.__init__", "realsynth.__main__"):
             continue
-        own = LAYERS[_layer(module)]
+        own = _layer(module)
         for imported in _imports(path):
-            theirs = LAYERS[_layer(imported)]
-            same_rank_other_layer = theirs == own and _layer(imported) != _layer(module)
-            if theirs > own or (same_rank_other_layer and own == 1):
-                upward.append(f"{module} imports {imported}")
-    assert upward == []
+            theirs = _layer(imported)
+            if theirs != own and RANKS[theirs] >= RANKS[own]:
+                wrong.append(f"{module} imports {imported}")
+    assert wrong == []
+
+
+def test_lower_layers_never_name_config_keys_in_messages():
+    """A config key (``SECTION.KEY``) in a raised message belongs to config and above."""
+    keys = ("DATASETS.", "MODEL.", "SOLVER.", "TEST.", "DATALOADER.", "INPUT.", "SWEEP.")
+    named = []
+    for module, path in _modules():
+        if RANKS.get(_layer(module), 99) >= RANKS["config"]:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Raise) and node.exc is not None:
+                text = ast.unparse(node.exc)
+                named += [f"{module}: {text[:80]}" for key in keys if key in text]
+    assert named == []

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from torch.utils.data import Dataset
 
-from realsynth.data.mixed_dataset import MixedDataset, Source, build_mixed_loader
-from realsynth.data.sampler import MixedBatchSampler
+from realsynth.mixing.mixed_dataset import MixedDataset, Source, build_mixed_loader
+from realsynth.mixing.sampler import MixedBatchSampler
 
 
 class DictDataset(Dataset):

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from realsynth.data.permutation import KeyedStream, splitmix64
+from realsynth.mixing.permutation import KeyedStream, splitmix64
 
 
 def test_splitmix64_matches_reference_first_output() -> None:

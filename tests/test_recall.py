@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from realsynth.engine.recall import SceneGraphEvaluator
-from realsynth.engine.tables import format_table
-from realsynth.engine.triplet_matching import match_triplets
+from realsynth.evaluation.recall import SceneGraphEvaluator
+from realsynth.evaluation.triplet_matching import match_triplets
+from realsynth.utils.tables import format_table
 
 A = [0.0, 0.0, 10.0, 10.0]
 B = [20.0, 0.0, 30.0, 10.0]

@@ -210,7 +210,7 @@ def test_statistics_per_source_and_explicit_combination(tmp_path: Path) -> None:
 
 
 def test_skipped_bad_samples_pass_through_the_mixed_loader_and_are_counted(tmp_path: Path) -> None:
-    from realsynth.data.mixed_dataset import Source, build_mixed_loader
+    from realsynth.mixing.mixed_dataset import Source, build_mixed_loader
 
     path = write_dataset(tmp_path, make_records(4))
     (tmp_path / "images" / "sub" / "2.png").write_bytes(b"corrupt")
@@ -228,8 +228,8 @@ def test_skipped_bad_samples_pass_through_the_mixed_loader_and_are_counted(tmp_p
 
 
 def test_mixed_items_draw_augmentation_from_the_global_index(tmp_path: Path) -> None:
-    from realsynth.data.mixed_dataset import MixedDataset, Source
     from realsynth.data.transforms import item_rng
+    from realsynth.mixing.mixed_dataset import MixedDataset, Source
 
     path = write_dataset(tmp_path, make_records(4))
     t = build_transforms(train=True, min_sizes=[20, 24, 28], max_size=60, flip_prob=0.5)

@@ -12,10 +12,10 @@ import pytest
 import torch
 from engine_helpers import assert_same_records, tiny_config, train_records
 
-from realsynth.engine.checkpoint import load_checkpoint
-from realsynth.engine.run_folder import RunFolder, RunFolderError
-from realsynth.engine.run_log import read_metrics
-from realsynth.engine.train import train
+from realsynth.training.checkpoint import load_checkpoint
+from realsynth.training.run_folder import RunFolder, RunFolderError
+from realsynth.training.run_log import read_metrics
+from realsynth.training.train import train
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_train_into_a_folder_that_holds_a_run_is_refused_until_told(tmp_path, de
 _HOLDER = textwrap.dedent(
     """
     import sys, time
-    from realsynth.engine.run_folder import RunFolder
+    from realsynth.training.run_folder import RunFolder
     RunFolder(sys.argv[1]).lock()
     print("locked", flush=True)
     time.sleep(60)
@@ -81,7 +81,7 @@ def test_the_newest_step_checkpoints_and_the_best_are_kept(tmp_path, demo_root, 
         value = next(scores)
         return {name: {"R@50": value} for name in evaluators}
 
-    monkeypatch.setattr("realsynth.engine.loop.summaries", fake_summaries)
+    monkeypatch.setattr("realsynth.training.loop.summaries", fake_summaries)
     cfg = tiny_config(
         tmp_path,
         "SOLVER.MAX_ITER=8",

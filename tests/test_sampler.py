@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.distributed.checkpoint.stateful import Stateful
 
-from realsynth.data.sampler import MixedBatchSampler
+from realsynth.mixing.sampler import MixedBatchSampler
 
 
 @st.composite

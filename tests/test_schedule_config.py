@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from realsynth.config import ConfigError, load_config
-from realsynth.data.sampler import MixedBatchSampler
-from realsynth.data.step_schedule import StepSchedule
-from realsynth.engine.compare import builtin_overrides
-from realsynth.source_mix import resolve_mix
+from realsynth.config.source_mix import resolve_mix
+from realsynth.mixing.sampler import MixedBatchSampler
+from realsynth.mixing.step_schedule import StepSchedule
+from realsynth.studies.compare import builtin_overrides
 
 MD = "DATASETS.MULTI_DATASET"
 SOURCES = """DATASETS:

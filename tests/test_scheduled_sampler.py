@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from realsynth.data.mixed_dataset import MixedDataset, Source, build_mixed_loader
-from realsynth.data.sampler import MixedBatchSampler
-from realsynth.data.step_schedule import StepSchedule
+from realsynth.mixing.mixed_dataset import MixedDataset, Source, build_mixed_loader
+from realsynth.mixing.sampler import MixedBatchSampler
+from realsynth.mixing.step_schedule import StepSchedule
 
 # The stream of MixedBatchSampler([10, 20, 30], [0.5, 0.3, 0.2], 7, seed=3) before schedules
 # existed (computed with the previous release): constant shares must keep it bit for bit.

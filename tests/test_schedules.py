@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from realsynth.data.scheduled_composition import SHARE_UNITS, ScheduledComposition
-from realsynth.data.step_schedule import StepSchedule
+from realsynth.mixing.scheduled_composition import SHARE_UNITS, ScheduledComposition
+from realsynth.mixing.step_schedule import StepSchedule
 
 
 def test_linear_and_cosine_values_by_hand() -> None:

@@ -25,7 +25,7 @@ from test_vg150 import build_vg_folder
 from realsynth.data.formats.vg150 import vg150_from_folder
 from realsynth.data.formats.vg150_files import decode_vg_boxes
 from realsynth.data.zero_shot import load_zero_shot_triplets
-from realsynth.engine.recall import SceneGraphEvaluator
+from realsynth.evaluation.recall import SceneGraphEvaluator
 from realsynth.utils.box_ops import box_iou, pixel_box_iou
 
 

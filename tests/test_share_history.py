@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from realsynth.data.sampler import MixedBatchSampler
-from realsynth.data.share_history import ShareHistory
+from realsynth.mixing.sampler import MixedBatchSampler
+from realsynth.mixing.share_history import ShareHistory
 
 
 @st.composite
@@ -152,6 +152,6 @@ def test_change_shares_is_refused_inside_the_drawn_window() -> None:
     with pytest.raises(ValueError, match="step 3 must be >= the horizon 4"):
         sampler.change_shares(3, [0.9, 0.1], horizon=8)
     with pytest.raises(ValueError, match="adaptive shares .* need constant ratios"):
-        from realsynth.data.step_schedule import StepSchedule
+        from realsynth.mixing.step_schedule import StepSchedule
 
         MixedBatchSampler([3, 3], [StepSchedule.linear(0.2, 0.8, 0, 4), 0.5], 2, share_horizon=2)

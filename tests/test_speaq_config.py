@@ -8,10 +8,10 @@ import pytest
 from engine_helpers import tiny_config
 
 from realsynth.config import ConfigError, load_config
-from realsynth.engine.build import build_model_and_criterion, predicate_counts
-from realsynth.engine.data_setup import build_data
 from realsynth.modeling.one_to_many import QualityAwareMatcher
 from realsynth.modeling.predicate_groups import split_by_frequency
+from realsynth.training.build import build_model_and_criterion, predicate_counts
+from realsynth.training.data_setup import build_data
 
 SPEAQ_DEMO = Path(__file__).resolve().parents[1] / "configs" / "speaq_demo.yaml"
 DEMO = SPEAQ_DEMO.with_name("demo.yaml")

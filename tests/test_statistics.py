@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from realsynth.engine.compare_report import verdict
-from realsynth.utils.statistics import mean_interval, paired_bootstrap
+from realsynth.studies.compare_report import verdict
+from realsynth.studies.statistics import mean_interval, paired_bootstrap
 
 
 def _mean(rows: np.ndarray) -> float:

@@ -12,8 +12,8 @@ from engine_helpers import tiny_config, train_records
 from optuna.trial import TrialState
 
 from realsynth.config import ConfigError
-from realsynth.engine.sweep import Objective, open_study, storage_for, sweep
-from realsynth.engine.sweep_space import parse_space
+from realsynth.studies.sweep import Objective, open_study, storage_for, sweep
+from realsynth.studies.sweep_space import parse_space
 
 MD = "DATASETS.MULTI_DATASET"
 FAST = ("SOLVER.MAX_ITER=2", "TEST.EVAL_PERIOD=0", "SWEEP.CONFIRM_SEEDS=0")
@@ -158,7 +158,7 @@ def test_a_study_searched_over_another_space_is_refused(tmp_path):
 
 
 def test_successive_halving_rungs_start_at_the_first_evaluation(tmp_path):
-    from realsynth.engine.sweep import make_pruner
+    from realsynth.studies.sweep import make_pruner
 
     cfg = tiny_config(tmp_path, "SOLVER.MAX_ITER=40", "TEST.EVAL_PERIOD=10")
     pruner = make_pruner(cfg)
@@ -178,8 +178,8 @@ def test_successive_halving_rungs_start_at_the_first_evaluation(tmp_path):
 
 
 def test_each_jobs_worker_draws_with_its_own_seed(tmp_path):
-    from realsynth.engine.sweep import make_sampler
-    from realsynth.engine.sweep_space import parse_space
+    from realsynth.studies.sweep import make_sampler
+    from realsynth.studies.sweep_space import parse_space
 
     cfg = tiny_config(tmp_path, "SWEEP.SAMPLER=random")
     space = parse_space(cfg)

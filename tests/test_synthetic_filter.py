@@ -14,7 +14,7 @@ import torch
 from engine_helpers import tiny_config
 
 from realsynth.data.formats.relcoco import RelCocoDataset
-from realsynth.engine.synthetic_filter import apply_filter, filter_with_run, instance_scores
+from realsynth.diagnostics.synthetic_filter import apply_filter, filter_with_run, instance_scores
 
 
 def _logits(probs: list[list[float]]) -> torch.Tensor:
@@ -101,7 +101,7 @@ def test_drop_removes_a_doubtful_box_with_its_relationships() -> None:
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
-    from realsynth.engine.train import train
+    from realsynth.training.train import train
 
     tmp = tmp_path_factory.mktemp("filter")
     cfg = tiny_config(
@@ -165,7 +165,7 @@ def test_a_filtered_file_written_elsewhere_trains_with_its_images_and_val_keeps_
     trained_run, tmp_path
 ) -> None:
     from realsynth.config import load_config
-    from realsynth.engine.data_setup import build_data
+    from realsynth.training.data_setup import build_data
 
     run, demo = trained_run
     train_json = demo / "synthetic" / "train" / "annotations.json"

@@ -13,9 +13,9 @@ import torch
 from engine_helpers import AtStep, assert_same_records, tiny_config, train_records
 
 from realsynth.config import load_config, to_yaml
-from realsynth.engine.checkpoint import load_checkpoint
-from realsynth.engine.run_log import read_metrics
-from realsynth.engine.train import TrainingInterrupted, train
+from realsynth.training.checkpoint import load_checkpoint
+from realsynth.training.run_log import read_metrics
+from realsynth.training.train import TrainingInterrupted, train
 
 METRICS = {"R@20", "R@50", "R@100", "ngR@20", "ngR@50", "ngR@100", "mR@20", "mR@50", "mR@100"}
 
@@ -185,7 +185,7 @@ def test_losses_fetched_every_log_period_are_the_same_and_reach_callbacks(tmp_pa
 
 
 def test_a_batch_whose_images_were_all_skipped_takes_no_step(tmp_path, capsys):
-    from realsynth.engine import build
+    from realsynth.training import build
 
     cfg = tiny_config(
         tmp_path,

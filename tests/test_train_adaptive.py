@@ -10,9 +10,9 @@ import pytest
 from engine_helpers import AtStep, assert_same_records, tiny_config, train_records
 
 from realsynth.config import ConfigError, load_config
-from realsynth.engine.data_setup import build_data
-from realsynth.engine.run_log import read_metrics
-from realsynth.engine.train import TrainingInterrupted, train
+from realsynth.training.data_setup import build_data
+from realsynth.training.run_log import read_metrics
+from realsynth.training.train import TrainingInterrupted, train
 
 A = "DATASETS.MULTI_DATASET.ADAPTIVE"
 ADAPTIVE = (

@@ -8,7 +8,7 @@ import signal
 import pytest
 from engine_helpers import AtStep, assert_same_records, tiny_config, train_records
 
-from realsynth.engine.train import TrainingInterrupted, train
+from realsynth.training.train import TrainingInterrupted, train
 
 MD = "DATASETS.MULTI_DATASET"
 # Synthetic pre-training for 3 steps, then real only; the synthetic weight falls 0.5 -> 0.

@@ -185,7 +185,7 @@ def test_missing_h5_dataset_or_image_data_key_names_the_file(tmp_path: Path) -> 
 
 def test_a_vg150_source_in_the_run_config_builds_train_and_val_sets(tmp_path: Path) -> None:
     from realsynth.config import load_config
-    from realsynth.engine.data_setup import build_data
+    from realsynth.training.data_setup import build_data
 
     root = build_vg_folder(tmp_path / "vg")
     source = f"{{NAME: vg, FORMAT: vg150, PATH: '{root}', VAL_SPLIT: val, NUM_VAL_IMAGES: 1}}"

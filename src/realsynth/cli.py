@@ -195,7 +195,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "train":
         return _train(args)
     if args.command == "eval":
-        from realsynth.engine.evaluation import evaluate_checkpoint
+        from realsynth.training.reopen import evaluate_checkpoint
 
         evaluate_checkpoint(
             args.checkpoint,
@@ -206,13 +206,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
         return 0
     if args.command == "gap":
-        from realsynth.engine.gap_report import gap_report
+        from realsynth.diagnostics.gap_report import gap_report
 
         gap_report(args.run, feature_images=args.feature_images)
         print((args.run / "gap.md").read_text())
         return 0
     if args.command == "sweep":
-        from realsynth.engine.sweep import sweep
+        from realsynth.studies.sweep import sweep
 
         sweep(
             load_config(args.config_file, args.overrides),
@@ -221,15 +221,15 @@ def _dispatch(args: argparse.Namespace) -> int:
             jobs=args.jobs,
         )
         return 0
-    from realsynth.engine.compare import compare
+    from realsynth.studies.compare import compare
 
     compare(load_config(args.config_file, args.overrides))
     return 0
 
 
 def _train(args: argparse.Namespace) -> int:
-    from realsynth.engine.launch import shutdown_distributed
-    from realsynth.engine.train import TrainingFailed, TrainingInterrupted, train
+    from realsynth.training.train import TrainingFailed, TrainingInterrupted, train
+    from realsynth.utils.distributed import get_rank, shutdown_distributed
 
     if args.resume is not None:
         saved = args.resume / "config.yaml"
@@ -242,6 +242,10 @@ def _train(args: argparse.Namespace) -> int:
         cfg = load_config(args.config_file, args.overrides)
     try:
         train(cfg, resume=args.resume is not None, overwrite=args.overwrite)
+        if cfg.TEST.GAP_REPORT and get_rank() == 0:
+            from realsynth.diagnostics.gap_report import gap_report
+
+            gap_report(cfg.OUTPUT_DIR)
     except TrainingInterrupted as exc:
         print(f"realsynth: {exc}", file=sys.stderr)
         return 130
@@ -257,7 +261,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _filter(args: argparse.Namespace) -> int:
-    from realsynth.engine.synthetic_filter import filter_with_run, format_filter_report
+    from realsynth.diagnostics.synthetic_filter import filter_with_run, format_filter_report
 
     report = filter_with_run(
         args.run,

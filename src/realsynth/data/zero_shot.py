@@ -46,7 +46,7 @@ def load_zero_shot_triplets(
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"TEST.ZERO_SHOT_TRIPLETS: {path} does not exist")
+        raise FileNotFoundError(f"{path} does not exist")
     if path.suffix in TORCH_SUFFIXES:
         triplets = _from_sgb_tensor(path, len(classes), len(predicates))
     else:

@@ -1,7 +1,7 @@
 """Model outputs -> ranked triplets per image, and targets -> evaluation ground truth.
 
 Both produce plain numpy arrays with xyxy boxes in one coordinate frame (pixels when image sizes
-are given, else normalized to [0, 1]), the input format of ``realsynth.engine.recall``.
+are given, else normalized to [0, 1]), the input format of ``realsynth.evaluation.recall``.
 """
 
 from __future__ import annotations
@@ -173,7 +173,7 @@ def _same_box(boxes: Tensor, threshold: float) -> Tensor:
 
 
 def ground_truth_from_target(target: dict[str, Any], *, pixels: bool) -> dict[str, np.ndarray]:
-    """Convert a dataset target to the ground-truth format of ``realsynth.engine.recall``.
+    """Convert a dataset target to the ground-truth format of ``realsynth.evaluation.recall``.
 
     Args:
         target: dict with ``boxes`` float[N, 4] cxcywh normalized (or, with ``pixels``,

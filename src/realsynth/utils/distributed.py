@@ -1,12 +1,18 @@
-"""Thin helpers over ``torch.distributed`` that degrade to single-process behaviour.
+"""Process setup and thin helpers over ``torch.distributed`` that degrade to one process.
 
-The data, modeling and engine layers call these instead of ``torch.distributed`` directly so
-that the same code runs unchanged without a process group (tests, CPU runs, notebooks). Joining
-and leaving a process group is the engine's (``realsynth.engine.launch``).
+Every layer calls these instead of ``torch.distributed`` directly so that the same code runs
+unchanged without a process group (tests, CPU runs, notebooks). The commands join and leave a
+process group with :func:`init_distributed` / :func:`shutdown_distributed` (torchrun), seed with
+:func:`seed_all` and pick their device with :func:`resolve_device`.
 """
 
 from __future__ import annotations
 
+import os
+import random
+from datetime import timedelta
+
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -52,3 +58,53 @@ def barrier() -> None:
     """Wait for every rank (no-op without a process group)."""
     if is_dist_avail_and_initialized():
         dist.barrier()
+
+
+def seed_all(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    """A device name (``auto``, ``cpu``, ``cuda``, ``cuda:N``) -> a device. ``auto`` and
+    ``cuda`` mean this process's GPU under torchrun (``LOCAL_RANK``); ``auto`` falls back to the
+    CPU.
+
+    Raises:
+        ValueError: CUDA is asked for but absent, or ``cuda:N`` is given to several processes
+            (they would all share GPU N).
+    """
+    local = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if name == "auto":
+        return local if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for but CUDA is not available; use auto or cpu")
+    if device.type == "cuda" and device.index is None:
+        return local
+    if device.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError(f"device {name!r} would put every process on one GPU; use auto or cuda")
+    return device
+
+
+def init_distributed(device: torch.device) -> bool:
+    """Join the process group torchrun describes in the environment (``WORLD_SIZE`` > 1).
+
+    NCCL on CUDA devices, gloo on the CPU. Returns True when a process group is in use.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1 or dist.is_initialized():
+        return dist.is_initialized()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+    return True
+
+
+def shutdown_distributed() -> None:
+    """Leave the process group if this process joined one."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

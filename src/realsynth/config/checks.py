@@ -1,0 +1,223 @@
+"""Checks of config values the schema's types cannot express; errors name the key."""
+
+from __future__ import annotations
+
+import math
+import re
+
+from omegaconf import DictConfig, OmegaConf
+
+from realsynth.config.schedules import REAL_RATIO_SCHEDULE, schedule_or_constant
+from realsynth.config.schema import _CHOICES, ConfigError
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check values the schema's types cannot express. Raises ConfigError naming the key."""
+    for key, choices in _CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in choices:
+            raise ConfigError(f"{key} must be one of {choices}, got {value!r}", key)
+    md = cfg.DATASETS.MULTI_DATASET
+    _check_ratio(md.REAL_SAMPLING_RATIO, "DATASETS.MULTI_DATASET.REAL_SAMPLING_RATIO")
+    for name in ("REAL_LOSS_WEIGHT", "SYNTHETIC_LOSS_WEIGHT", "SYNTHETIC_BACKGROUND_WEIGHT"):
+        _check_weight(md[name], f"DATASETS.MULTI_DATASET.{name}")
+    _check_positive(cfg.SOLVER.IMS_PER_BATCH, "SOLVER.IMS_PER_BATCH")
+    _check_positive(cfg.SOLVER.MAX_ITER, "SOLVER.MAX_ITER")
+    _check_positive(cfg.SOLVER.CHECKPOINT_PERIOD, "SOLVER.CHECKPOINT_PERIOD")
+    _check_positive(cfg.SOLVER.KEEP_CHECKPOINTS, "SOLVER.KEEP_CHECKPOINTS")
+    _check_positive(cfg.SOLVER.LOG_PERIOD, "SOLVER.LOG_PERIOD")
+    if cfg.TEST.EVAL_PERIOD < 0:
+        raise ConfigError(
+            f"TEST.EVAL_PERIOD must be >= 0 (0 = final evaluation only), got "
+            f"{cfg.TEST.EVAL_PERIOD}",
+            "TEST.EVAL_PERIOD",
+        )
+
+    _check_positive(cfg.TEST.IMS_PER_BATCH, "TEST.IMS_PER_BATCH")
+    if cfg.TEST.TOP_K < 100:
+        raise ConfigError(
+            f"TEST.TOP_K must be >= 100 (Recall@100 needs 100 triplets), got {cfg.TEST.TOP_K}",
+            "TEST.TOP_K",
+        )
+    if cfg.SOLVER.BASE_LR <= 0 or cfg.SOLVER.WEIGHT_DECAY < 0:
+        raise ConfigError("SOLVER.BASE_LR must be > 0 and SOLVER.WEIGHT_DECAY >= 0", "SOLVER")
+    for key in ("SEED", "DATALOADER.NUM_WORKERS", "SOLVER.WARMUP_ITERS"):
+        if OmegaConf.select(cfg, key) < 0:
+            raise ConfigError(f"{key} must be >= 0, got {OmegaConf.select(cfg, key)}", key)
+    for key in ("NUM_QUERIES", "D_MODEL", "ENC_LAYERS", "DEC_LAYERS", "DIM_FEEDFORWARD"):
+        if cfg.MODEL[key] is not None:
+            _check_positive(cfg.MODEL[key], f"MODEL.{key}")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.MODEL.DEVICE):
+        raise ConfigError(
+            f"MODEL.DEVICE must be auto, cpu, cuda or cuda:N, got {cfg.MODEL.DEVICE!r}",
+            "MODEL.DEVICE",
+        )
+    crit = cfg.MODEL.CRITERION
+    if not crit.OVERSAMPLE_PARAM > 0 or not crit.UNDERSAMPLE_PARAM >= 0:
+        raise ConfigError(
+            "MODEL.CRITERION.OVERSAMPLE_PARAM must be > 0 and UNDERSAMPLE_PARAM >= 0, got "
+            f"{crit.OVERSAMPLE_PARAM} and {crit.UNDERSAMPLE_PARAM}",
+            "MODEL.CRITERION",
+        )
+    _check_ratio(cfg.INPUT.FLIP_PROB, "INPUT.FLIP_PROB")
+    for key in ("COMPARE.SEEDS", "COMPARE.BOOTSTRAP", "SWEEP.TRIALS", "SWEEP.GRID_POINTS"):
+        _check_positive(OmegaConf.select(cfg, key), key)
+    if cfg.SWEEP.CONFIRM_SEEDS < 0:
+        raise ConfigError("SWEEP.CONFIRM_SEEDS must be >= 0 (0: no confirmation)", "SWEEP")
+    for key in ("COMPARE.METRIC", "SWEEP.METRIC", "TEST.BEST_METRIC"):
+        _check_metric(OmegaConf.select(cfg, key), key)
+    _check_ratio(cfg.DATASETS.DEMO.LABEL_NOISE, "DATASETS.DEMO.LABEL_NOISE")
+    _validate_sources(cfg)
+    _validate_schedules(cfg)
+    _validate_adaptive(cfg)
+    _validate_speaq(cfg)
+
+
+def _validate_speaq(cfg: DictConfig) -> None:
+    speaq = cfg.MODEL.SPEAQ
+    for name in ("ONE2MANY_K", "MULTIPLY_QUERY", "NUM_GROUPS"):
+        _check_positive(speaq[name], f"MODEL.SPEAQ.{name}")
+    if not math.isfinite(speaq.ONE2MANY_PREDICATE_WEIGHT):
+        raise ConfigError("MODEL.SPEAQ.ONE2MANY_PREDICATE_WEIGHT must be finite", "MODEL.SPEAQ")
+    if speaq.ONLY_PREDICATE_MULTIPLY:
+        raise ConfigError(
+            "MODEL.SPEAQ.ONLY_PREDICATE_MULTIPLY is not supported: realsynth's relation queries "
+            "predict their own subject and object (no separate entity queries to share); "
+            "MULTIPLY_QUERY multiplies the whole triplet queries (docs/speaq.md)",
+            "MODEL.SPEAQ",
+        )
+    if speaq.ONE2MANY_SCHEME == "dynamic" and not speaq.MATCH_INDEPENDENT:
+        raise ConfigError(
+            "MODEL.SPEAQ.ONE2MANY_SCHEME=dynamic needs MATCH_INDEPENDENT=true (the quality is "
+            "measured on each layer's own predictions; SpeaQ has no shared dynamic matching)",
+            "MODEL.SPEAQ",
+        )
+
+
+def _validate_adaptive(cfg: DictConfig) -> None:
+    adaptive = cfg.DATASETS.MULTI_DATASET.ADAPTIVE
+    key = "DATASETS.MULTI_DATASET.ADAPTIVE"
+    for name in ("INTERVAL", "HOLDOUT_IMAGES", "HOLDOUT_BATCH"):
+        _check_positive(adaptive[name], f"{key}.{name}")
+    if not (math.isfinite(adaptive.STEP_SIZE) and adaptive.STEP_SIZE > 0):
+        raise ConfigError(f"{key}.STEP_SIZE must be > 0, got {adaptive.STEP_SIZE}", key)
+    if not 0 <= adaptive.SMOOTHING < 1:
+        raise ConfigError(f"{key}.SMOOTHING must be in [0, 1), got {adaptive.SMOOTHING}", key)
+    _check_bounds(adaptive.MIN_RATIO, adaptive.MAX_RATIO, f"{key}.MIN_RATIO / MAX_RATIO", 1.0)
+    _check_bounds(adaptive.MIN_WEIGHT, adaptive.MAX_WEIGHT, f"{key}.MIN_WEIGHT / MAX_WEIGHT", None)
+    for i, src in enumerate(cfg.DATASETS.SOURCES):
+        low = adaptive.MIN_RATIO if src.MIN_RATIO is None else src.MIN_RATIO
+        high = adaptive.MAX_RATIO if src.MAX_RATIO is None else src.MAX_RATIO
+        _check_bounds(low, high, f"DATASETS.SOURCES[{i}].MIN_RATIO / MAX_RATIO", 1.0)
+    if not adaptive.ENABLED:
+        return
+    names = {s.NAME: s.TYPE for s in cfg.DATASETS.SOURCES}
+    if adaptive.HOLDOUT_SOURCE and names.get(adaptive.HOLDOUT_SOURCE) != "real":
+        raise ConfigError(
+            f"{key}.HOLDOUT_SOURCE={adaptive.HOLDOUT_SOURCE!r} must name a real source of "
+            f"DATASETS.SOURCES, one of {sorted(n for n, t in names.items() if t == 'real')}",
+            key,
+        )
+    md = cfg.DATASETS.MULTI_DATASET
+    scheduled = [md.REAL_SAMPLING_RATIO_SCHEDULE.KIND] + [
+        s.RATIO_SCHEDULE.KIND for s in cfg.DATASETS.SOURCES
+    ]
+    if any(kind != "constant" for kind in scheduled):
+        raise ConfigError(
+            f"{key}: adaptive mixing decides the shares itself; set every ratio schedule's "
+            "KIND to constant (the plain ratios are its starting point)",
+            key,
+        )
+    weights = [md.SYNTHETIC_LOSS_WEIGHT_SCHEDULE.KIND] + [
+        s.LOSS_WEIGHT_SCHEDULE.KIND for s in cfg.DATASETS.SOURCES
+    ]
+    if adaptive.ADAPT_WEIGHTS and any(kind != "constant" for kind in weights):
+        raise ConfigError(
+            f"{key}.ADAPT_WEIGHTS: the weights follow a schedule already; turn one of them off",
+            key,
+        )
+
+
+def _check_bounds(low: float, high: float, key: str, top: float | None) -> None:
+    ok = math.isfinite(low) and math.isfinite(high) and 0 <= low <= high
+    if not ok or (top is not None and high > top):
+        upper = f"<= {top:g}" if top is not None else "finite"
+        raise ConfigError(f"{key} must satisfy 0 <= low <= high {upper}, got {low}, {high}", key)
+
+
+def _validate_schedules(cfg: DictConfig) -> None:
+    """Builds every schedule once, so that a bad one fails at load time, naming its key."""
+    md, max_iter = cfg.DATASETS.MULTI_DATASET, cfg.SOLVER.MAX_ITER
+    nodes = [
+        (md.REAL_SAMPLING_RATIO_SCHEDULE, REAL_RATIO_SCHEDULE, md.REAL_SAMPLING_RATIO, True),
+        (
+            md.SYNTHETIC_LOSS_WEIGHT_SCHEDULE,
+            "DATASETS.MULTI_DATASET.SYNTHETIC_LOSS_WEIGHT_SCHEDULE",
+            md.SYNTHETIC_LOSS_WEIGHT,
+            False,
+        ),
+    ]
+    for i, src in enumerate(cfg.DATASETS.SOURCES):
+        key = f"DATASETS.SOURCES[{i}]"
+        nodes.append((src.RATIO_SCHEDULE, f"{key}.RATIO_SCHEDULE", src.RATIO, True))
+        nodes.append(
+            (src.LOSS_WEIGHT_SCHEDULE, f"{key}.LOSS_WEIGHT_SCHEDULE", src.LOSS_WEIGHT, False)
+        )
+    for node, key, constant, is_ratio in nodes:
+        schedule_or_constant(node, key, constant, max_iter, ratio=is_ratio)
+
+
+def _validate_sources(cfg: DictConfig) -> None:
+    seen: set[str] = set()
+    for i, src in enumerate(cfg.DATASETS.SOURCES):
+        key = f"DATASETS.SOURCES[{i}]"
+        for required in ("NAME", "PATH"):
+            if OmegaConf.is_missing(src, required):
+                raise ConfigError(f"{key}.{required} is required", key)
+        if src.NAME in seen:
+            raise ConfigError(f"{key}.NAME: duplicate source name {src.NAME!r}", key)
+        seen.add(src.NAME)
+        if src.TYPE not in ("real", "synthetic"):
+            raise ConfigError(f"{key}.TYPE must be 'real' or 'synthetic', got {src.TYPE!r}", key)
+        if src.FORMAT not in ("relcoco", "vg150"):
+            raise ConfigError(f"{key}.FORMAT must be 'relcoco' or 'vg150', got {src.FORMAT!r}", key)
+        if src.FORMAT == "vg150" and src.VAL_SPLIT not in ("val", "test"):
+            raise ConfigError(
+                f"{key}.VAL_SPLIT must be 'val' or 'test', got {src.VAL_SPLIT!r}", key
+            )
+        if src.RATIO is not None:
+            _check_ratio(src.RATIO, f"{key}.RATIO")
+        if src.LOSS_WEIGHT is not None:
+            _check_weight(src.LOSS_WEIGHT, f"{key}.LOSS_WEIGHT")
+        if src.BACKGROUND_WEIGHT is not None:
+            _check_weight(src.BACKGROUND_WEIGHT, f"{key}.BACKGROUND_WEIGHT")
+    explicit = [s.RATIO for s in cfg.DATASETS.SOURCES if s.RATIO is not None]
+    if len(explicit) == len(cfg.DATASETS.SOURCES) and explicit and abs(sum(explicit) - 1) > 1e-6:
+        raise ConfigError(
+            f"DATASETS.SOURCES[*].RATIO must sum to 1, got {sum(explicit):.6g} "
+            f"({', '.join(f'{s.NAME}={s.RATIO}' for s in cfg.DATASETS.SOURCES)})",
+            "DATASETS.SOURCES",
+        )
+
+
+def _check_metric(value: str, key: str) -> None:
+    if not re.fullmatch(r"(R|ngR|mR|zsR)@(20|50|100)", value):
+        raise ConfigError(
+            f"{key} must be one of R@K, ngR@K, mR@K, zsR@K with K in 20, 50, 100, got {value!r}",
+            key,
+        )
+
+
+def _check_ratio(value: float, key: str) -> None:
+    if not (0.0 <= value <= 1.0):
+        raise ConfigError(f"{key} must be in [0, 1], got {value}", key)
+
+
+def _check_weight(value: float, key: str) -> None:
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{key} must be a finite number >= 0, got {value}", key)
+
+
+def _check_positive(value: int, key: str) -> None:
+    if value <= 0:
+        raise ConfigError(f"{key} must be > 0, got {value}", key)

@@ -1,0 +1,344 @@
+"""The run configuration's schema: typed dataclasses with the design note's keys and defaults.
+
+The schema keeps the keys of the original design note (``DATASETS.MULTI_DATASET.*``) and
+detectron2's solver names (``SOLVER.BASE_LR``, ``SOLVER.MAX_ITER``, ...), so existing YAML files
+work unchanged. Loading and overrides are in :mod:`realsynth.config`, value checks in
+:mod:`realsynth.config.checks`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from realsynth.data.demo_settings import DEMO_LABEL_NOISE, DEMO_SIZES
+from realsynth.modeling import heads
+
+
+class ConfigError(ValueError):
+    """A configuration value a user can fix; the message names the key and where it came from."""
+
+    def __init__(self, message: str, key: str = "") -> None:
+        super().__init__(message)
+        self.key = key
+
+
+@dataclass
+class ScheduleConfig:
+    """A share or a loss weight over optimizer steps (realsynth.mixing.step_schedule).
+
+    KIND constant: the plain key beside this node decides (RATIO, REAL_SAMPLING_RATIO, ...).
+    """
+
+    KIND: str = "constant"  # constant | linear | cosine | steps | pretrain_finetune
+    # linear / cosine: START_VALUE until START_STEP, then a line / half cosine to END_VALUE at
+    # END_STEP. steps: START_VALUE before the first breakpoint. Unset START_VALUE: the plain
+    # key's value; unset END_STEP: SOLVER.MAX_ITER.
+    START_VALUE: float | None = None
+    END_VALUE: float | None = None
+    START_STEP: int = 0
+    END_STEP: int | None = None
+    # steps: [[step, value], ...], steps strictly increasing; each value holds from its step on.
+    BREAKPOINTS: list[list[float]] = field(default_factory=list)
+    # pretrain_finetune (REAL_SAMPLING_RATIO_SCHEDULE only): the real share is
+    # PRETRAIN_REAL_RATIO for the first PRETRAIN_STEPS steps (unset: MAX_ITER / 2), then
+    # FINETUNE_REAL_RATIO.
+    PRETRAIN_STEPS: int | None = None
+    PRETRAIN_REAL_RATIO: float = 0.0
+    FINETUNE_REAL_RATIO: float = 1.0
+
+
+@dataclass
+class AdaptiveConfig:
+    """Shares (and optionally synthetic weights) that follow a real holdout while training."""
+
+    ENABLED: bool = False
+    METHOD: str = "gradient_alignment"  # gradient_alignment (DoGE-style; docs/adaptive.md)
+    INTERVAL: int = 50  # steps between decisions; a decision rules the interval after the next
+    # The holdout: HOLDOUT_IMAGES images carved from the first real source's training set, or
+    # HOLDOUT_SOURCE, a source whose whole training file is the holdout (not trained on).
+    HOLDOUT_IMAGES: int = 64
+    HOLDOUT_SOURCE: str = ""
+    HOLDOUT_BATCH: int = 16  # holdout images per decision (cycling through the holdout)
+    STEP_SIZE: float = 1.0  # exponentiated-gradient step on the smoothed alignment
+    SMOOTHING: float = 0.8  # alignment EMA: new = SMOOTHING * old + (1 - SMOOTHING) * measured
+    MIN_RATIO: float = 0.05  # per-source share bounds (a source's own MIN_RATIO / MAX_RATIO win)
+    MAX_RATIO: float = 0.95
+    ADAPT_WEIGHTS: bool = False  # also move the synthetic sources' loss weights
+    MIN_WEIGHT: float = 0.0
+    MAX_WEIGHT: float = 1.0
+
+
+@dataclass
+class MultiDatasetConfig:
+    ENABLED: bool = True
+    REAL_SAMPLING_RATIO: float = 0.7
+    REAL_LOSS_WEIGHT: float = 1.0
+    SYNTHETIC_LOSS_WEIGHT: float = 0.5
+    # Weight of the no-object / no-relation CE of unmatched queries in synthetic images
+    # (Gen2Det ignores the background of synthetic images: 0.0); a source's own wins.
+    SYNTHETIC_BACKGROUND_WEIGHT: float = 1.0
+    # Naive concatenation baseline: every source's share is its size / total size.
+    RATIO_BY_SIZE: bool = False
+    # Shares and weights that change over training; see ScheduleConfig and docs/schedules.md.
+    REAL_SAMPLING_RATIO_SCHEDULE: ScheduleConfig = field(default_factory=ScheduleConfig)
+    SYNTHETIC_LOSS_WEIGHT_SCHEDULE: ScheduleConfig = field(default_factory=ScheduleConfig)
+    ADAPTIVE: AdaptiveConfig = field(default_factory=AdaptiveConfig)
+
+
+@dataclass
+class SourceConfig:
+    NAME: str = "???"
+    TYPE: str = "real"  # real | synthetic
+    FORMAT: str = "relcoco"  # relcoco | vg150
+    # relcoco: the train annotation JSON; vg150: the folder with the h5, dicts and image_data files.
+    PATH: str = "???"
+    # relcoco: the validation annotation JSON ("" = none); vg150: ignored, VAL_SPLIT is used.
+    VAL_PATH: str = ""
+    # relcoco: the test annotation JSON ("" = none), only for reports that model selection never
+    # sees (compare --split test, the sweep's confirmation); vg150: its test split (split 2)
+    # when VAL_SPLIT is val.
+    TEST_PATH: str = ""
+    VAL_SPLIT: str = "val"
+    NUM_VAL_IMAGES: int = 5000  # vg150: val = the first N images of the filtered train pool
+    # vg150, training split only (SGB's filters): one random predicate per (subject, object)
+    # pair; keep only relations whose boxes overlap (SGB's sgdet default in defaults.py; its
+    # shipped sgdet config turns it off).
+    FILTER_DUPLICATE_RELS: bool = True
+    FILTER_NON_OVERLAP: bool = False
+    # relcoco: defaults to images/ beside each JSON; vg150: defaults to PATH/VG_100K.
+    IMAGE_ROOT: str = ""
+    # relcoco: the validation / test JSON's images when they are not IMAGE_ROOT's (e.g. a
+    # filtered training file written elsewhere with IMAGE_ROOT pointing at its images); vg150:
+    # unused (IMAGE_ROOT serves its splits).
+    VAL_IMAGE_ROOT: str = ""
+    TEST_IMAGE_ROOT: str = ""
+    RATIO: float | None = None
+    LOSS_WEIGHT: float | None = None
+    # Per-source schedules win over the MULTI_DATASET ones, as RATIO / LOSS_WEIGHT do.
+    RATIO_SCHEDULE: ScheduleConfig = field(default_factory=ScheduleConfig)
+    LOSS_WEIGHT_SCHEDULE: ScheduleConfig = field(default_factory=ScheduleConfig)
+    # Adaptive mixing: this source's share bounds (unset: MULTI_DATASET.ADAPTIVE's).
+    MIN_RATIO: float | None = None
+    MAX_RATIO: float | None = None
+    BACKGROUND_WEIGHT: float | None = None  # default: its kind's (MULTI_DATASET)
+    # Predicate names swapped by a horizontal flip, e.g. {"left of": "right of"}.
+    PREDICATE_FLIP_MAP: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class DemoConfig:
+    ROOT: str = ""  # "" = $XDG_CACHE_HOME/realsynth/demo (or ~/.cache/...)
+    SEED: int = 0
+    REAL_TRAIN: int = DEMO_SIZES["real_train"]
+    REAL_VAL: int = DEMO_SIZES["real_val"]
+    SYNTHETIC_TRAIN: int = DEMO_SIZES["synthetic_train"]
+    SYNTHETIC_VAL: int = DEMO_SIZES["synthetic_val"]
+    REAL_TEST: int = DEMO_SIZES["real_test"]
+    LABEL_NOISE: float = DEMO_LABEL_NOISE
+
+
+@dataclass
+class DatasetsConfig:
+    MULTI_DATASET: MultiDatasetConfig = field(default_factory=MultiDatasetConfig)
+    SOURCES: list[SourceConfig] = field(default_factory=list)
+    DEMO: DemoConfig = field(default_factory=DemoConfig)
+
+
+@dataclass
+class CriterionConfig:
+    CE_SCOPE: str = "all"  # all | matched
+    NORMALIZATION: str = "count"  # count | weight
+    ON_INVALID_WEIGHT: str = "error"  # error | fallback
+    # Predicate CE class weights: none (all 1) or frequency (SpeaQ's formula with OVERSAMPLE_PARAM
+    # alpha and UNDERSAMPLE_PARAM beta) from the predicate counts of PREDICATE_FREQUENCY_SOURCE:
+    # real (the real training sources), all, or one source's NAME.
+    PREDICATE_CLASS_WEIGHTS: str = "none"
+    PREDICATE_FREQUENCY_SOURCE: str = "real"
+    OVERSAMPLE_PARAM: float = 0.07
+    UNDERSAMPLE_PARAM: float = 1.0
+    NO_OBJECT_CLASS_WEIGHT: float = 0.1
+    NO_RELATION_CLASS_WEIGHT: float = 0.1
+    # Loss coefficients (every term of every layer) and Hungarian matching costs: DETR's.
+    CLASS_COEFFICIENT: float = heads.CLASS_COEFFICIENT
+    L1_COEFFICIENT: float = heads.BBOX_COEFFICIENT
+    GIOU_COEFFICIENT: float = heads.GIOU_COEFFICIENT
+    COST_CLASS: float = heads.CLASS_COEFFICIENT
+    COST_BBOX: float = heads.BBOX_COEFFICIENT
+    COST_GIOU: float = heads.GIOU_COEFFICIENT
+
+
+@dataclass
+class SpeaQConfig:
+    """SpeaQ's matching (CVPR 2024; mlvlab/SpeaQ ``configs/defaults.py``), under its key names;
+    docs/speaq.md maps them. Defaults are SpeaQ's, except ONE2MANY_SCHEME (none = one-to-one, what
+    SpeaQ's static with K 1 does) and MATCH_INDEPENDENT (true: realsynth matches every decoder
+    layer on its own predictions, as SpeaQ's recipe does)."""
+
+    ONE2MANY_SCHEME: str = "none"  # none | static (K copies each) | dynamic (quality-aware)
+    ONE2MANY_DYNAMIC_SCHEME: str = "min"  # IoU combination: min | max | gm | am
+    ONE2MANY_K: int = 1
+    MATCH_INDEPENDENT: bool = True  # false: one matching from the costs summed over layers
+    ONE2MANY_PREDICATE_SCORE: bool = False  # add the predicate probability term to the quality
+    ONE2MANY_PREDICATE_WEIGHT: float = 1.0
+    MULTIPLY_QUERY: int = 1  # relation queries = NUM_QUERIES (or the preset's) x this
+    ONLY_PREDICATE_MULTIPLY: bool = False  # not supported (docs/speaq.md)
+    USE_GROUP_MASK: bool = False
+    NUM_GROUPS: int = 5
+
+
+@dataclass
+class ModelConfig:
+    PRESET: str = "tiny"  # tiny | base
+    DEVICE: str = "auto"  # auto | cpu | cuda | cuda:N
+    NUM_QUERIES: int | None = None
+    D_MODEL: int | None = None
+    ENC_LAYERS: int | None = None
+    DEC_LAYERS: int | None = None
+    DIM_FEEDFORWARD: int | None = None
+    # Stage widths of the default CNN backbone; empty = the preset's.
+    BACKBONE_CHANNELS: list[int] = field(default_factory=list)
+    # batch | group | "" (the preset's: batch). group makes every image independent of its
+    # batch (exact DDP equivalence on CPUs); batch learns much faster from scratch.
+    BACKBONE_NORM: str = ""
+    CRITERION: CriterionConfig = field(default_factory=CriterionConfig)
+    SPEAQ: SpeaQConfig = field(default_factory=SpeaQConfig)
+
+
+@dataclass
+class SolverConfig:
+    BASE_LR: float = 1e-3
+    WEIGHT_DECAY: float = 1e-4
+    BACKBONE_LR_MULTIPLIER: float = 1.0
+    MAX_ITER: int = 2000
+    IMS_PER_BATCH: int = 16
+    WARMUP_ITERS: int = 100
+    LR_SCHEDULE: str = "cosine"  # cosine | constant
+    CLIP_GRAD_NORM: float = 0.1
+    CHECKPOINT_PERIOD: int = 500
+    KEEP_CHECKPOINTS: int = 2  # step checkpoints kept (the newest), besides best.pt
+    # Steps whose losses are fetched from the device together (one sync per period); the log
+    # still holds every step.
+    LOG_PERIOD: int = 20
+    AMP: bool = True  # bf16 autocast, on CUDA only
+
+
+@dataclass
+class TestConfig:
+    EVAL_PERIOD: int = 500  # 0: no periodic evaluation (the final one still runs)
+    TOP_K: int = 100
+    IMS_PER_BATCH: int = 32
+    # checkpoints/best.pt keeps the best BEST_METRIC on BEST_SOURCE ("" = the first real
+    # validation source).
+    BEST_METRIC: str = "R@50"
+    BEST_SOURCE: str = ""
+    # sgb: original-image pixels, SGB's +1 IoU, images without predictions left out (published
+    # VG150 numbers); continuous: normalized boxes, continuous IoU, such images count as 0.
+    PROTOCOL: str = "sgb"
+    # SGB's zeroshot_triplet.pytorch or a JSON of [subject, predicate, object] names: zsR@K.
+    ZERO_SHOT_TRIPLETS: str = ""
+    GAP_REPORT: bool = False  # write the domain-gap report (`realsynth gap`) when a run ends
+
+
+@dataclass
+class InputConfig:
+    # Empty = keep the images at their native size (the demo data is already small).
+    MIN_SIZE_TRAIN: list[int] = field(default_factory=list)
+    MAX_SIZE_TRAIN: int = 1333
+    MIN_SIZE_TEST: int = 0
+    MAX_SIZE_TEST: int = 1333
+    FLIP_PROB: float = 0.5
+    NORMALIZE: bool = True
+
+
+@dataclass
+class DataLoaderConfig:
+    NUM_WORKERS: int = 0
+    SKIP_BAD_SAMPLES: bool = False
+    REPLACEMENT: bool = False
+
+
+@dataclass
+class CompareVariantConfig:
+    NAME: str = "???"
+    OVERRIDES: list[str] = field(default_factory=list)  # KEY=VALUE, as on the command line
+
+
+@dataclass
+class CompareConfig:
+    SEEDS: int = 3  # runs per variant, seeds SEED .. SEED + SEEDS - 1
+    BUILTIN: list[str] = field(default_factory=lambda: ["real_only", "naive", "mix"])
+    VARIANTS: list[CompareVariantConfig] = field(default_factory=list)
+    REFERENCE: str = "real_only"
+    METRIC: str = "R@50"
+    SPLIT: str = "val"  # val | test (each source's test split: reports only)
+    BOOTSTRAP: int = 2000  # replicates of the paired bootstrap
+
+
+@dataclass
+class SweepParameterConfig:
+    KEY: str = "???"
+    TYPE: str = "float"  # float | log_float | int | categorical
+    LOW: float | None = None
+    HIGH: float | None = None
+    CHOICES: list[Any] = field(default_factory=list)
+
+
+def _default_space() -> list[SweepParameterConfig]:
+    return [
+        SweepParameterConfig("DATASETS.MULTI_DATASET.REAL_SAMPLING_RATIO", "float", 0.1, 1.0),
+        SweepParameterConfig("DATASETS.MULTI_DATASET.SYNTHETIC_LOSS_WEIGHT", "float", 0.0, 1.0),
+    ]
+
+
+@dataclass
+class SweepConfig:
+    SPACE: list[SweepParameterConfig] = field(default_factory=_default_space)
+    TRIALS: int = 12
+    SAMPLER: str = "tpe"  # tpe | random | grid
+    GRID_POINTS: int = 4  # per numeric dimension, for the grid sampler
+    PRUNER: str = "successive_halving"  # successive_halving | median | none
+    METRIC: str = "R@50"  # selection metric on SOURCE's validation set
+    SOURCE: str = ""  # "" = the first real validation source
+    CONFIRM_SEEDS: int = 3  # fresh seeds of the chosen mix, the note's mix and real only (test)
+
+
+@dataclass
+class RunConfig:
+    SEED: int = 0
+    OUTPUT_DIR: str = "runs/default"
+    DATASETS: DatasetsConfig = field(default_factory=DatasetsConfig)
+    MODEL: ModelConfig = field(default_factory=ModelConfig)
+    SOLVER: SolverConfig = field(default_factory=SolverConfig)
+    TEST: TestConfig = field(default_factory=TestConfig)
+    INPUT: InputConfig = field(default_factory=InputConfig)
+    DATALOADER: DataLoaderConfig = field(default_factory=DataLoaderConfig)
+    COMPARE: CompareConfig = field(default_factory=CompareConfig)
+    SWEEP: SweepConfig = field(default_factory=SweepConfig)
+
+
+_CHOICES = {
+    "MODEL.PRESET": ("tiny", "base"),
+    "MODEL.BACKBONE_NORM": ("", "batch", "group"),
+    "MODEL.CRITERION.CE_SCOPE": ("all", "matched"),
+    "MODEL.CRITERION.NORMALIZATION": ("count", "weight"),
+    "MODEL.CRITERION.ON_INVALID_WEIGHT": ("error", "fallback"),
+    "MODEL.CRITERION.PREDICATE_CLASS_WEIGHTS": ("none", "frequency"),
+    "MODEL.SPEAQ.ONE2MANY_SCHEME": ("none", "static", "dynamic"),
+    "MODEL.SPEAQ.ONE2MANY_DYNAMIC_SCHEME": ("min", "max", "gm", "am"),
+    "SOLVER.LR_SCHEDULE": ("cosine", "constant"),
+    "TEST.PROTOCOL": ("sgb", "continuous"),
+    "COMPARE.SPLIT": ("val", "test"),
+    "SWEEP.SAMPLER": ("tpe", "random", "grid"),
+    "SWEEP.PRUNER": ("successive_halving", "median", "none"),
+    "DATASETS.MULTI_DATASET.ADAPTIVE.METHOD": ("gradient_alignment",),
+}
+
+#: Keys of earlier versions and their names now (a YAML that uses one gets told the new name).
+RENAMED_KEYS = {
+    "MODEL.CRITERION.CLASS_WEIGHT": "MODEL.CRITERION.CLASS_COEFFICIENT",
+    "MODEL.CRITERION.L1_WEIGHT": "MODEL.CRITERION.L1_COEFFICIENT",
+    "MODEL.CRITERION.GIOU_WEIGHT": "MODEL.CRITERION.GIOU_COEFFICIENT",
+    "MODEL.CRITERION.EMPTY_WEIGHT": "MODEL.CRITERION.NO_OBJECT_CLASS_WEIGHT",
+    "MODEL.CRITERION.EMPTY_REL_WEIGHT": "MODEL.CRITERION.NO_RELATION_CLASS_WEIGHT",
+}

@@ -1,0 +1,392 @@
+"""The step loop: mixed batches, weighted criterion, periodic evaluation and checkpoints.
+
+The loop knows at every moment whether the model, the optimizer and the step counter agree
+(``consistent``): they do between steps and during a step's forward and backward passes, and do
+not while the optimizer and the scheduler update (``committing``). Whatever stops a run, the
+trainer saves a checkpoint only in a consistent moment, with the RNG states of the last step
+boundary, so a resumed run reproduces the uninterrupted one bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from realsynth.data.collate import target_to_device
+from realsynth.evaluation.evaluate import evaluate_sources, summaries
+from realsynth.evaluation.recall import SceneGraphEvaluator
+from realsynth.evaluation.records import EVAL_RECORDS, save_records
+from realsynth.mixing.adaptive import AdaptiveMixer
+from realsynth.mixing.adaptive_step import adapt_after_step
+from realsynth.modeling.criterion import RelationCriterion
+from realsynth.training.checkpoint import rng_states
+from realsynth.training.data_setup import RunData
+from realsynth.training.interrupt import StepInterrupt
+from realsynth.training.records import loss_values, mix_targets, progress_postfix, reduce_records
+from realsynth.training.run_folder import RunFolder
+from realsynth.training.run_log import MetricsLog
+from realsynth.training.run_state import RunState, checkpoint_payload, payload_writer
+from realsynth.utils.distributed import all_ranks_agree, all_reduce_sum, get_rank, get_world_size
+
+
+class TrainingCallback(Protocol):
+    """Called by the loop (every method optional). An exception raised here stops the run like
+    any other error: the checkpoint of the last complete step is kept."""
+
+    def on_step_start(self, step: int) -> None:
+        """Before step ``step`` (1-based) begins; its batch is already loaded."""
+
+    def on_step_end(self, step: int, record: dict[str, float]) -> None:
+        """After step ``step`` completed, with its logged record (delivered every
+        log period, in order)."""
+
+    def on_evaluate(self, step: int, results: dict[str, dict[str, float]], final: bool) -> None:
+        """After an evaluation at ``step`` (``final``: the one after the last step)."""
+
+
+@dataclass
+class StepResult:
+    """What one optimizer step logs (still on the device) and which bad samples it left out."""
+
+    keys: tuple[str, ...]
+    values: torch.Tensor
+    lr: float
+    num_skipped: int
+    skipped: list[str] = field(default_factory=list)
+    # Host-side per-source targets of the step the batch was drawn for (target_share/, weight/).
+    targets: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """The plain values the loop runs by (translated from the config by the builder)."""
+
+    max_iter: int
+    log_period: int  # steps whose records are fetched from the device in one transfer
+    eval_period: int  # 0: evaluate only after the last step
+    checkpoint_period: int
+    clip_grad_norm: float  # 0: no clipping
+    amp: bool  # bf16 autocast on CUDA
+    top_k: int  # predicted triplets kept per image in evaluation
+    holdout_batch: int  # holdout images per adaptive-mixing decision
+
+
+@dataclass
+class Components:
+    """Everything one run trains with (built by ``realsynth.training.build``)."""
+
+    settings: LoopSettings
+    config_yaml: str  # saved in every checkpoint
+    new_evaluator: Callable[[], SceneGraphEvaluator]
+    val_loaders: Callable[[], dict[str, DataLoader]]
+    data: RunData
+    model: torch.nn.Module
+    criterion: RelationCriterion
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    loader: DataLoader
+    device: torch.device
+    adaptive: AdaptiveMixer | None = None
+
+
+class TrainingLoop:
+    """Advances one run step by step and keeps track of what may be saved.
+
+    Args:
+        parts: the model, data and optimizer of the run.
+        folder: the run folder (checkpoints are written by rank 0 only).
+        log: the metrics log (rank 0), or None.
+        best_key: ``source/metric`` that selects ``best.pt`` (None: no validation).
+        callbacks: called at step boundaries.
+    """
+
+    def __init__(
+        self,
+        parts: Components,
+        folder: RunFolder,
+        log: MetricsLog | None,
+        best_key: str | None,
+        callbacks: Sequence[Any] = (),
+    ) -> None:
+        self.parts, self.folder, self.log = parts, folder, log
+        self.best_key = best_key
+        self.callbacks = list(callbacks)
+        self.is_main = get_rank() == 0
+        self.committing = False
+        self.saved_step: int | None = None
+        self.boundary_rng = rng_states()
+        # Steps whose records are still on the device (fetched every log period).
+        self.pending: list[tuple[int, StepResult]] = []
+        self.bar: Any = None
+        use_bf16 = parts.settings.amp and parts.device.type == "cuda"
+        self.autocast = torch.autocast(parts.device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+    def run(self, state: RunState, interrupt: StepInterrupt) -> None:
+        """Train until ``max_iter`` steps (the final evaluation is :meth:`finish`'s)."""
+        loader = self.parts.loader
+        max_iter = self.parts.settings.max_iter
+        self.bar = tqdm(
+            total=max_iter, initial=state.step, disable=not self.is_main, dynamic_ncols=True
+        )
+        sampler = loader.batch_sampler
+        try:
+            while state.step < max_iter:
+                loader.dataset.set_epoch(state.epoch)
+                sampler.set_epoch(state.epoch)
+                state.align_with(sampler)
+                sampler.load_state_dict(state.sampler_state(sampler))
+                for batch in loader:
+                    if not self._has_images(batch):
+                        state.skip_batch(list(batch.get("skipped", [])), batch["num_skipped"])
+                        continue
+                    self._one_step(state, batch)
+                    self.bar.update(1)
+                    if state.step >= max_iter:
+                        break
+                    self._after_step(state)
+                    if interrupt.should_stop(self.parts.device):
+                        raise KeyboardInterrupt
+                else:
+                    state.next_epoch()
+        finally:
+            self.flush()
+            self.bar.close()  # nothing printed later lands on the progress bar's line
+
+    def _has_images(self, batch: dict[str, Any]) -> bool:
+        """False when every image of the batch was skipped (on any rank: all skip together)."""
+        here = len(batch["targets"]) > 0
+        if get_world_size() == 1:
+            return here
+        return all_ranks_agree(here, self.parts.device)
+
+    def _one_step(self, state: RunState, batch: dict[str, Any]) -> None:
+        for callback in self.callbacks:
+            if hasattr(callback, "on_step_start"):
+                callback.on_step_start(state.step + 1)
+        result = self.step(batch)
+        state.advance(result.skipped, result.num_skipped)
+        self.pending.append((state.step, result))
+        if len(self.pending) >= self.parts.settings.log_period:
+            self.flush()
+        mixer = self.parts.adaptive
+        # The sampler counts the steps batches are drawn for (skipped batches included).
+        drawn = int(batch["targets"][0].get("step", state.step - 1)) + 1
+        if mixer is not None and mixer.due(drawn) and state.step < self.parts.settings.max_iter:
+            self._adapt(mixer.next_decision, batch)
+        # Only now is the step complete (its decision included): a checkpoint holds both.
+        self.boundary_rng = rng_states()
+        self.committing = False
+
+    def _adapt(self, step: int, batch: dict[str, Any]) -> None:
+        """An adaptive-mixing decision after ``step``, logged after the step's own record."""
+        parts = self.parts
+        self.flush()
+        record = adapt_after_step(
+            parts.adaptive,
+            step=step,
+            batch=batch,
+            model=parts.model,
+            criterion=parts.criterion,
+            sampler=parts.loader.batch_sampler,
+            holdout=parts.data.holdout.dataset,
+            holdout_batch=parts.settings.holdout_batch,
+            device=parts.device,
+        )
+        if self.log is not None:
+            self.log.write(record)
+
+    def flush(self) -> None:
+        """Fetch the pending steps' records (one reduction, one transfer) and log them."""
+        if not self.pending:
+            return
+        steps, results = zip(*self.pending)
+        self.pending = []
+        keys = results[0].keys
+        if any(r.keys != keys for r in results):
+            raise RuntimeError("loss keys changed between steps; flush them one by one")
+        rows = reduce_records(keys, torch.stack([r.values for r in results]))
+        for step, result, row in zip(steps, results, rows):
+            record = {"kind": "train", "step": step, **row, **result.targets, "lr": result.lr}
+            if self.log is not None:
+                self.log.write(record)
+            for callback in self.callbacks:
+                if hasattr(callback, "on_step_end"):
+                    callback.on_step_end(step, record)
+        if self.bar is not None:
+            share = getattr(self.parts.loader.batch_sampler, "shares_change", False)
+            postfix = progress_postfix(record, self.parts.data.kinds, share=share)
+            self.bar.set_postfix(postfix, refresh=False)
+
+    def _after_step(self, state: RunState) -> None:
+        """Periodic evaluation (first, so a checkpoint of the same step knows its score), then
+        the periodic checkpoint."""
+        settings = self.parts.settings
+        improved = False
+        if settings.eval_period and state.step % settings.eval_period == 0:
+            improved = self._record_best(state, self.evaluate(state.step))
+        if state.step % settings.checkpoint_period == 0:
+            self.save(state)
+        if improved:
+            self.save_best(state)
+
+    def finish(self, state: RunState) -> dict[str, dict[str, float]]:
+        """Final evaluation, then the final checkpoint (and ``best.pt`` if it is the best)."""
+        results = self.evaluate(state.step, final=True)
+        improved = self._record_best(state, results)
+        self.save(state)
+        if improved:
+            self.save_best(state)
+        return results
+
+    def step(self, batch: dict[str, Any]) -> StepResult:
+        """One optimizer step on a collated batch."""
+        parts = self.parts
+        parts.model.train()
+        # The step the sampler drew the batch for (tagged under schedules), else this one.
+        drawn_for = int(batch["targets"][0].get("step", parts.scheduler.last_epoch))
+        images = batch["images"].to(parts.device, non_blocking=True)
+        mask = batch["pixel_mask"].to(parts.device, non_blocking=True)
+        targets = [target_to_device(t, parts.device) for t in batch["targets"]]
+        with self.autocast:
+            outputs = parts.model(images, mask)
+        outputs = _to_float(outputs)
+        try:
+            losses = parts.criterion(
+                outputs,
+                targets,
+                loss_weights=self._loss_weights(batch, drawn_for),
+                source_ids=batch["source_ids"],
+            )
+        except ValueError as exc:
+            # The criterion speaks of batch positions; name the images behind them.
+            named = ", ".join(
+                f"{i}: {t.get('source', '?')}/{t.get('file_name', t.get('image_id', '?'))}"
+                for i, t in enumerate(targets)
+            )
+            raise ValueError(f"{exc} [batch positions: {named}]") from None
+        total = parts.criterion.total_loss(losses)
+        if not _finite_on_every_rank(total):
+            raise FloatingPointError(
+                f"loss is {total.item()} at step {parts.scheduler.last_epoch + 1} "
+                f"({ {k: round(v.item(), 4) for k, v in losses.items()} }); lower SOLVER.BASE_LR"
+            )
+        parts.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if parts.settings.clip_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(parts.model.parameters(), parts.settings.clip_grad_norm)
+        self.committing = True  # from here until the step is counted, a save would be torn
+        parts.optimizer.step()
+        lr = parts.optimizer.param_groups[0]["lr"]
+        parts.scheduler.step()
+        keys, values = loss_values(losses, total, parts.criterion, parts.data.names)
+        items = torch.bincount(batch["source_ids"], minlength=len(parts.data.names))
+        return StepResult(
+            keys + tuple(f"items/{name}" for name in parts.data.names),
+            torch.cat([values, items.to(values.device, torch.float32)]),
+            lr,
+            int(batch.get("num_skipped", 0)),
+            list(batch.get("skipped", [])),
+            mix_targets(
+                parts.loader, parts.data.names, drawn_for, self._adapted_weights(drawn_for)
+            ),
+        )
+
+    def _adapted_weights(self, step: int) -> list[float] | None:
+        adaptive = self.parts.adaptive
+        return (
+            adaptive.weights_at(step) if adaptive is not None and adaptive.adapt_weights else None
+        )
+
+    def _loss_weights(self, batch: dict[str, Any], drawn_for: int) -> torch.Tensor:
+        """The batch's weights; with adapted weights, those in force at its step."""
+        adaptive = self.parts.adaptive
+        if adaptive is None or not adaptive.adapt_weights:
+            return batch["loss_weights"]
+        in_force = torch.tensor(adaptive.weights_at(drawn_for), dtype=torch.float32)
+        return in_force[batch["source_ids"]]
+
+    def evaluate(self, step: int, *, final: bool = False) -> dict[str, dict[str, float]]:
+        """Recall@K per validation source, logged as an ``eval`` record."""
+        self.flush()  # the log stays in step order
+        parts = self.parts
+        evaluators = evaluate_sources(
+            getattr(parts.model, "module", parts.model),
+            parts.val_loaders(),
+            device=parts.device,
+            top_k=parts.settings.top_k,
+            new_evaluator=parts.new_evaluator,
+            autocast=self.autocast,
+        )
+        results = summaries(evaluators)
+        if final and self.is_main:
+            save_records(self.folder.path / EVAL_RECORDS, evaluators)
+        if self.log is not None:
+            flat = {f"{src}/{k}": v for src, metrics in results.items() for k, v in metrics.items()}
+            self.log.write({"kind": "eval", "step": step, "final": final, **flat})
+        for callback in self.callbacks:
+            if hasattr(callback, "on_evaluate"):
+                callback.on_evaluate(step, results, final)
+        return results
+
+    def _record_best(self, state: RunState, results: dict[str, dict[str, float]]) -> bool:
+        if self.best_key is None:
+            return False
+        source, metric = self.best_key.split("/", 1)
+        value = results.get(source, {}).get(metric)
+        if value is None or not state.improves(value):
+            return False
+        state.best_value, state.best_step = float(value), state.step
+        return True
+
+    def _payload(self, state: RunState, rng: dict[str, Any]) -> dict[str, Any]:
+        parts = self.parts
+        return checkpoint_payload(
+            state,
+            parts.model,
+            parts.optimizer,
+            parts.scheduler,
+            parts.loader.batch_sampler,
+            parts.config_yaml,
+            rng,
+            extra={"adaptive": parts.adaptive.state_dict()} if parts.adaptive else None,
+        )
+
+    def save(self, state: RunState) -> None:
+        """Checkpoint of the last complete step, with the RNG states of that step's end; the log
+        gets every step up to it first."""
+        self.flush()
+        self.saved_step = state.step
+        if self.is_main:
+            self.folder.save(state.step, payload_writer(self._payload(state, self.boundary_rng)))
+
+    def save_best(self, state: RunState) -> None:
+        if self.is_main:
+            payload = self._payload(state, self.boundary_rng)
+            self.folder.save_best(state.step, payload_writer(payload))
+
+    @property
+    def can_save(self) -> bool:
+        """Whether model, optimizer and step counter agree right now."""
+        return not self.committing
+
+
+def _finite_on_every_rank(total: torch.Tensor) -> bool:
+    """Whether the loss is finite on all ranks (all raise together; none waits in backward)."""
+    bad = (~torch.isfinite(total.detach())).float().reshape(1)
+    return all_reduce_sum(bad).item() == 0
+
+
+def _to_float(outputs: Any) -> Any:
+    """Model outputs in float32 (bf16 autocast must not reach the loss and the matcher)."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs.float()
+    if isinstance(outputs, dict):
+        return {k: _to_float(v) for k, v in outputs.items()}
+    if isinstance(outputs, list):
+        return [_to_float(v) for v in outputs]
+    return outputs

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from engine_helpers import TINY, tiny_config
+from tiny_runs import TINY, tiny_config
 
 from realsynth.cli import main
 from realsynth.data.formats.relcoco_rules import REQUIRED_KEYS

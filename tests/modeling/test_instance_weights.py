@@ -168,7 +168,7 @@ def test_bad_instance_and_background_weights_are_named() -> None:
 
 
 def test_synthetic_background_weight_reaches_the_synthetic_items_only(tmp_path) -> None:
-    from engine_helpers import tiny_config
+    from tiny_runs import tiny_config
 
     from realsynth.config import ConfigError, load_config
     from realsynth.training.build import build_train_loader

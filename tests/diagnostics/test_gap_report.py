@@ -5,20 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from engine_helpers import TINY, tiny_config
+from tiny_runs import TINY, tiny_config
 
 from realsynth.diagnostics.gap_report import gap_report
-from realsynth.training.data_setup import ensure_demo_data
 from realsynth.training.train import train
 
 STEPS = ("SOLVER.MAX_ITER=3", "TEST.EVAL_PERIOD=0")
-
-
-@pytest.fixture(scope="module")
-def demo_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    ensure_demo_data(tiny_config(tmp_path_factory.mktemp("gen"), demo_root=root))
-    return root
 
 
 def test_a_run_with_gap_report_writes_the_report(tmp_path, demo_root, capsys):

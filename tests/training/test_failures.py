@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from engine_helpers import assert_same_records, tiny_config, train_records
+from tiny_runs import assert_same_records, tiny_config, train_records
 
 from realsynth.cli import main
 from realsynth.data.check import check_dataset

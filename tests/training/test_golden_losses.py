@@ -18,11 +18,6 @@ GOLDEN = json.loads(FIXTURE.read_text())
 EXACT = GOLDEN["machine"] == machine()
 
 
-@pytest.fixture(scope="module")
-def demo_root(tmp_path_factory):
-    return tmp_path_factory.mktemp("demo")
-
-
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
 def test_logged_records_equal_the_recorded_ones(name, tmp_path, demo_root):
     ours, theirs = run_scenario(name, tmp_path, demo_root), GOLDEN["runs"][name]

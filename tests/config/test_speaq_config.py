@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from engine_helpers import tiny_config
+from tiny_runs import tiny_config
 
 from realsynth.config import ConfigError, load_config
 from realsynth.modeling.one_to_many import QualityAwareMatcher
@@ -13,14 +13,9 @@ from realsynth.modeling.predicate_groups import split_by_frequency
 from realsynth.training.build import build_model_and_criterion, predicate_counts
 from realsynth.training.data_setup import build_data
 
-SPEAQ_DEMO = Path(__file__).resolve().parents[1] / "configs" / "speaq_demo.yaml"
+SPEAQ_DEMO = Path(__file__).resolve().parents[2] / "configs" / "speaq_demo.yaml"
 DEMO = SPEAQ_DEMO.with_name("demo.yaml")
 TINY_MODEL = ("MODEL.NUM_QUERIES=12", "MODEL.D_MODEL=32", "MODEL.BACKBONE_CHANNELS=[8,16,32]")
-
-
-@pytest.fixture(scope="module")
-def demo_root(tmp_path_factory):
-    return tmp_path_factory.mktemp("demo")
 
 
 def _speaq_demo(tmp_path, demo_root, *overrides):

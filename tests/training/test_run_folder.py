@@ -10,17 +10,12 @@ import textwrap
 
 import pytest
 import torch
-from engine_helpers import assert_same_records, tiny_config, train_records
+from tiny_runs import assert_same_records, tiny_config, train_records
 
 from realsynth.training.checkpoint import load_checkpoint
 from realsynth.training.run_folder import RunFolder, RunFolderError
 from realsynth.training.run_log import read_metrics
 from realsynth.training.train import train
-
-
-@pytest.fixture(scope="module")
-def demo_root(tmp_path_factory):
-    return tmp_path_factory.mktemp("demo")
 
 
 def test_train_into_a_folder_that_holds_a_run_is_refused_until_told(tmp_path, demo_root):

@@ -148,7 +148,7 @@ def test_resolve_mix_rejects_partial_ratios_that_do_not_sum_and_empty_sources(tm
 
 
 def test_shipped_configs_load_and_keep_the_notes_keys():
-    root = Path(__file__).resolve().parent.parent / "configs"
+    root = Path(__file__).resolve().parents[2] / "configs"
     demo = load_config(root / "demo.yaml")
     assert demo.OUTPUT_DIR == "runs/demo"
     vg = load_config(root / "vg150_synthetic.yaml")

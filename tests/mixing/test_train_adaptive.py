@@ -7,7 +7,7 @@ import os
 import signal
 
 import pytest
-from engine_helpers import AtStep, assert_same_records, tiny_config, train_records
+from tiny_runs import AtStep, assert_same_records, tiny_config, train_records
 
 from realsynth.config import ConfigError, load_config
 from realsynth.training.data_setup import build_data
@@ -30,11 +30,6 @@ ADAPTIVE = (
 
 def adaptive_records(run) -> list[dict]:
     return [r for r in read_metrics(run) if r["kind"] == "adaptive"]
-
-
-@pytest.fixture(scope="module")
-def demo_root(tmp_path_factory):
-    return tmp_path_factory.mktemp("demo")
 
 
 @pytest.fixture(scope="module")

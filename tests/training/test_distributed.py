@@ -6,23 +6,12 @@ import pytest
 import torch
 from ddp_cases import evaluate_fixed_model, one_step
 from ddp_workers import case_worker, spawn, train_worker
-from engine_helpers import tiny_config
+from tiny_runs import tiny_config
 
 from realsynth.config import load_config, to_yaml
 from realsynth.training.checkpoint import load_checkpoint
 from realsynth.training.run_log import read_metrics
 from realsynth.training.train import train
-
-
-@pytest.fixture(scope="module")
-def demo_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    # Generate once in this process, so the spawned ranks only read it.
-    build = tiny_config(tmp_path_factory.mktemp("gen"), demo_root=root)
-    from realsynth.training.data_setup import ensure_demo_data
-
-    ensure_demo_data(build)
-    return root
 
 
 def test_two_processes_take_the_same_step_as_one_process_on_the_whole_batch(tmp_path, demo_root):

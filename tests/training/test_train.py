@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from engine_helpers import AtStep, assert_same_records, tiny_config, train_records
+from tiny_runs import AtStep, assert_same_records, tiny_config, train_records
 
 from realsynth.config import load_config, to_yaml
 from realsynth.training.checkpoint import load_checkpoint
@@ -18,11 +18,6 @@ from realsynth.training.run_log import read_metrics
 from realsynth.training.train import TrainingInterrupted, train
 
 METRICS = {"R@20", "R@50", "R@100", "ngR@20", "ngR@50", "ngR@100", "mR@20", "mR@50", "mR@100"}
-
-
-@pytest.fixture(scope="module")
-def demo_root(tmp_path_factory):
-    return tmp_path_factory.mktemp("demo")
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pathlib
 import numpy as np
 import pytest
 import torch
-from engine_helpers import tiny_config
+from tiny_runs import tiny_config
 
 from realsynth.data.formats.relcoco import RelCocoDataset
 from realsynth.diagnostics.synthetic_filter import apply_filter, filter_with_run, instance_scores

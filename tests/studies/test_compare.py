@@ -7,7 +7,7 @@ import os
 import signal
 
 import pytest
-from engine_helpers import AtStep, tiny_config, train_records
+from tiny_runs import AtStep, tiny_config, train_records
 
 from realsynth.config import ConfigError
 from realsynth.studies.compare import compare, compare_variants, run_config

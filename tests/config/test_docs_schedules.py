@@ -15,7 +15,7 @@ from realsynth.config.source_mix import resolve_mix
 from realsynth.studies.compare import compare_variants
 from realsynth.studies.sweep_space import parse_space
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "schedules.md"
 
 

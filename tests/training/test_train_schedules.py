@@ -6,7 +6,7 @@ import os
 import signal
 
 import pytest
-from engine_helpers import AtStep, assert_same_records, tiny_config, train_records
+from tiny_runs import AtStep, assert_same_records, tiny_config, train_records
 
 from realsynth.training.train import TrainingInterrupted, train
 
@@ -22,11 +22,6 @@ SCHEDULED = (
     f"{MD}.SYNTHETIC_LOSS_WEIGHT_SCHEDULE.END_VALUE=0.0",
 )
 TERMS = ("loss_relation", "loss_ce_subject", "loss_bbox_object", "loss_giou_subject")
-
-
-@pytest.fixture(scope="module")
-def demo_root(tmp_path_factory):
-    return tmp_path_factory.mktemp("demo")
 
 
 @pytest.fixture(scope="module")

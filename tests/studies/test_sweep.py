@@ -8,8 +8,8 @@ import signal
 
 import optuna
 import pytest
-from engine_helpers import tiny_config, train_records
 from optuna.trial import TrialState
+from tiny_runs import tiny_config, train_records
 
 from realsynth.config import ConfigError
 from realsynth.studies.sweep import Objective, open_study, storage_for, sweep

@@ -33,31 +33,11 @@ def collate_relations(items: list[dict[str, Any] | SkippedSample | None]) -> dic
     skipped = [item.key for item in items if isinstance(item, SkippedSample)]
     num_skipped = len(items) - len(kept)
     if not kept:
-        return {
-            "images": torch.zeros(0, 3, 0, 0),
-            "pixel_mask": torch.zeros(0, 0, 0, dtype=torch.bool),
-            "targets": [],
-            "loss_weights": torch.zeros(0),
-            "source_ids": torch.zeros(0, dtype=torch.int64),
-            "num_skipped": num_skipped,
-            "skipped": skipped,
-        }
-    for i, item in enumerate(kept):
-        image = item.get("image")
-        if not isinstance(image, torch.Tensor) or image.dim() != 3 or image.shape[0] != 3:
-            shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-            raise ValueError(
-                f"collate_relations: item {i} 'image' must be a [3, H, W] tensor, got {shape}"
-            )
-    height = max(int(item["image"].shape[1]) for item in kept)
-    width = max(int(item["image"].shape[2]) for item in kept)
-    images = torch.zeros(len(kept), 3, height, width, dtype=kept[0]["image"].dtype)
-    pixel_mask = torch.ones(len(kept), height, width, dtype=torch.bool)
+        return _empty_batch(num_skipped, skipped)
+    _check_images(kept)
+    images, pixel_mask = _pad_images([item["image"] for item in kept])
     targets = []
-    for i, item in enumerate(kept):
-        h, w = item["image"].shape[1:]
-        images[i, :, :h, :w] = item["image"]
-        pixel_mask[i, :h, :w] = False
+    for item in kept:
         target = {k: v for k, v in item.items() if k != "image"}
         target.setdefault("loss_weight", 1.0)
         target.setdefault("source_id", 0)
@@ -75,6 +55,44 @@ def collate_relations(items: list[dict[str, Any] | SkippedSample | None]) -> dic
         "num_skipped": num_skipped,
         "skipped": skipped,
     }
+
+
+def _empty_batch(num_skipped: int, skipped: list[str]) -> dict[str, Any]:
+    """The batch of a step whose every item was skipped (the loop takes no step on it)."""
+    return {
+        "images": torch.zeros(0, 3, 0, 0),
+        "pixel_mask": torch.zeros(0, 0, 0, dtype=torch.bool),
+        "targets": [],
+        "loss_weights": torch.zeros(0),
+        "source_ids": torch.zeros(0, dtype=torch.int64),
+        "num_skipped": num_skipped,
+        "skipped": skipped,
+    }
+
+
+def _check_images(items: list[dict[str, Any]]) -> None:
+    """Every item's ``image`` is a [3, H, W] tensor (names the first that is not)."""
+    for i, item in enumerate(items):
+        image = item.get("image")
+        if not isinstance(image, torch.Tensor) or image.dim() != 3 or image.shape[0] != 3:
+            shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+            raise ValueError(
+                f"collate_relations: item {i} 'image' must be a [3, H, W] tensor, got {shape}"
+            )
+
+
+def _pad_images(images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images [3, H_i, W_i] -> (zero-padded [B, 3, H, W], pixel_mask bool [B, H, W], True on
+    padding), padded at the bottom/right to the largest height and width."""
+    height = max(int(image.shape[1]) for image in images)
+    width = max(int(image.shape[2]) for image in images)
+    batch = torch.zeros(len(images), 3, height, width, dtype=images[0].dtype)
+    pixel_mask = torch.ones(len(images), height, width, dtype=torch.bool)
+    for i, image in enumerate(images):
+        h, w = image.shape[1:]
+        batch[i, :, :h, :w] = image
+        pixel_mask[i, :h, :w] = False
+    return batch, pixel_mask
 
 
 def target_to_device(target: dict[str, Any], device: torch.device) -> dict[str, Any]:

@@ -41,8 +41,11 @@ def mean_interval(values: Sequence[float], level: float = 0.95) -> Interval:
     mean = float(array.mean())
     if array.size == 1:
         return Interval(mean, math.nan, math.nan)
-    half = stats.t.ppf(0.5 + level / 2, array.size - 1) * array.std(ddof=1) / math.sqrt(array.size)
-    return Interval(mean, mean - half, mean + half)
+    spread = stats.sem(array)
+    if spread == 0:  # identical values: SciPy's interval is undefined for a zero scale
+        return Interval(mean, mean, mean)
+    low, high = stats.t.interval(level, array.size - 1, loc=mean, scale=spread)
+    return Interval(mean, float(low), float(high))
 
 
 @dataclass(frozen=True)

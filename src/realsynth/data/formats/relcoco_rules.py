@@ -258,15 +258,7 @@ def index_relcoco(data: Any, ann_file: str | Path) -> tuple[RelCocoIndex | None,
         position appears in ``findings.bad_images()`` are indexed but must not be trained on.
     """
     findings = Findings()
-    missing = [
-        k for k in REQUIRED_KEYS if not isinstance(data, dict) or not isinstance(data.get(k), list)
-    ]
-    if missing:
-        findings.error(
-            "invalid_file",
-            str(ann_file),
-            f"missing top-level list(s) {missing} (expected {list(REQUIRED_KEYS)})",
-        )
+    if not _has_top_level_lists(findings, data, ann_file):
         return None, findings
     categories = _label_ids(findings, data["categories"], "categories")
     predicates = _label_ids(findings, data["predicates"], "predicates")
@@ -310,13 +302,32 @@ def index_relcoco(data: Any, ann_file: str | Path) -> tuple[RelCocoIndex | None,
     )
     if not images:
         findings.error("no_images", str(ann_file), "the file lists no images")
-    has_relation = np.zeros(len(images), dtype=bool)
-    has_relation[index.relation_image] = True
-    for k in np.flatnonzero(np.asarray(listed, dtype=bool) & ~has_relation).tolist():
-        findings.warn(
-            "no_relations", image_location(k, images[k]), "image has no valid relation", k
-        )
+    _warn_images_without_relations(findings, index)
     return index, findings
+
+
+def _has_top_level_lists(findings: Findings, data: Any, ann_file: str | Path) -> bool:
+    """Whether ``data`` is an object with every required top-level list (else an error)."""
+    missing = [
+        k for k in REQUIRED_KEYS if not isinstance(data, dict) or not isinstance(data.get(k), list)
+    ]
+    if missing:
+        findings.error(
+            "invalid_file",
+            str(ann_file),
+            f"missing top-level list(s) {missing} (expected {list(REQUIRED_KEYS)})",
+        )
+    return not missing
+
+
+def _warn_images_without_relations(findings: Findings, index: RelCocoIndex) -> None:
+    """A warning for every listed image that kept no valid relation."""
+    has_relation = np.zeros(len(index.images), dtype=bool)
+    has_relation[index.relation_image] = True
+    for k in np.flatnonzero(np.asarray(index.listed, dtype=bool) & ~has_relation).tolist():
+        findings.warn(
+            "no_relations", image_location(k, index.images[k]), "image has no valid relation", k
+        )
 
 
 def image_location(position: int, image: Any) -> str:

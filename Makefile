@@ -1,4 +1,5 @@
-# realsynth: `make demo` trains and evaluates on the embedded demo data; `make test` checks everything.
+# realsynth: `make demo` trains and evaluates on the embedded demo data; `make test` checks everything
+# (with the optional extras installed, so that their code paths are tested too).
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
@@ -11,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,postgres]"
 	touch $(STAMP)
 
 # The demo is meant to be run again: it replaces its own earlier run in runs/demo.

@@ -3,7 +3,7 @@
 (a) relation mode, weighted vs unweighted (weights absent): the weighting overhead;
 (b) entity mode against HuggingFace transformers' DETR loss (HungarianMatcher + ImageLoss), an
     optional peer, on identical inputs;
-(c) relation mode against a replica of the design note's public implementation pattern: per-layer
+(c) relation mode against a replica of a public multi-dataset SpeaQ fork's criterion: per-layer
     Python list comprehensions, weights rebuilt per term, CE over matched queries, and NaN / min
     guards per term (each a device->host sync);
 (d) SpeaQ's one-to-many assignment (static 4 copies; dynamic, SpeaQ's recipe; dynamic with the
@@ -129,7 +129,8 @@ def compare(
 
 
 class ReplicaCriterion:
-    """The note's public implementation pattern, relation mode (for comparison only)."""
+    """A public multi-dataset SpeaQ fork's criterion pattern, relation mode (for comparison
+    only)."""
 
     def __init__(self) -> None:
         self.empty_rel = torch.ones(NUM_PREDICATES + 1)
@@ -311,7 +312,8 @@ def section_c(queries: int, aux: int, repeats: int) -> list[str]:
     t_ours, t_rep = results["ours"], results["replica"]
     return [
         f"| {queries} | realsynth RelationCriterion | {t_ours[0]:.2f} | {t_ours[1]:.2f} |",
-        f"| {queries} | note's public pattern (replica) | {t_rep[0]:.2f} | {t_rep[1]:.2f} |",
+        f"| {queries} | multi-dataset SpeaQ fork's pattern (replica) "
+        f"| {t_rep[0]:.2f} | {t_rep[1]:.2f} |",
         f"| {queries} | realsynth / replica | {t_ours[0] / t_rep[0]:.3f}x "
         f"| {t_ours[1] / t_rep[1]:.3f}x |",
     ]
@@ -399,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
             "",
             *[f"- {n}" for n in notes],
             "",
-            "### (c) Relation mode vs the note's public implementation pattern (replica)",
+            "### (c) Relation mode vs a public multi-dataset SpeaQ fork's criterion (replica)",
             "",
             *header,
             *c,

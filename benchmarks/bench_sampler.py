@@ -38,7 +38,7 @@ PEERS = [
     ("torch WeightedRandomSampler + BatchSampler", SYNTH, 1.0),
     ("torchdata nodes.MultiNodeWeightedSampler + Batcher", SYNTH, 0.25),
     ("HF datasets.interleave_datasets", SYNTH, 0.1),
-    ("note's per-item sampler (randint + deepcopy)", SYNTH, 0.02),
+    ("multi-dataset SpeaQ fork's per-item sampler (randint + deepcopy)", SYNTH, 0.02),
 ]
 
 
@@ -121,8 +121,9 @@ def _hf(synth: int, batches: int) -> Iterator[list[int]]:
     return (batch["idx"] for batch in mixed.iter(batch_size=BATCH))
 
 
-def _note_replica(synth: int, batches: int) -> Iterator[list[int]]:
-    """The note's sampler: per item, pick the source from idx % batch, randint, deepcopy."""
+def _fork_replica(synth: int, batches: int) -> Iterator[list[int]]:
+    """A public multi-dataset SpeaQ fork's sampler: per item, pick the source from idx % batch,
+    randint, deepcopy."""
     annotation = {
         "boxes": [[0.1, 0.2, 0.3, 0.4]] * 5,
         "labels": [1, 2, 3, 4, 5],
@@ -157,7 +158,7 @@ FACTORIES: dict[str, Callable[[int, int], Iterator[list[int]]]] = {
     PEERS[6][0]: _weighted_random,
     PEERS[7][0]: _torchdata,
     PEERS[8][0]: _hf,
-    PEERS[9][0]: _note_replica,
+    PEERS[9][0]: _fork_replica,
 }
 
 

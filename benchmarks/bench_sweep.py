@@ -27,8 +27,8 @@ from realsynth.training.reopen import evaluate_checkpoint
 
 
 def run_search(base: list[str], out: Path, extra: list[str]) -> tuple[dict, float]:
-    # No config file: the demo data and the note's mix with one-to-one matching (the schema
-    # defaults, identical to configs/demo.yaml before SpeaQ's recipe became the demo's).
+    # No config file: the demo data and the default mix (0.7 / 0.5) with one-to-one matching (the
+    # schema defaults, identical to configs/demo.yaml before SpeaQ's recipe became the demo's).
     cfg = load_config(None, [*base, f"OUTPUT_DIR={out}", *extra])
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):

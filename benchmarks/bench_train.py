@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         runs.append(("base, CUDA", base))
     header = " | ".join(PHASES)
     lines = [
-        "## Training steps (demo data, the note's mix)",
+        "## Training steps (demo data, the default mix 0.7 / 0.5)",
         "",
         f"Machine: {machine()}. Command: `python benchmarks/bench_train.py"
         f"{' --quick' if args.quick else ''}`; {steps} timed steps after {warmup} warm-up.",

@@ -112,7 +112,8 @@ def ref_giou(a, b):
 
 
 def image_triplets(target, relation):
-    """(class lists per head, box list per head) of one image, as the DESIGN.md contract says."""
+    """(class lists per head, box list per head) of one image, per the target contract
+    (docs/architecture.md)."""
     if not relation:
         return [target["labels"]], [target["boxes"]]
     rel = target["relations"]

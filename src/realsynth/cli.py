@@ -70,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
 
     compare = commands.add_parser(
-        "compare", help="real only vs naive concatenation vs the note's mix, same budget"
+        "compare", help="real only vs naive concatenation vs the configured mix, same budget"
     )
     _add_config_args(compare)
 
@@ -132,7 +132,12 @@ def _parser() -> argparse.ArgumentParser:
         help="write into a non-empty OUT that an earlier `data demo` did not make",
     )
     for name, default in DEMO_SIZES.items():
-        demo.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
+        demo.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=int,
+            default=default,
+            help=f"images (default {default}{'; 0: no test split' if name == 'real_test' else ''})",
+        )
     demo.add_argument("--label-noise", type=float, default=DEMO_LABEL_NOISE)
     _filter_parser(data_cmds)
     return parser
@@ -160,10 +165,15 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``realsynth`` console script; returns the exit status.
 
     Exit status: 0 done; 1 an error during training (the checkpoint of the last complete step
-    is kept) or problems found by ``data check``; 2 bad input (config, data, arguments); 130
-    Ctrl-C; 141 the output pipe was closed (``realsynth eval RUN | head -1``).
+    is kept) or problems found by ``data check``; 2 bad input (config, data, arguments, a
+    checkpoint that does not fit), or an error the user must fix first (a full disk); 130
+    Ctrl-C; 141 the output pipe was closed (``realsynth eval RUN | head -1``); 143 SIGTERM.
     """
     args = _parser().parse_args(argv)
+    # A file name that is not UTF-8 prints as \xNN instead of ending the command in a traceback.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         return _dispatch(args)
     except BrokenPipeError:
@@ -212,19 +222,35 @@ def _dispatch(args: argparse.Namespace) -> int:
         print((args.run / "gap.md").read_text())
         return 0
     if args.command == "sweep":
-        from realsynth.studies.sweep import sweep
+        from realsynth.studies.compare import CompareInterrupted
+        from realsynth.studies.sweep import SweepInterrupted, sweep
 
-        sweep(
-            load_config(args.config_file, args.overrides),
-            storage=args.storage,
-            study_name=args.study,
-            jobs=args.jobs,
-        )
+        try:
+            sweep(
+                load_config(args.config_file, args.overrides),
+                storage=args.storage,
+                study_name=args.study,
+                jobs=args.jobs,
+            )
+        except (SweepInterrupted, CompareInterrupted) as exc:
+            # CompareInterrupted: Ctrl-C during the confirmation runs, which the same command
+            # resumes too.
+            print(f"realsynth: {exc}", file=sys.stderr)
+            return 130
         return 0
-    from realsynth.studies.compare import compare
+    import shlex
 
-    compare(load_config(args.config_file, args.overrides))
-    return 0
+    from realsynth.studies.compare import CompareInterrupted, compare
+
+    try:
+        report = compare(load_config(args.config_file, args.overrides))
+    except CompareInterrupted as exc:
+        config = [] if args.config_file is None else ["--config-file", str(args.config_file)]
+        again = shlex.join(["realsynth", "compare", *config, *args.overrides])
+        print(f"realsynth: {exc}: {again}", file=sys.stderr)
+        return exc.exit_status  # 130 Ctrl-C, 143 SIGTERM
+    # Some runs failed: the report covers the others; the same command retries the failed ones.
+    return 1 if report["failed"] else 0
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -232,12 +258,16 @@ def _train(args: argparse.Namespace) -> int:
     from realsynth.utils.distributed import get_rank, shutdown_distributed
 
     if args.resume is not None:
+        from realsynth.training.resume import check_resume_config
+
         saved = args.resume / "config.yaml"
         if not saved.is_file():
             raise FileNotFoundError(f"--resume {args.resume}: no config.yaml in that run folder")
-        # The run's own config, then what this command line changes (e.g. a longer MAX_ITER).
+        # The run's own config, then what this command line changes (e.g. a longer MAX_ITER);
+        # a change to its data, model or optimizer is refused.
         overrides = [*args.overrides, f"OUTPUT_DIR={args.resume}"]
         cfg = load_config(args.config_file, overrides, base_yaml=saved.read_text())
+        check_resume_config(args.resume, load_config(None, base_yaml=saved.read_text()), cfg)
     else:
         cfg = load_config(args.config_file, args.overrides)
     try:
@@ -248,12 +278,12 @@ def _train(args: argparse.Namespace) -> int:
             gap_report(cfg.OUTPUT_DIR)
     except TrainingInterrupted as exc:
         print(f"realsynth: {exc}", file=sys.stderr)
-        return 130
+        return exc.exit_status  # 130 Ctrl-C, 143 SIGTERM
     except TrainingFailed as exc:
         if os.environ.get("REALSYNTH_DEBUG"):
             raise
         print(f"realsynth: error: {exc}", file=sys.stderr)
-        # Bad data or settings are the user's to fix (2); anything else is a failure (1).
+        # Bad data or settings, a full disk: the user's to fix (2); anything else is a failure (1).
         return 2 if isinstance(exc.__cause__, ValueError | OSError) else 1
     finally:
         shutdown_distributed()
@@ -261,6 +291,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _filter(args: argparse.Namespace) -> int:
+    from realsynth.data.paths import printable, shown
     from realsynth.diagnostics.synthetic_filter import filter_with_run, format_filter_report
 
     report = filter_with_run(
@@ -273,29 +304,34 @@ def _filter(args: argparse.Namespace) -> int:
         score=args.score,
         weight=args.weight,
     )
-    print(format_filter_report(report))
-    print(f"Wrote {args.out} and {args.out.with_name(args.out.stem + '.report.json')}")
+    print(printable(format_filter_report(report)))
+    print(
+        f"Wrote {shown(args.out)} and {shown(args.out.with_name(args.out.stem + '.report.json'))}"
+    )
     root = Path(report["image_root"])
     if root.resolve() != (args.out.parent / "images").resolve():
         # A relcoco file's images default to images/ beside it; IMAGE_ROOT then serves every
         # split unless VAL_IMAGE_ROOT / TEST_IMAGE_ROOT says otherwise.
         print(
-            f"Its images are in {root}: train with the source's PATH={args.out} and "
-            f"IMAGE_ROOT={root} (and VAL_IMAGE_ROOT for a VAL_PATH whose images are not there)"
+            f"Its images are in {shown(root)}: train with the source's PATH={shown(args.out)} and "
+            f"IMAGE_ROOT={shown(root)} (and VAL_IMAGE_ROOT for a VAL_PATH whose images are not "
+            "there)"
         )
     return 0
 
 
 def _data(args: argparse.Namespace) -> int:
+    from realsynth.data.paths import shown
+
     if args.data_command == "demo":
         from realsynth.data.demo import generate_demo
 
-        sizes = ("real_train", "real_val", "synthetic_train", "synthetic_val", "label_noise")
+        settings = (*DEMO_SIZES, "label_noise")  # every size, the real test split's included
         paths = generate_demo(
-            args.out, seed=args.seed, force=args.force, **{k: getattr(args, k) for k in sizes}
+            args.out, seed=args.seed, force=args.force, **{k: getattr(args, k) for k in settings}
         )
         for name, path in paths.items():
-            print(f"{name}: {path}")
+            print(f"{name}: {shown(path)}")
         return 0
     if args.data_command == "filter":
         return _filter(args)

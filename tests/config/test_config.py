@@ -1,8 +1,10 @@
 """Config: schema defaults, YAML + overrides, every user-facing error, source mix resolution."""
 
+import re
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from realsynth.config import ConfigError, load_config, to_yaml
 from realsynth.config.source_mix import resolve_mix
@@ -56,7 +58,7 @@ def test_note_yaml_works_unchanged_and_overrides_win(tmp_path):
             "SYNTHETIC_LOSS_WEIGHT must be a finite",
         ),
         (["DATASETS.MULTI_DATASET.REAL_LOSS_WEIGHT=.nan"], "REAL_LOSS_WEIGHT must be a finite"),
-        (["MODEL.PRESET=huge"], "MODEL.PRESET must be one of"),
+        (["MODEL.PRESET=huge"], "MODEL.PRESET must be one of tiny, base, got 'huge'"),
         (["SOLVER.IMS_PER_BATCH=0"], "SOLVER.IMS_PER_BATCH must be > 0"),
         (["MAX_ITER=3"], "did you mean SOLVER.MAX_ITER?"),
         (["SOLVER.MAX_ITER"], "is not KEY=VALUE"),
@@ -235,3 +237,205 @@ def test_eval_period_zero_is_allowed_and_negative_is_not():
         load_config(None, ["TEST.EVAL_PERIOD=-1"])
     with pytest.raises(ConfigError, match="TEST.BEST_METRIC must be one of"):
         load_config(None, ["TEST.BEST_METRIC=AP"])
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        (
+            "MODEL.SPEAQ.ONE2MANY_SCHEME=bogus",
+            "MODEL.SPEAQ.ONE2MANY_SCHEME must be one of none, static, dynamic, got 'bogus'",
+        ),
+        (
+            "SWEEP.PRUNER=1.5",
+            "SWEEP.PRUNER must be one of successive_halving, median, none, got 1.5",
+        ),
+        ("TEST.PROTOCOL=null", "TEST.PROTOCOL must be one of sgb, continuous, got None"),
+        (
+            "MODEL.BACKBONE_NORM=layer",
+            "MODEL.BACKBONE_NORM must be one of default, batch, group ('' = default), got 'layer'",
+        ),
+        ("COMPARE.SPLIT=''", "COMPARE.SPLIT must be one of val, test, got ''"),
+    ],
+)
+def test_a_key_with_fixed_values_refuses_others_in_one_line(override, expected):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert str(info.value) == f"command line: {expected}"
+
+
+def test_a_bad_fixed_value_in_a_file_names_the_file_and_the_full_key(tmp_path, capsys):
+    path = write(tmp_path, "MODEL:\n  CRITERION:\n    NORMALIZATION: mean\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == (
+        f"{path}: MODEL.CRITERION.NORMALIZATION must be one of count, weight, got 'mean'"
+    )
+    from realsynth.cli import main
+
+    assert main(["config", "show", "--config-file", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "NORMALIZATION must be one of count, weight" in err
+
+
+def test_fixed_values_read_as_strings_and_the_yaml_loads_again():
+    cfg = load_config(None, ["MODEL.SPEAQ.ONE2MANY_SCHEME=dynamic", "SWEEP.SAMPLER=grid"])
+    scheme = cfg.MODEL.SPEAQ.ONE2MANY_SCHEME
+    assert scheme == "dynamic" and str(scheme) == "dynamic"
+    assert f"{scheme}/{scheme:>8}" == "dynamic/ dynamic"
+    assert type(scheme.value) is str and {"dynamic": 1}[scheme] == 1
+    text = to_yaml(cfg)
+    assert "ONE2MANY_SCHEME: dynamic" in text and "SAMPLER: grid" in text
+    assert "BACKBONE_NORM: default" in text
+    again = load_config(None, base_yaml=text)
+    assert again == cfg and to_yaml(again) == text
+
+
+def test_a_yaml_of_the_previous_version_loads_and_an_empty_norm_is_the_presets(tmp_path):
+    # Before the enums every fixed-value key was a plain string, BACKBONE_NORM "" the default.
+    old = (
+        "MODEL:\n  PRESET: base\n  BACKBONE_NORM: ''\n  SPEAQ:\n    ONE2MANY_SCHEME: static\n"
+        "SOLVER:\n  LR_SCHEDULE: constant\nTEST:\n  PROTOCOL: continuous\n"
+    )
+    cfg = load_config(None, base_yaml=old)
+    assert (cfg.MODEL.PRESET, cfg.MODEL.BACKBONE_NORM) == ("base", "default")
+    assert cfg.MODEL.SPEAQ.ONE2MANY_SCHEME == "static" and cfg.TEST.PROTOCOL == "continuous"
+    assert cfg.SOLVER.LR_SCHEDULE == "constant"
+    assert load_config(write(tmp_path, old)) == cfg
+    assert load_config(None, ["MODEL.BACKBONE_NORM=''"]).MODEL.BACKBONE_NORM == "default"
+    assert load_config(None, ["MODEL.BACKBONE_NORM=group"]).MODEL.BACKBONE_NORM == "group"
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["DATASETS.MULTI_DATASET.ADAPTIVE.STEP_SIZE=0"],
+        ["DATASETS.MULTI_DATASET.ADAPTIVE.SMOOTHING=2"],
+        ["DATASETS.MULTI_DATASET.ADAPTIVE.MIN_RATIO=0.99"],
+        ["SOLVER.BASE_LR=-1"],
+        ["SOLVER.WEIGHT_DECAY=-1"],
+        ["SWEEP.CONFIRM_SEEDS=-1"],
+        ["MODEL.CRITERION.OVERSAMPLE_PARAM=0"],
+        ["MODEL.SPEAQ.ONE2MANY_PREDICATE_WEIGHT=.inf"],
+        ["MODEL.SPEAQ.ONLY_PREDICATE_MULTIPLY=true"],
+        ["MODEL.SPEAQ.ONE2MANY_SCHEME=dynamic", "MODEL.SPEAQ.MATCH_INDEPENDENT=false"],
+        ["DATASETS.MULTI_DATASET.REAL_SAMPLING_RATIO_SCHEDULE.KIND=linear"],
+        ["DATASETS.SOURCES=[{NAME: a, PATH: x, RATIO: 0.5}]"],
+    ],
+)
+def test_a_bad_value_from_the_command_line_is_blamed_on_the_command_line(overrides):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, overrides)
+    assert str(info.value).startswith("command line: "), str(info.value)
+
+
+def test_a_bad_value_is_blamed_on_where_it_was_set_and_a_default_only_when_nobody_set_it(
+    tmp_path,
+):
+    path = write(tmp_path, SOURCES + "  MULTI_DATASET:\n    ADAPTIVE:\n      SMOOTHING: 2\n")
+    # The file's value, whatever else the command line sets (even a key beside it).
+    for overrides in ([], ["SOLVER.MAX_ITER=10"], ["DATASETS.MULTI_DATASET.ADAPTIVE.INTERVAL=5"]):
+        with pytest.raises(ConfigError) as info:
+            load_config(path, overrides)
+        assert str(info.value).startswith(f"{path}: DATASETS.MULTI_DATASET.ADAPTIVE.SMOOTHING")
+    # A source of the file, the command line changing another one (by position, either way).
+    bad_type = write(
+        tmp_path, SOURCES.replace("TYPE: synthetic, PATH: /data/gen", "TYPE: x, PATH: /g")
+    )
+    for other in ("DATASETS.SOURCES[0].LOSS_WEIGHT=0.2", "DATASETS.SOURCES.1.LOSS_WEIGHT=0.2"):
+        with pytest.raises(ConfigError, match=rf"^{bad_type}: DATASETS\.SOURCES\[2\]\.TYPE"):
+            load_config(bad_type, [other])
+    with pytest.raises(ConfigError, match=r"^command line: DATASETS\.SOURCES\[1\]\.TYPE"):
+        load_config(write(tmp_path, SOURCES), ["DATASETS.SOURCES.1.TYPE=rael"])
+    # Two keys that do not go together: the one set last names the place.
+    speaq = write(tmp_path, "MODEL:\n  SPEAQ:\n    ONE2MANY_SCHEME: dynamic\n")
+    with pytest.raises(ConfigError, match=r"^command line: MODEL\.SPEAQ\.ONE2MANY_SCHEME"):
+        load_config(speaq, ["MODEL.SPEAQ.MATCH_INDEPENDENT=false"])
+    with pytest.raises(ConfigError, match=rf"^{speaq}: MODEL\.SPEAQ\.ONE2MANY_SCHEME"):
+        load_config(
+            speaq, ["SOLVER.MAX_ITER=10"], base_yaml="MODEL: {SPEAQ: {MATCH_INDEPENDENT: false}}"
+        )
+    # A resumed run's own config, and a bound nobody set checked against one that was.
+    saved = "DATASETS:\n  MULTI_DATASET:\n    ADAPTIVE:\n      SMOOTHING: 2\n"
+    with pytest.raises(ConfigError, match=r"^saved config: DATASETS\.MULTI_DATASET\.ADAPTIVE"):
+        load_config(None, ["SOLVER.MAX_ITER=10"], base_yaml=saved)
+    with pytest.raises(ConfigError, match=r"^command line: .*MIN_RATIO / MAX_RATIO"):
+        load_config(None, ["DATASETS.MULTI_DATASET.ADAPTIVE.MAX_RATIO=0.01"])
+
+
+def _exists(key: str) -> bool:
+    """Whether ``key`` is a key of the schema (list items by position, the list may be empty)."""
+    from realsynth.config.schema import SourceConfig
+
+    head, _, tail = key.partition("DATASETS.SOURCES[0].")
+    node = OmegaConf.structured(SourceConfig) if tail and not head else load_config()
+    return OmegaConf.select(node, tail or key, default=KeyError) is not KeyError
+
+
+@pytest.mark.parametrize(
+    ("typo", "meant"),
+    [
+        ("DATASETS.MULTI_DATASET.REAL_SAMPLING_RATI", "DATASETS.MULTI_DATASET.REAL_SAMPLING_RATIO"),
+        ("SOLVER.BASE_LRR", "SOLVER.BASE_LR"),
+        ("MODEL.SPEAQ.ONE2MANY_K_", "MODEL.SPEAQ.ONE2MANY_K"),
+        ("SOLVER.LR", "SOLVER.BASE_LR"),
+        ("DATASETS.MULTI_DATASET.RS", None),
+        ("DATASETS.MULTI_DATASET.MULTI_DATASET.ENABLED", "DATASETS.MULTI_DATASET.ENABLED"),
+        ("MULTI_DATASET.ENABLED", "DATASETS.MULTI_DATASET.ENABLED"),
+        ("DATASETS.MULTI_DATASETS.ENABLED", "DATASETS.MULTI_DATASET.ENABLED"),
+        ("DATASETS.MULTI_DATASET.ADAPTIVE.STEPSIZE", "DATASETS.MULTI_DATASET.ADAPTIVE.STEP_SIZE"),
+        ("SPEAQ.NUM_GROUPS", "MODEL.SPEAQ.NUM_GROUPS"),
+        ("DATASETS.SOURCES.RATIO_SCHEDULE.KIND", "DATASETS.SOURCES[0].RATIO_SCHEDULE.KIND"),
+    ],
+)
+def test_did_you_mean_offers_a_full_key_that_exists(typo, meant):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [f"{typo}=1"])
+    message = str(info.value)
+    assert message.startswith("command line: ") and ("unknown key" in message) == (
+        "SOURCES" not in typo  # there: "key DATASETS.SOURCES: expected a list, got a mapping"
+    )
+    suggested = re.findall(r"did you mean (\S+)\?", message)
+    assert suggested == ([meant] if meant else []), message
+    assert all(_exists(key) for key in suggested)
+
+
+def test_did_you_mean_in_a_file_names_a_key_that_exists(tmp_path):
+    for text, meant in [
+        ("DATASETS:\n  MULTI_DATASET:\n    REAL_SAMPLING_RATI: 0.5\n", "REAL_SAMPLING_RATIO"),
+        ("MODEL:\n  SPEAQ:\n    ONE2MANY_K_: 2\n", "MODEL.SPEAQ.ONE2MANY_K"),
+        ("SOLVER:\n  LR: 0.1\n", "SOLVER.BASE_LR"),
+    ]:
+        with pytest.raises(
+            ConfigError, match=rf"did you mean (DATASETS\.MULTI_DATASET\.)?{meant}\?"
+        ):
+            load_config(write(tmp_path, text))
+
+
+def test_a_mapping_where_a_list_belongs_is_a_one_line_error(tmp_path):
+    path = write(tmp_path, "DATASETS:\n  SOURCES:\n    1: {RATIO: 0.5}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}: key DATASETS.SOURCES: expected a list, got a mapping"
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, "SOLVER: [1]\n"))
+    assert str(info.value).endswith("key SOLVER: expected a mapping of keys, got a list")
+
+
+def test_an_override_that_is_not_utf8_names_the_path_in_one_line(tmp_path):
+    import os
+
+    from realsynth.cli import main
+
+    path = os.fsdecode(os.fsencode(str(tmp_path)) + b"/caf\xe9")
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [f"OUTPUT_DIR={path}"])
+    message = str(info.value)
+    assert "OUTPUT_DIR=b'" in message and "caf\\xe9" in message and "not valid UTF-8" in message
+    assert main(["train", f"OUTPUT_DIR={path}"]) == 2
+
+
+def test_a_gap_report_on_a_real_only_run_is_refused_before_training():
+    with pytest.raises(ConfigError, match="TEST.GAP_REPORT=true needs a synthetic source"):
+        load_config(None, ["TEST.GAP_REPORT=true", "DATASETS.MULTI_DATASET.ENABLED=false"])
+    load_config(None, ["TEST.GAP_REPORT=true"])  # the demo's real + synthetic: fine

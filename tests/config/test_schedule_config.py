@@ -185,3 +185,125 @@ def test_naive_variant_turns_every_schedule_off(tmp_path):
     )
     assert [m.ratio for m in mix] == pytest.approx([0.1, 0.3, 0.6])
     assert [m.loss_weight for m in mix] == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            [
+                f"{MD}.REAL_SAMPLING_RATIO_SCHEDULE.KIND=linear",
+                f"{MD}.REAL_SAMPLING_RATIO_SCHEDULE.END_VALUE=1.0",
+                f"{MD}.REAL_SAMPLING_RATIO_SCHEDULE.END_STEP=1500",
+            ],
+            f"command line: {MD}.REAL_SAMPLING_RATIO_SCHEDULE.END_STEP=1500 is beyond "
+            "SOLVER.MAX_ITER=1000: the run never gets there; lower it to at most 1000 or raise "
+            "SOLVER.MAX_ITER",
+        ),
+        (
+            [
+                "DATASETS.SOURCES[1].LOSS_WEIGHT_SCHEDULE.KIND=cosine",
+                "DATASETS.SOURCES[1].LOSS_WEIGHT_SCHEDULE.START_VALUE=1.0",
+                "DATASETS.SOURCES[1].LOSS_WEIGHT_SCHEDULE.END_VALUE=0.0",
+                "DATASETS.SOURCES[1].LOSS_WEIGHT_SCHEDULE.START_STEP=1001",
+                "DATASETS.SOURCES[1].LOSS_WEIGHT_SCHEDULE.END_STEP=1002",
+            ],
+            "command line: DATASETS.SOURCES[1].LOSS_WEIGHT_SCHEDULE.START_STEP=1001 is beyond "
+            "SOLVER.MAX_ITER=1000",
+        ),
+        (
+            [
+                f"{MD}.SYNTHETIC_LOSS_WEIGHT_SCHEDULE.KIND=steps",
+                f"{MD}.SYNTHETIC_LOSS_WEIGHT_SCHEDULE.BREAKPOINTS=[[500,0.2],[5000,0.0]]",
+            ],
+            f"command line: {MD}.SYNTHETIC_LOSS_WEIGHT_SCHEDULE.BREAKPOINTS[1] step 5000 is "
+            "beyond SOLVER.MAX_ITER=1000",
+        ),
+        (
+            [
+                f"{MD}.REAL_SAMPLING_RATIO_SCHEDULE.KIND=pretrain_finetune",
+                f"{MD}.REAL_SAMPLING_RATIO_SCHEDULE.PRETRAIN_STEPS=2000",
+            ],
+            f"command line: {MD}.REAL_SAMPLING_RATIO_SCHEDULE.PRETRAIN_STEPS=2000 is beyond "
+            "SOLVER.MAX_ITER=1000",
+        ),
+        (  # MAX_ITER lowered on the command line below the file's ramp
+            [
+                f"{MD}.REAL_SAMPLING_RATIO_SCHEDULE.KIND=linear",
+                f"{MD}.REAL_SAMPLING_RATIO_SCHEDULE.END_VALUE=1.0",
+                f"{MD}.REAL_SAMPLING_RATIO_SCHEDULE.END_STEP=1000",
+                "SOLVER.MAX_ITER=999",
+            ],
+            "END_STEP=1000 is beyond SOLVER.MAX_ITER=999",
+        ),
+    ],
+)
+def test_a_schedule_step_beyond_max_iter_is_refused_naming_the_key(tmp_path, overrides, message):
+    path = tmp_path / "run.yaml"
+    path.write_text(SOURCES)
+    with pytest.raises(ConfigError) as error:
+        load_config(path, overrides)
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_a_schedule_that_ends_at_max_iter_is_fine(tmp_path):
+    mix = _mix(
+        tmp_path,
+        f"{MD}.REAL_SAMPLING_RATIO_SCHEDULE.KIND=linear",
+        f"{MD}.REAL_SAMPLING_RATIO_SCHEDULE.END_VALUE=1.0",
+        f"{MD}.REAL_SAMPLING_RATIO_SCHEDULE.START_STEP=1000",
+        f"{MD}.REAL_SAMPLING_RATIO_SCHEDULE.END_STEP=1000",
+        f"{MD}.SYNTHETIC_LOSS_WEIGHT_SCHEDULE.KIND=steps",
+        f"{MD}.SYNTHETIC_LOSS_WEIGHT_SCHEDULE.BREAKPOINTS=[[1000,0.0]]",
+    )
+    assert _values(mix[2].loss_weight, [999, 1000]) == [0.5, 0.0]
+    path = tmp_path / "run.yaml"
+    key = f"{MD}.REAL_SAMPLING_RATIO_SCHEDULE"
+    load_config(path, [f"{key}.KIND=pretrain_finetune", f"{key}.PRETRAIN_STEPS=1000"])
+
+
+ONE_SOURCE = "DATASETS:\n  SOURCES:\n    - {NAME: vg, TYPE: real, FORMAT: vg150, PATH: /data/vg}\n"
+
+
+def test_a_share_schedule_on_the_only_source_is_refused_at_load_time(tmp_path):
+    path = tmp_path / "one.yaml"
+    path.write_text(ONE_SOURCE)
+    schedule = [
+        "DATASETS.SOURCES[0].RATIO_SCHEDULE.KIND=linear",
+        "DATASETS.SOURCES[0].RATIO_SCHEDULE.START_VALUE=0.2",
+        "DATASETS.SOURCES[0].RATIO_SCHEDULE.END_VALUE=0.9",
+    ]
+    with pytest.raises(ConfigError) as error:
+        load_config(path, schedule)
+    assert str(error.value) == (
+        "command line: DATASETS.SOURCES[0].RATIO_SCHEDULE.KIND=linear: DATASETS.SOURCES holds "
+        "one source, which always fills the whole batch (share 1); set KIND constant, or add a "
+        "source whose share it would trade against"
+    )
+    # Without the mix (real sources only, by size) every share schedule is unused: no error.
+    cfg = load_config(path, [*schedule, f"{MD}.ENABLED=false"])
+    (mix,) = resolve_mix(cfg.DATASETS.SOURCES, cfg.DATASETS.MULTI_DATASET, [10], max_iter=10)
+    assert mix.ratio == 1.0
+    # A weight schedule on the only source is meaningful.
+    load_config(
+        path,
+        [
+            "DATASETS.SOURCES[0].LOSS_WEIGHT_SCHEDULE.KIND=linear",
+            "DATASETS.SOURCES[0].LOSS_WEIGHT_SCHEDULE.START_VALUE=1.0",
+            "DATASETS.SOURCES[0].LOSS_WEIGHT_SCHEDULE.END_VALUE=0.5",
+        ],
+    )
+
+
+def test_a_share_schedule_on_the_only_source_with_a_share_is_refused(tmp_path):
+    # The other sources get share 0: the scheduled one would always fill the whole batch.
+    with pytest.raises(ConfigError, match=r"SOURCES\[0\]\.RATIO_SCHEDULE: source 'vg' is the only"):
+        _mix(
+            tmp_path,
+            "DATASETS.SOURCES[0].RATIO_SCHEDULE.KIND=linear",
+            "DATASETS.SOURCES[0].RATIO_SCHEDULE.START_VALUE=0.2",
+            "DATASETS.SOURCES[0].RATIO_SCHEDULE.END_VALUE=0.9",
+            "DATASETS.SOURCES[1].RATIO=0.0",
+            "DATASETS.SOURCES[2].RATIO=0.0",
+        )

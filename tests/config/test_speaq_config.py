@@ -32,6 +32,7 @@ def test_the_speaq_demo_config_builds_speaqs_matcher(tmp_path, demo_root):
     matcher = criterion.matcher
     assert isinstance(matcher, QualityAwareMatcher)
     assert (matcher.scheme, matcher.top_k, matcher.combine) == ("dynamic", 4, "max")
+    assert type(matcher.scheme) is str and type(matcher.combine) is str  # no config types
     assert matcher.predicate_weight == -0.5
     assert matcher.groups.query_group.numel() == 24 and len(matcher.groups.members) == 4
     # The groups follow the real sources' predicate counts, not the synthetic ones.
@@ -64,11 +65,40 @@ def test_unsupported_and_impossible_speaq_settings_are_one_line_errors(tmp_path,
         load_config(
             None, ["MODEL.SPEAQ.ONE2MANY_SCHEME=dynamic", "MODEL.SPEAQ.MATCH_INDEPENDENT=false"]
         )
-    with pytest.raises(ConfigError, match="ONE2MANY_SCHEME must be one of"):
+    with pytest.raises(ConfigError, match="ONE2MANY_SCHEME must be one of none, static, dynamic"):
         load_config(None, ["MODEL.SPEAQ.ONE2MANY_SCHEME=many"])
     cfg = _speaq_demo(tmp_path, demo_root, "MODEL.SPEAQ.NUM_GROUPS=6")
-    with pytest.raises(ConfigError, match="USE_GROUP_MASK: NUM_GROUPS=6: need 1 .. 5 groups"):
+    with pytest.raises(ConfigError) as info:
         build_model_and_criterion(cfg, build_data(cfg), "cpu")
+    assert str(info.value) == (
+        "MODEL.SPEAQ.USE_GROUP_MASK: 6 predicate groups for 5 predicates: group(s) [5] get no "
+        "predicate; lower MODEL.SPEAQ.NUM_GROUPS=6 to at most 5 (with MODEL.NUM_QUERIES x "
+        "MODEL.SPEAQ.MULTIPLY_QUERY = 12 x 2 = 24 relation queries)"
+    )
+
+
+def test_too_few_queries_for_the_groups_names_the_groups_and_both_ways_out(tmp_path, demo_root):
+    # The demo's real predicate counts give 4 groups of 37, 18, 17 and 34 relations; 2 x 1
+    # queries leave the two most frequent groups without one (no predicate is "too rare").
+    cfg = _speaq_demo(tmp_path, demo_root, "MODEL.NUM_QUERIES=1")
+    data = build_data(cfg)
+    counts = predicate_counts(cfg, data)
+    assert [sum(counts[r] for r in g) for g in split_by_frequency(counts, 4)] == [37, 18, 17, 34]
+    with pytest.raises(ConfigError) as info:
+        build_model_and_criterion(cfg, data, "cpu")
+    message = str(info.value)
+    assert message.startswith(
+        "MODEL.SPEAQ.USE_GROUP_MASK: 2 queries for 4 predicate groups: group(s) [0, 1] get no "
+        "query (shares of the relations 0: "
+    )
+    assert message.endswith(
+        "; lower MODEL.SPEAQ.NUM_GROUPS=4 to at most 1, or raise the relation queries "
+        "(MODEL.NUM_QUERIES x MODEL.SPEAQ.MULTIPLY_QUERY = 1 x 2 = 2) to at least 7"
+    )
+    assert "\n" not in message and "rare" not in message
+    # What it proposes builds.
+    for fix in ("MODEL.SPEAQ.NUM_GROUPS=1", "MODEL.NUM_QUERIES=4"):
+        build_model_and_criterion(_speaq_demo(tmp_path, demo_root, fix), data, "cpu")
 
 
 def test_the_demo_trains_with_speaqs_recipe_and_no_config_file_with_one_to_one_matching():

@@ -180,3 +180,24 @@ def test_vg150_cross_image_relation_and_row_mismatch(tmp_path: Path) -> None:
         del f["predicates"]
         f.create_dataset("other", data=np.zeros(1))
     assert "missing h5 datasets ['predicates']" in check_dataset(short).errors[0].message
+
+
+def test_cli_check_prints_names_that_are_not_utf8_as_their_bytes(tmp_path: Path, capsys) -> None:
+    """A folder and image names with bytes that are not UTF-8 (Linux allows them; Python gives
+    them as surrogate escapes): the report prints them as \\xNN on a strict UTF-8 stdout."""
+    import os
+
+    from realsynth.cli import main
+
+    root = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9"))
+    records = make_records(3)
+    for r in records:
+        r["file_name"] = os.fsdecode(b"\xff" + os.fsencode(r["file_name"]))
+    ann = write_dataset(root, records)
+    (root / "images" / records[0]["file_name"]).unlink()
+    assert check_dataset(ann).exit_code == 1  # the other images are found and read
+    assert main(["data", "check", str(ann)]) == 1
+    out = capsys.readouterr().out
+    assert f"relcoco dataset: {tmp_path}/caf\\xe9/annotations.json" in out
+    assert f"image file not found: {tmp_path}/caf\\xe9/images/\\xffsub/0.png" in out
+    assert len([x for x in out.splitlines() if "missing_image" in x]) == 1

@@ -150,3 +150,43 @@ def test_the_corruption_record_lists_exactly_the_labels_that_differ_from_clean(t
             changed_rels
         )
         assert changed_boxes and changed_rels  # at a rate of 0.5 some of each
+
+
+def test_cli_demo_writes_the_real_test_split_it_is_asked_for(tmp_path: Path, capsys) -> None:
+    from realsynth.cli import main
+    from realsynth.data.demo import recorded_demo_settings
+
+    out = tmp_path / "demo"
+    sizes = ["--real-train", "3", "--real-val", "2", "--synthetic-train", "3"]
+    sizes += ["--synthetic-val", "2"]
+    assert main(["data", "demo", str(out), *sizes, "--real-test", "0"]) == 0
+    assert "real/test" not in capsys.readouterr().out
+    assert not (out / "real" / "test").exists()
+    assert "real_test" not in recorded_demo_settings(out)
+
+    assert main(["data", "demo", str(out), *sizes, "--real-test", "4"]) == 0
+    assert (
+        len(RelCocoDataset(out / "real" / "test" / "annotations.json", out / "real/test/images"))
+        == 4
+    )
+    assert recorded_demo_settings(out)["real_test"] == 4
+    # Asked for none again: the earlier test split does not stay behind to be used.
+    assert main(["data", "demo", str(out), *sizes, "--real-test", "0"]) == 0
+    assert not (out / "real" / "test").exists()
+
+
+def test_cli_demo_into_a_folder_whose_name_is_not_utf8(tmp_path: Path, capsys) -> None:
+    import os
+
+    from realsynth.cli import main
+
+    out = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9"))
+    sizes = ["--real-train", "2", "--real-val", "1", "--synthetic-train", "2"]
+    assert main(["data", "demo", str(out), *sizes, "--synthetic-val", "1", "--real-test", "0"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    expected = repr(bytes(tmp_path) + b"/caf\xe9/real/train/annotations.json")
+    assert printed[0] == f"real/train: {expected}"
+    assert (
+        len(RelCocoDataset(out / "real" / "train" / "annotations.json", out / "real/train/images"))
+        == 2
+    )

@@ -52,3 +52,22 @@ def test_a_synthetic_source_that_is_the_real_data_shows_no_gap(tmp_path, demo_ro
     assert all(v == pytest.approx(0.0, abs=1e-12) for v in copy["js_divergence"].values())
     assert copy["frechet_distance"] == pytest.approx(0.0, abs=1e-6)
     assert copy["domain_classifier"]["low"] <= 0.5 <= copy["domain_classifier"]["high"]
+
+
+def test_gap_on_a_run_trained_on_one_source_says_so_in_one_line(tmp_path, demo_root, capsys):
+    from realsynth.cli import main
+
+    one_source = ("SOLVER.MAX_ITER=1", "TEST.EVAL_PERIOD=0", "DATASETS.MULTI_DATASET.ENABLED=false")
+    cfg = tiny_config(tmp_path, *one_source, demo_root=demo_root)
+    train(cfg)
+    run = tmp_path / "run"
+    capsys.readouterr()
+    assert main(["gap", str(run), "--feature-images", "6"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "Traceback" not in captured.err
+    assert captured.err == (
+        f"realsynth: error: {run}: the run trained on one source only ('real'), so there is no "
+        "second (synthetic) source to compare with; `realsynth gap` needs a run trained on a "
+        "real and a synthetic source\n"
+    )
+    assert not (run / "gap.json").exists() and not (run / "gap.md").exists()

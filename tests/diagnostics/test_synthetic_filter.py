@@ -188,3 +188,47 @@ def test_a_filtered_file_written_elsewhere_trains_with_its_images_and_val_keeps_
     assert data.val["synthetic"].image_root == demo / "synthetic" / "val" / "images"
     assert data.val["real"].image_root == real / "val" / "images"  # the default, beside the JSON
     assert data.val["synthetic"][0]["image"].shape[0] == 3  # its images are found
+
+
+@pytest.mark.parametrize(
+    "content, missing",
+    [
+        ({"images": [], "annotations": []}, ["categories", "predicates", "relationships"]),
+        ([1, 2], ["images", "annotations", "categories", "predicates", "relationships"]),
+    ],
+    ids=["coco-like", "a-list"],
+)
+def test_cli_filter_refuses_a_json_that_is_not_relcoco_in_one_line(
+    trained_run, tmp_path, capsys, content, missing
+):
+    from realsynth.cli import main
+    from realsynth.data.check import check_dataset
+
+    run, _ = trained_run
+    source = tmp_path / "other.json"
+    source.write_text(json.dumps(content))
+    out = tmp_path / "out.json"
+    args = ["data", "filter", "--run", str(run), "--source", str(source), "--out", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert err.startswith(f"realsynth: error: {source}: invalid_file: missing top-level list(s) ")
+    assert str(missing) in err and f"`realsynth data check {source}`" in err
+    assert [p.code for p in check_dataset(source).errors] == ["invalid_file"]  # the same name
+    assert not out.exists()
+
+
+def test_cli_filter_writes_to_and_names_a_folder_that_is_not_utf8(trained_run, tmp_path, capsys):
+    import os
+
+    from realsynth.cli import main
+
+    run, demo = trained_run
+    source = demo / "synthetic" / "val" / "annotations.json"
+    out = pathlib.Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9")) / "filtered.json"
+    args = ["data", "filter", "--run", str(run), "--source", str(source), "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out  # a strict UTF-8 stream, as on most terminals
+    report = out.with_name("filtered.report.json")
+    assert f"Wrote {bytes(out)!r} and {bytes(report)!r}" in printed
+    assert RelCocoDataset(out, source.parent / "images") and report.exists()

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from realsynth.mixing.adaptive import AdaptiveMixer, project_shares
 from realsynth.mixing.holdout import holdout_items
+from realsynth.mixing.sampler import MixedBatchSampler
 
 
 def test_projection_by_hand() -> None:
@@ -78,10 +79,15 @@ def test_adapted_weights_move_synthetic_sources_only_and_are_clipped() -> None:
     assert first.weights == [1.0, pytest.approx(0.6)]  # 0.5 * e = 1.36, clipped to 0.6
     second = mixer.decide(20, [0.3, -3.0])
     assert second.weights == [1.0, pytest.approx(0.2)]  # 0.6 * e^-3, clipped to 0.2
-    # The batches of each step get the weights decided for it.
-    assert mixer.weights_at(19) == [1.0, 0.5]
-    assert mixer.weights_at(20) == [1.0, pytest.approx(0.6)]
-    assert mixer.weights_at(35) == [1.0, pytest.approx(0.2)]
+    # Pushed into the sampler, the batches of each step get the weights decided for it.
+    sampler = MixedBatchSampler(
+        [30, 30], [0.7, 0.3], 4, share_horizon=mixer.initial_horizon, loss_weights=[1.0, 0.5]
+    )
+    for decision in (first, second):
+        sampler.change_mix(decision.step, horizon=decision.step + 10, weights=decision.weights)
+    assert sampler.weights_at(19) == [1.0, 0.5]
+    assert sampler.weights_at(20) == [1.0, pytest.approx(0.6)]
+    assert sampler.weights_at(35) == [1.0, pytest.approx(0.2)]
 
 
 def test_state_round_trip_continues_the_same_trajectory() -> None:
@@ -96,7 +102,7 @@ def test_state_round_trip_continues_the_same_trajectory() -> None:
     resumed.load_state_dict(first.state_dict())
     rest = [resumed.decide(10 * (i + 4), m).ratios for i, m in enumerate(measured[3:])]
     assert rest == trajectory[3:]
-    assert resumed.weight_changes == whole.weight_changes
+    assert resumed.weights.tolist() == whole.weights.tolist()
 
 
 def test_bad_settings_are_refused() -> None:

@@ -126,8 +126,9 @@ def test_synthetic_dropped_to_zero_at_step_n_never_appears_again(world: int) -> 
     for sampler in ranks:
         for i, batch in enumerate(sampler):
             step = sampler.global_batch(i) // world
-            assert {s for _, s in batch} == {step}
-            synthetic = sum(index >= 50 for index, _ in batch)
+            assert {s for _, s, _ in batch} == {step}
+            assert {w for _, _, w in batch} == {1.0}  # no loss_weights: 1.0 each
+            synthetic = sum(index >= 50 for index, _, _ in batch)
             assert synthetic == (0 if step >= drop else 2)
 
 
@@ -189,12 +190,16 @@ def test_loss_weight_schedule_reaches_each_item_at_its_step() -> None:
         Source("synth", _Items(40), "synthetic", 0.5, weight),
     ]
     dataset = MixedDataset(sources)
-    assert dataset[(25, 4)]["loss_weight"] == pytest.approx(0.3)
-    assert dataset[(25, 4)]["step"] == 4 and dataset[(3, 4)]["loss_weight"] == 1.0
+    assert dataset[(25, 4, 0.3)]["loss_weight"] == 0.3 and dataset[(25, 4, 0.3)]["step"] == 4
+    assert dataset[3]["loss_weight"] == 1.0  # a constant weight needs no step
     with pytest.raises(ValueError, match="'synth' has a loss-weight schedule"):
         dataset[25]
+    with pytest.raises(TypeError, match=r"an \(index, step, weight\) triple"):
+        dataset[(25, 4)]
     loader = build_mixed_loader(sources, 4, seed=0, num_batches=12)
-    assert loader.batch_sampler.with_steps
+    sampler = loader.batch_sampler
+    assert sampler.with_steps and sampler.weights_change and not sampler.shares_change
+    assert sampler.weights_at(4) == [1.0, pytest.approx(0.3)]
     for step, batch in enumerate(loader):
         synth = [item for item in batch if item["source"] == "synth"]
         assert {item["step"] for item in batch} == {step}

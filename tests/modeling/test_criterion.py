@@ -286,7 +286,7 @@ def test_the_notes_first_worked_example_through_the_criterion():
 
 def test_the_notes_second_worked_example_through_the_criterion():
     # Nine pairs in images [0, 0, 1, 2, 2, 2, 7, 8, 8] of ten; images 7-9 weigh 0.5: 5.9 / 9
-    # (the note prints 5.8 / 9; its own terms add up to 5.9, see DESIGN.md).
+    # (0.8 + 1.2 + 0.9 + 1.1 + 0.7 + 0.6 + 0.25 + 0.2 + 0.15 = 5.9, not the 5.8 once quoted for it).
     losses = [0.8, 1.2, 0.9, 1.1, 0.7, 0.6, 0.5, 0.4, 0.3]
     loss = _box_case(losses, [0, 0, 1, 2, 2, 2, 7, 8, 8], [1.0] * 7 + [0.5] * 3, 10)
     assert loss.item() == pytest.approx(5.9 / 9, abs=1e-6) and round(loss.item(), 4) == 0.6556

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from realsynth.modeling.predicate_groups import (
+    GroupingError,
     predicate_groups,
     queries_per_group,
     split_by_frequency,
@@ -57,12 +58,104 @@ def test_allowed_pairs_follow_the_groups() -> None:
 
 
 def test_bad_settings_name_what_to_change() -> None:
-    with pytest.raises(ValueError, match="NUM_GROUPS=4: need 1 .. 3 groups"):
+    with pytest.raises(ValueError, match="num_groups=4: need 1 .. 3 groups"):
         split_by_frequency([1, 2, 3], 4)
-    with pytest.raises(ValueError, match="groups \\[1\\] get no query of 3"):
+    with pytest.raises(
+        ValueError, match=r"group\(s\) \[1\] of 3 get no query of 3: .*\(1: 0\.05%\)"
+    ):
         queries_per_group([1000, 1, 1000], 3)
     with pytest.raises(ValueError, match="all 0"):
         queries_per_group([0, 0], 4)
+
+
+@pytest.mark.parametrize(
+    ("counts", "num_groups", "num_queries", "reason", "max_groups", "min_queries"),
+    [
+        # VG150, 5 groups, 5 queries: the second most frequent group (19.46%) gets none.
+        (
+            COUNTS,
+            5,
+            5,
+            "predicate group(s) [1] of 5 get no query of 5: their share of the relations "
+            "(1: 19.46%) is below one query's (1/5 = 20.00%) and the queries left over go to "
+            "the last groups",
+            4,
+            12,
+        ),
+        # Fewer queries than groups: the frequent groups 1 and 2 go without.
+        (
+            [50, 25, 12, 7, 6],
+            5,
+            3,
+            "3 queries for 5 predicate groups: group(s) [1, 2] get no query (shares of the "
+            "relations 1: 25.00%, 2: 12.00%); every group needs one",
+            3,
+            17,
+        ),
+        # The rare end: group 1 holds 1.92% of the relations, less than one of 9 queries.
+        (
+            [500, 10, 10],
+            3,
+            9,
+            "predicate group(s) [1] of 3 get no query of 9: their share of the relations "
+            "(1: 1.92%) is below one query's (1/9 = 11.11%) and the queries left over go to "
+            "the last groups",
+            2,
+            52,
+        ),
+        # Predicates never seen in training: no number of queries helps, fewer groups do.
+        (
+            [10, 5, 0, 0],
+            4,
+            12,
+            "predicate group(s) [2, 3] of 4 hold only predicates with no training relation and "
+            "get no query",
+            2,
+            None,
+        ),
+        (
+            [1, 2, 3],
+            4,
+            10,
+            "4 predicate groups for 3 predicates: group(s) [3] get no predicate",
+            3,
+            None,
+        ),
+    ],
+)
+def test_a_group_without_a_query_or_predicate_says_which_and_what_works(
+    counts, num_groups, num_queries, reason, max_groups, min_queries
+) -> None:
+    with pytest.raises(GroupingError) as info:
+        predicate_groups(counts, num_groups, num_queries)
+    error = info.value
+    assert (error.reason, error.max_groups, error.min_queries) == (reason, max_groups, min_queries)
+    more = f" or num_queries >= {min_queries}" if min_queries is not None else ""
+    assert str(error) == f"{reason}: use num_groups <= {max_groups}{more}"
+    assert "rare" not in str(error) and "NUM_GROUPS" not in str(error)  # arguments, no keys
+    predicate_groups(counts, max_groups, num_queries)  # what it proposes works
+    if min_queries is not None:
+        predicate_groups(counts, num_groups, min_queries)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(0, 1000), min_size=1, max_size=12),
+    st.integers(1, 14),
+    st.integers(1, 60),
+)
+def test_what_a_grouping_error_proposes_works(counts, num_groups, num_queries) -> None:
+    if sum(counts) == 0:
+        return
+    try:
+        predicate_groups(counts, num_groups, num_queries)
+    except GroupingError as error:
+        assert 1 <= error.max_groups < num_groups
+        predicate_groups(counts, error.max_groups, num_queries)
+        if error.min_queries is not None:
+            assert error.min_queries > num_queries
+            for more in range(error.min_queries, error.min_queries + 5):
+                predicate_groups(counts, num_groups, more)
 
 
 @settings(max_examples=200, deadline=None)

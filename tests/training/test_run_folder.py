@@ -116,8 +116,12 @@ def test_resume_falls_back_to_the_newest_readable_checkpoint(tmp_path, demo_root
     torch.manual_seed(99)
     train(tiny_config(tmp_path / "b", *common, demo_root=demo_root), resume=True)
     out = capsys.readouterr().out
-    assert "not a readable checkpoint" in out and "resuming from" in out
-    assert "step_00000004.pt instead" in out
+    # last.pt and step 5 are passed over, each with its reason, and the line says so.
+    assert (
+        "realsynth: resuming from checkpoints/step_00000004.pt (step 4; last.pt is unreadable ("
+        in out
+    )
+    assert "; step_00000005.pt is unreadable (" in out
     assert_same_records(train_records(tmp_path / "b" / "run"), reference)
 
 

@@ -8,15 +8,14 @@ import re
 from omegaconf import DictConfig, OmegaConf
 
 from realsynth.config.schedules import REAL_RATIO_SCHEDULE, schedule_or_constant
-from realsynth.config.schema import _CHOICES, ConfigError
+from realsynth.config.schema import ConfigError, One2ManyScheme
+
+MD = "DATASETS.MULTI_DATASET"
 
 
 def validate(cfg: DictConfig) -> None:
-    """Check values the schema's types cannot express. Raises ConfigError naming the key."""
-    for key, choices in _CHOICES.items():
-        value = OmegaConf.select(cfg, key)
-        if value not in choices:
-            raise ConfigError(f"{key} must be one of {choices}, got {value!r}", key)
+    """Check values the schema's types cannot express (a fixed set of values is a ``Choice``
+    enum, refused while merging). Raises ConfigError naming the key."""
     md = cfg.DATASETS.MULTI_DATASET
     _check_ratio(md.REAL_SAMPLING_RATIO, "DATASETS.MULTI_DATASET.REAL_SAMPLING_RATIO")
     for name in ("REAL_LOSS_WEIGHT", "SYNTHETIC_LOSS_WEIGHT", "SYNTHETIC_BACKGROUND_WEIGHT"):
@@ -39,8 +38,13 @@ def validate(cfg: DictConfig) -> None:
             f"TEST.TOP_K must be >= 100 (Recall@100 needs 100 triplets), got {cfg.TEST.TOP_K}",
             "TEST.TOP_K",
         )
-    if cfg.SOLVER.BASE_LR <= 0 or cfg.SOLVER.WEIGHT_DECAY < 0:
-        raise ConfigError("SOLVER.BASE_LR must be > 0 and SOLVER.WEIGHT_DECAY >= 0", "SOLVER")
+    if not cfg.SOLVER.BASE_LR > 0:
+        raise ConfigError(f"SOLVER.BASE_LR must be > 0, got {cfg.SOLVER.BASE_LR}", "SOLVER.BASE_LR")
+    if not cfg.SOLVER.WEIGHT_DECAY >= 0:
+        raise ConfigError(
+            f"SOLVER.WEIGHT_DECAY must be >= 0, got {cfg.SOLVER.WEIGHT_DECAY}",
+            "SOLVER.WEIGHT_DECAY",
+        )
     for key in ("SEED", "DATALOADER.NUM_WORKERS", "SOLVER.WARMUP_ITERS"):
         if OmegaConf.select(cfg, key) < 0:
             raise ConfigError(f"{key} must be >= 0, got {OmegaConf.select(cfg, key)}", key)
@@ -57,13 +61,16 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             "MODEL.CRITERION.OVERSAMPLE_PARAM must be > 0 and UNDERSAMPLE_PARAM >= 0, got "
             f"{crit.OVERSAMPLE_PARAM} and {crit.UNDERSAMPLE_PARAM}",
-            "MODEL.CRITERION",
+            ("MODEL.CRITERION.OVERSAMPLE_PARAM", "MODEL.CRITERION.UNDERSAMPLE_PARAM"),
         )
     _check_ratio(cfg.INPUT.FLIP_PROB, "INPUT.FLIP_PROB")
     for key in ("COMPARE.SEEDS", "COMPARE.BOOTSTRAP", "SWEEP.TRIALS", "SWEEP.GRID_POINTS"):
         _check_positive(OmegaConf.select(cfg, key), key)
     if cfg.SWEEP.CONFIRM_SEEDS < 0:
-        raise ConfigError("SWEEP.CONFIRM_SEEDS must be >= 0 (0: no confirmation)", "SWEEP")
+        raise ConfigError(
+            f"SWEEP.CONFIRM_SEEDS must be >= 0 (0: no confirmation), got {cfg.SWEEP.CONFIRM_SEEDS}",
+            "SWEEP.CONFIRM_SEEDS",
+        )
     for key in ("COMPARE.METRIC", "SWEEP.METRIC", "TEST.BEST_METRIC"):
         _check_metric(OmegaConf.select(cfg, key), key)
     _check_ratio(cfg.DATASETS.DEMO.LABEL_NOISE, "DATASETS.DEMO.LABEL_NOISE")
@@ -71,6 +78,22 @@ def validate(cfg: DictConfig) -> None:
     _validate_schedules(cfg)
     _validate_adaptive(cfg)
     _validate_speaq(cfg)
+    _validate_gap_report(cfg)
+
+
+def _validate_gap_report(cfg: DictConfig) -> None:
+    """The domain-gap report compares a synthetic source with the real one: a run that trains
+    on real data only has nothing to compare."""
+    if not cfg.TEST.GAP_REPORT:
+        return
+    sources = cfg.DATASETS.SOURCES
+    synthetic = any(s.TYPE == "synthetic" for s in sources) if sources else True
+    if not cfg.DATASETS.MULTI_DATASET.ENABLED or not synthetic:
+        raise ConfigError(
+            "TEST.GAP_REPORT=true needs a synthetic source beside the real one, and this run "
+            "trains on real data only; set TEST.GAP_REPORT=false",
+            "TEST.GAP_REPORT",
+        )
 
 
 def _validate_speaq(cfg: DictConfig) -> None:
@@ -78,19 +101,23 @@ def _validate_speaq(cfg: DictConfig) -> None:
     for name in ("ONE2MANY_K", "MULTIPLY_QUERY", "NUM_GROUPS"):
         _check_positive(speaq[name], f"MODEL.SPEAQ.{name}")
     if not math.isfinite(speaq.ONE2MANY_PREDICATE_WEIGHT):
-        raise ConfigError("MODEL.SPEAQ.ONE2MANY_PREDICATE_WEIGHT must be finite", "MODEL.SPEAQ")
+        raise ConfigError(
+            "MODEL.SPEAQ.ONE2MANY_PREDICATE_WEIGHT must be finite, got "
+            f"{speaq.ONE2MANY_PREDICATE_WEIGHT}",
+            "MODEL.SPEAQ.ONE2MANY_PREDICATE_WEIGHT",
+        )
     if speaq.ONLY_PREDICATE_MULTIPLY:
         raise ConfigError(
             "MODEL.SPEAQ.ONLY_PREDICATE_MULTIPLY is not supported: realsynth's relation queries "
             "predict their own subject and object (no separate entity queries to share); "
             "MULTIPLY_QUERY multiplies the whole triplet queries (docs/speaq.md)",
-            "MODEL.SPEAQ",
+            "MODEL.SPEAQ.ONLY_PREDICATE_MULTIPLY",
         )
-    if speaq.ONE2MANY_SCHEME == "dynamic" and not speaq.MATCH_INDEPENDENT:
+    if speaq.ONE2MANY_SCHEME is One2ManyScheme.dynamic and not speaq.MATCH_INDEPENDENT:
         raise ConfigError(
             "MODEL.SPEAQ.ONE2MANY_SCHEME=dynamic needs MATCH_INDEPENDENT=true (the quality is "
             "measured on each layer's own predictions; SpeaQ has no shared dynamic matching)",
-            "MODEL.SPEAQ",
+            ("MODEL.SPEAQ.ONE2MANY_SCHEME", "MODEL.SPEAQ.MATCH_INDEPENDENT"),
         )
 
 
@@ -100,54 +127,97 @@ def _validate_adaptive(cfg: DictConfig) -> None:
     for name in ("INTERVAL", "HOLDOUT_IMAGES", "HOLDOUT_BATCH"):
         _check_positive(adaptive[name], f"{key}.{name}")
     if not (math.isfinite(adaptive.STEP_SIZE) and adaptive.STEP_SIZE > 0):
-        raise ConfigError(f"{key}.STEP_SIZE must be > 0, got {adaptive.STEP_SIZE}", key)
+        raise ConfigError(
+            f"{key}.STEP_SIZE must be > 0, got {adaptive.STEP_SIZE}", f"{key}.STEP_SIZE"
+        )
     if not 0 <= adaptive.SMOOTHING < 1:
-        raise ConfigError(f"{key}.SMOOTHING must be in [0, 1), got {adaptive.SMOOTHING}", key)
-    _check_bounds(adaptive.MIN_RATIO, adaptive.MAX_RATIO, f"{key}.MIN_RATIO / MAX_RATIO", 1.0)
-    _check_bounds(adaptive.MIN_WEIGHT, adaptive.MAX_WEIGHT, f"{key}.MIN_WEIGHT / MAX_WEIGHT", None)
+        raise ConfigError(
+            f"{key}.SMOOTHING must be in [0, 1), got {adaptive.SMOOTHING}", f"{key}.SMOOTHING"
+        )
+    for low, high, top in (("MIN_RATIO", "MAX_RATIO", 1.0), ("MIN_WEIGHT", "MAX_WEIGHT", None)):
+        _check_bounds(adaptive[low], adaptive[high], f"{key}.{low} / {high}", key, key, top)
     for i, src in enumerate(cfg.DATASETS.SOURCES):
-        low = adaptive.MIN_RATIO if src.MIN_RATIO is None else src.MIN_RATIO
-        high = adaptive.MAX_RATIO if src.MAX_RATIO is None else src.MAX_RATIO
-        _check_bounds(low, high, f"DATASETS.SOURCES[{i}].MIN_RATIO / MAX_RATIO", 1.0)
+        # A bound the source leaves unset is ADAPTIVE's.
+        own = f"DATASETS.SOURCES[{i}]"
+        low, low_at = (
+            (src.MIN_RATIO, own) if src.MIN_RATIO is not None else (adaptive.MIN_RATIO, key)
+        )
+        high, high_at = (
+            (src.MAX_RATIO, own) if src.MAX_RATIO is not None else (adaptive.MAX_RATIO, key)
+        )
+        _check_bounds(low, high, f"{own}.MIN_RATIO / MAX_RATIO", low_at, high_at, 1.0)
     if not adaptive.ENABLED:
         return
+    # With SOURCES empty the run's sources are the demo's: the builder checks the name.
     names = {s.NAME: s.TYPE for s in cfg.DATASETS.SOURCES}
-    if adaptive.HOLDOUT_SOURCE and names.get(adaptive.HOLDOUT_SOURCE) != "real":
+    if adaptive.HOLDOUT_SOURCE and names and names.get(adaptive.HOLDOUT_SOURCE) != "real":
         raise ConfigError(
-            f"{key}.HOLDOUT_SOURCE={adaptive.HOLDOUT_SOURCE!r} must name a real source of "
-            f"DATASETS.SOURCES, one of {sorted(n for n, t in names.items() if t == 'real')}",
-            key,
+            holdout_source_error(adaptive.HOLDOUT_SOURCE, names),
+            (f"{key}.HOLDOUT_SOURCE", "DATASETS.SOURCES"),
         )
     md = cfg.DATASETS.MULTI_DATASET
-    scheduled = [md.REAL_SAMPLING_RATIO_SCHEDULE.KIND] + [
-        s.RATIO_SCHEDULE.KIND for s in cfg.DATASETS.SOURCES
+    scheduled = [(REAL_RATIO_SCHEDULE, md.REAL_SAMPLING_RATIO_SCHEDULE.KIND)] + [
+        (f"DATASETS.SOURCES[{i}].RATIO_SCHEDULE", s.RATIO_SCHEDULE.KIND)
+        for i, s in enumerate(cfg.DATASETS.SOURCES)
     ]
-    if any(kind != "constant" for kind in scheduled):
+    if changing := [f"{name}.KIND" for name, kind in scheduled if kind != "constant"]:
         raise ConfigError(
             f"{key}: adaptive mixing decides the shares itself; set every ratio schedule's "
-            "KIND to constant (the plain ratios are its starting point)",
-            key,
+            f"KIND to constant (the plain ratios are its starting point): {', '.join(changing)}",
+            (f"{key}.ENABLED", *changing),
         )
-    weights = [md.SYNTHETIC_LOSS_WEIGHT_SCHEDULE.KIND] + [
-        s.LOSS_WEIGHT_SCHEDULE.KIND for s in cfg.DATASETS.SOURCES
+    weights = [(f"{MD}.SYNTHETIC_LOSS_WEIGHT_SCHEDULE", md.SYNTHETIC_LOSS_WEIGHT_SCHEDULE.KIND)] + [
+        (f"DATASETS.SOURCES[{i}].LOSS_WEIGHT_SCHEDULE", s.LOSS_WEIGHT_SCHEDULE.KIND)
+        for i, s in enumerate(cfg.DATASETS.SOURCES)
     ]
-    if adaptive.ADAPT_WEIGHTS and any(kind != "constant" for kind in weights):
+    changing = [f"{name}.KIND" for name, kind in weights if kind != "constant"]
+    if adaptive.ADAPT_WEIGHTS and changing:
         raise ConfigError(
-            f"{key}.ADAPT_WEIGHTS: the weights follow a schedule already; turn one of them off",
-            key,
+            f"{key}.ADAPT_WEIGHTS: the weights follow a schedule already ({', '.join(changing)}); "
+            "turn one of them off",
+            (f"{key}.ADAPT_WEIGHTS", *changing),
         )
 
 
-def _check_bounds(low: float, high: float, key: str, top: float | None) -> None:
+def holdout_source_error(name: str, kinds: dict[str, str]) -> str:
+    """The one-line error for an ``ADAPTIVE.HOLDOUT_SOURCE`` that is not a real source of the
+    run; ``kinds``: the run's sources, ``real`` or ``synthetic`` by name (the demo's too)."""
+    real = [n for n, kind in kinds.items() if kind == "real"]
+    listing = ", ".join(f"{n} ({kind})" for n, kind in kinds.items())
+    return (
+        f"{MD}.ADAPTIVE.HOLDOUT_SOURCE={name!r} must name a real source of the run, one of "
+        f"{real} (the run's sources: {listing})"
+    )
+
+
+def _check_bounds(
+    low: float, high: float, name: str, low_at: str, high_at: str, top: float | None
+) -> None:
+    """``name``: "NODE.MIN_X / MAX_X"; ``low_at`` / ``high_at``: the nodes the two values were
+    read from (a source's bound may be ADAPTIVE's)."""
     ok = math.isfinite(low) and math.isfinite(high) and 0 <= low <= high
     if not ok or (top is not None and high > top):
         upper = f"<= {top:g}" if top is not None else "finite"
-        raise ConfigError(f"{key} must satisfy 0 <= low <= high {upper}, got {low}, {high}", key)
+        low_name, high_name = name.rsplit(".", 1)[1].split(" / ")
+        raise ConfigError(
+            f"{name} must satisfy 0 <= low <= high {upper}, got {low}, {high}",
+            (f"{low_at}.{low_name}", f"{high_at}.{high_name}"),
+        )
 
 
 def _validate_schedules(cfg: DictConfig) -> None:
     """Builds every schedule once, so that a bad one fails at load time, naming its key."""
     md, max_iter = cfg.DATASETS.MULTI_DATASET, cfg.SOLVER.MAX_ITER
+    sources = cfg.DATASETS.SOURCES
+    if md.ENABLED and len(sources) == 1 and sources[0].RATIO_SCHEDULE.KIND != "constant":
+        # The sampler would divide the schedule by itself: nothing would change but the crash.
+        key = "DATASETS.SOURCES[0].RATIO_SCHEDULE"
+        raise ConfigError(
+            f"{key}.KIND={sources[0].RATIO_SCHEDULE.KIND}: DATASETS.SOURCES holds one source, "
+            "which always fills the whole batch (share 1); set KIND constant, or add a source "
+            "whose share it would trade against",
+            (f"{key}.KIND", "DATASETS.SOURCES"),
+        )
     nodes = [
         (md.REAL_SAMPLING_RATIO_SCHEDULE, REAL_RATIO_SCHEDULE, md.REAL_SAMPLING_RATIO, True),
         (
@@ -173,17 +243,22 @@ def _validate_sources(cfg: DictConfig) -> None:
         key = f"DATASETS.SOURCES[{i}]"
         for required in ("NAME", "PATH"):
             if OmegaConf.is_missing(src, required):
-                raise ConfigError(f"{key}.{required} is required", key)
+                raise ConfigError(f"{key}.{required} is required", f"{key}.{required}")
         if src.NAME in seen:
-            raise ConfigError(f"{key}.NAME: duplicate source name {src.NAME!r}", key)
+            raise ConfigError(f"{key}.NAME: duplicate source name {src.NAME!r}", f"{key}.NAME")
         seen.add(src.NAME)
         if src.TYPE not in ("real", "synthetic"):
-            raise ConfigError(f"{key}.TYPE must be 'real' or 'synthetic', got {src.TYPE!r}", key)
+            raise ConfigError(
+                f"{key}.TYPE must be 'real' or 'synthetic', got {src.TYPE!r}", f"{key}.TYPE"
+            )
         if src.FORMAT not in ("relcoco", "vg150"):
-            raise ConfigError(f"{key}.FORMAT must be 'relcoco' or 'vg150', got {src.FORMAT!r}", key)
+            raise ConfigError(
+                f"{key}.FORMAT must be 'relcoco' or 'vg150', got {src.FORMAT!r}", f"{key}.FORMAT"
+            )
         if src.FORMAT == "vg150" and src.VAL_SPLIT not in ("val", "test"):
             raise ConfigError(
-                f"{key}.VAL_SPLIT must be 'val' or 'test', got {src.VAL_SPLIT!r}", key
+                f"{key}.VAL_SPLIT must be 'val' or 'test', got {src.VAL_SPLIT!r}",
+                (f"{key}.VAL_SPLIT", f"{key}.FORMAT"),
             )
         if src.RATIO is not None:
             _check_ratio(src.RATIO, f"{key}.RATIO")
@@ -196,7 +271,7 @@ def _validate_sources(cfg: DictConfig) -> None:
         raise ConfigError(
             f"DATASETS.SOURCES[*].RATIO must sum to 1, got {sum(explicit):.6g} "
             f"({', '.join(f'{s.NAME}={s.RATIO}' for s in cfg.DATASETS.SOURCES)})",
-            "DATASETS.SOURCES",
+            tuple(f"DATASETS.SOURCES[{i}].RATIO" for i in range(len(cfg.DATASETS.SOURCES))),
         )
 
 

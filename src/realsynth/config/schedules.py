@@ -33,7 +33,8 @@ def build_step_schedule(
 
     Raises:
         ConfigError: naming the key, for an unknown kind, a missing value, a breakpoint list
-            that is not increasing, or a value out of range.
+            that is not increasing, a step beyond ``max_iter`` (``START_STEP``, ``END_STEP``, a
+            breakpoint's step, ``PRETRAIN_STEPS``; equal to it is fine), or a value out of range.
     """
     kind = node.KIND
     if kind not in SCHEDULE_KINDS:
@@ -45,7 +46,11 @@ def build_step_schedule(
             key,
         )
     if kind in ("linear", "cosine", "steps") and node.START_VALUE is None and constant is None:
-        raise ConfigError(f"{key}.START_VALUE is required: the plain key beside it is unset", key)
+        raise ConfigError(
+            f"{key}.START_VALUE is required: the plain key beside it is unset",
+            f"{key}.START_VALUE",
+        )
+    _check_steps(node, kind, key, max_iter)
     try:
         schedule = _schedule(node, kind, constant, max_iter, key)
     except ValueError as exc:
@@ -82,6 +87,25 @@ def _schedule(
     return StepSchedule.pretrain_finetune(
         pretrain, node.PRETRAIN_REAL_RATIO, node.FINETUNE_REAL_RATIO
     )
+
+
+def _check_steps(node: Any, kind: str, key: str, max_iter: int) -> None:
+    """Refuse a step of the kind's keys beyond ``max_iter``: the run would never reach it."""
+    steps: list[tuple[str, Any]] = []
+    if kind in ("linear", "cosine"):
+        steps = [("START_STEP", node.START_STEP), ("END_STEP", node.END_STEP)]
+    elif kind == "steps":
+        steps = [(f"BREAKPOINTS[{i}]", p[0]) for i, p in enumerate(node.BREAKPOINTS) if len(p)]
+    elif kind == "pretrain_finetune":
+        steps = [("PRETRAIN_STEPS", node.PRETRAIN_STEPS)]
+    for name, step in steps:
+        if step is not None and step > max_iter:
+            what = f"{name} step {step:g}" if name.startswith("BREAKPOINTS") else f"{name}={step}"
+            raise ConfigError(
+                f"{key}.{what} is beyond SOLVER.MAX_ITER={max_iter}: the run never gets there; "
+                f"lower it to at most {max_iter} or raise SOLVER.MAX_ITER",
+                (f"{key}.{name.split('[')[0]}", "SOLVER.MAX_ITER"),
+            )
 
 
 def schedule_or_constant(

@@ -3,12 +3,14 @@
 The schema keeps the keys of the original design note (``DATASETS.MULTI_DATASET.*``) and
 detectron2's solver names (``SOLVER.BASE_LR``, ``SOLVER.MAX_ITER``, ...), so existing YAML files
 work unchanged. Loading and overrides are in :mod:`realsynth.config`, value checks in
-:mod:`realsynth.config.checks`.
+:mod:`realsynth.config.checks`. A key with a fixed set of values is a :class:`Choice` enum, so
+OmegaConf refuses any other value while merging (``load_config`` names the key and the values).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from realsynth.data.demo_settings import DEMO_LABEL_NOISE, DEMO_SIZES
@@ -16,11 +18,126 @@ from realsynth.modeling import heads
 
 
 class ConfigError(ValueError):
-    """A configuration value a user can fix; the message names the key and where it came from."""
+    """A configuration value a user can fix; the message names the key and where it came from.
 
-    def __init__(self, message: str, key: str = "") -> None:
+    Args:
+        message: one line naming the key(s) and what was expected.
+        key: the full key of the bad value (``DATASETS.SOURCES[1].RATIO``), or several keys
+            whose values do not go together; ``load_config`` names where they were set.
+    """
+
+    def __init__(self, message: str, key: str | tuple[str, ...] = "") -> None:
         super().__init__(message)
-        self.key = key
+        keys = (key,) if isinstance(key, str) else tuple(key)
+        self.keys: tuple[str, ...] = tuple(k for k in keys if k)
+        self.key = self.keys[0] if self.keys else ""
+
+
+class Choice(str, Enum):
+    """A config value from a fixed set; OmegaConf refuses any other value at merge time.
+
+    OmegaConf reads a string as the member of that NAME, so every member's name is the string a
+    user writes and its value the same string. The ``str`` mixin makes a member equal (and hash
+    equal) to its string; ``str()`` and f-strings give the plain value, and ``to_yaml`` writes the
+    name, which loads again. Builders hand ``.value`` (a plain ``str``) to the lower layers.
+    """
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, format_spec: str) -> str:
+        return format(self.value, format_spec)
+
+    @classmethod
+    def allowed(cls) -> str:
+        """The values a user may write, for error messages: ``"a, b, c"``."""
+        return ", ".join(cls.__members__)
+
+
+class AdaptiveMethod(Choice):
+    gradient_alignment = "gradient_alignment"
+
+
+class CeScope(Choice):
+    all = "all"
+    matched = "matched"
+
+
+class Normalization(Choice):
+    count = "count"
+    weight = "weight"
+
+
+class OnInvalidWeight(Choice):
+    error = "error"
+    fallback = "fallback"
+
+
+class PredicateClassWeights(Choice):
+    none = "none"
+    frequency = "frequency"
+
+
+class One2ManyScheme(Choice):
+    none = "none"
+    static = "static"
+    dynamic = "dynamic"
+
+
+class One2ManyDynamicScheme(Choice):
+    min = "min"
+    max = "max"
+    gm = "gm"
+    am = "am"
+
+
+class Preset(Choice):
+    tiny = "tiny"
+    base = "base"
+
+
+class BackboneNorm(Choice):
+    """``default`` = the preset's norm. ``""`` (what earlier versions wrote for it) still loads as
+    ``default``: OmegaConf falls back to a lookup by value, which ``_missing_`` answers."""
+
+    default = "default"
+    batch = "batch"
+    group = "group"
+
+    @classmethod
+    def _missing_(cls, value: object) -> BackboneNorm | None:
+        return cls.default if value == "" else None
+
+    @classmethod
+    def allowed(cls) -> str:
+        return f"{super().allowed()} ('' = default)"
+
+
+class LrSchedule(Choice):
+    cosine = "cosine"
+    constant = "constant"
+
+
+class EvalProtocol(Choice):
+    sgb = "sgb"
+    continuous = "continuous"
+
+
+class CompareSplit(Choice):
+    val = "val"
+    test = "test"
+
+
+class Sampler(Choice):
+    tpe = "tpe"
+    random = "random"
+    grid = "grid"
+
+
+class Pruner(Choice):
+    successive_halving = "successive_halving"
+    median = "median"
+    none = "none"
 
 
 @dataclass
@@ -53,7 +170,9 @@ class AdaptiveConfig:
     """Shares (and optionally synthetic weights) that follow a real holdout while training."""
 
     ENABLED: bool = False
-    METHOD: str = "gradient_alignment"  # gradient_alignment (DoGE-style; docs/adaptive.md)
+    METHOD: AdaptiveMethod = (
+        AdaptiveMethod.gradient_alignment
+    )  # gradient_alignment (DoGE-style; docs/adaptive.md)
     INTERVAL: int = 50  # steps between decisions; a decision rules the interval after the next
     # The holdout: HOLDOUT_IMAGES images carved from the first real source's training set, or
     # HOLDOUT_SOURCE, a source whose whole training file is the holdout (not trained on).
@@ -147,13 +266,13 @@ class DatasetsConfig:
 
 @dataclass
 class CriterionConfig:
-    CE_SCOPE: str = "all"  # all | matched
-    NORMALIZATION: str = "count"  # count | weight
-    ON_INVALID_WEIGHT: str = "error"  # error | fallback
+    CE_SCOPE: CeScope = CeScope.all  # all | matched
+    NORMALIZATION: Normalization = Normalization.count  # count | weight
+    ON_INVALID_WEIGHT: OnInvalidWeight = OnInvalidWeight.error  # error | fallback
     # Predicate CE class weights: none (all 1) or frequency (SpeaQ's formula with OVERSAMPLE_PARAM
     # alpha and UNDERSAMPLE_PARAM beta) from the predicate counts of PREDICATE_FREQUENCY_SOURCE:
     # real (the real training sources), all, or one source's NAME.
-    PREDICATE_CLASS_WEIGHTS: str = "none"
+    PREDICATE_CLASS_WEIGHTS: PredicateClassWeights = PredicateClassWeights.none
     PREDICATE_FREQUENCY_SOURCE: str = "real"
     OVERSAMPLE_PARAM: float = 0.07
     UNDERSAMPLE_PARAM: float = 1.0
@@ -175,8 +294,10 @@ class SpeaQConfig:
     SpeaQ's static with K 1 does) and MATCH_INDEPENDENT (true: realsynth matches every decoder
     layer on its own predictions, as SpeaQ's recipe does)."""
 
-    ONE2MANY_SCHEME: str = "none"  # none | static (K copies each) | dynamic (quality-aware)
-    ONE2MANY_DYNAMIC_SCHEME: str = "min"  # IoU combination: min | max | gm | am
+    # none | static (K copies each) | dynamic (quality-aware)
+    ONE2MANY_SCHEME: One2ManyScheme = One2ManyScheme.none
+    # IoU combination: min | max | gm | am
+    ONE2MANY_DYNAMIC_SCHEME: One2ManyDynamicScheme = One2ManyDynamicScheme.min
     ONE2MANY_K: int = 1
     MATCH_INDEPENDENT: bool = True  # false: one matching from the costs summed over layers
     ONE2MANY_PREDICATE_SCORE: bool = False  # add the predicate probability term to the quality
@@ -189,7 +310,7 @@ class SpeaQConfig:
 
 @dataclass
 class ModelConfig:
-    PRESET: str = "tiny"  # tiny | base
+    PRESET: Preset = Preset.tiny  # tiny | base
     DEVICE: str = "auto"  # auto | cpu | cuda | cuda:N
     NUM_QUERIES: int | None = None
     D_MODEL: int | None = None
@@ -198,9 +319,10 @@ class ModelConfig:
     DIM_FEEDFORWARD: int | None = None
     # Stage widths of the default CNN backbone; empty = the preset's.
     BACKBONE_CHANNELS: list[int] = field(default_factory=list)
-    # batch | group | "" (the preset's: batch). group makes every image independent of its
-    # batch (exact DDP equivalence on CPUs); batch learns much faster from scratch.
-    BACKBONE_NORM: str = ""
+    # batch | group | default (the preset's: batch; "" means default too). group makes every image
+    # independent of its batch (exact DDP equivalence on CPUs); batch learns much faster from
+    # scratch.
+    BACKBONE_NORM: BackboneNorm = BackboneNorm.default
     CRITERION: CriterionConfig = field(default_factory=CriterionConfig)
     SPEAQ: SpeaQConfig = field(default_factory=SpeaQConfig)
 
@@ -213,7 +335,7 @@ class SolverConfig:
     MAX_ITER: int = 2000
     IMS_PER_BATCH: int = 16
     WARMUP_ITERS: int = 100
-    LR_SCHEDULE: str = "cosine"  # cosine | constant
+    LR_SCHEDULE: LrSchedule = LrSchedule.cosine  # cosine | constant
     CLIP_GRAD_NORM: float = 0.1
     CHECKPOINT_PERIOD: int = 500
     KEEP_CHECKPOINTS: int = 2  # step checkpoints kept (the newest), besides best.pt
@@ -234,7 +356,7 @@ class TestConfig:
     BEST_SOURCE: str = ""
     # sgb: original-image pixels, SGB's +1 IoU, images without predictions left out (published
     # VG150 numbers); continuous: normalized boxes, continuous IoU, such images count as 0.
-    PROTOCOL: str = "sgb"
+    PROTOCOL: EvalProtocol = EvalProtocol.sgb
     # SGB's zeroshot_triplet.pytorch or a JSON of [subject, predicate, object] names: zsR@K.
     ZERO_SHOT_TRIPLETS: str = ""
     GAP_REPORT: bool = False  # write the domain-gap report (`realsynth gap`) when a run ends
@@ -244,6 +366,8 @@ class TestConfig:
 class InputConfig:
     # Empty = keep the images at their native size (the demo data is already small).
     MIN_SIZE_TRAIN: list[int] = field(default_factory=list)
+    # The longest side of every image, native sizes included (detectron2/DETR's 1333): a larger
+    # file is reduced while it is decoded, so memory stays bounded whatever its size.
     MAX_SIZE_TRAIN: int = 1333
     MIN_SIZE_TEST: int = 0
     MAX_SIZE_TEST: int = 1333
@@ -271,7 +395,7 @@ class CompareConfig:
     VARIANTS: list[CompareVariantConfig] = field(default_factory=list)
     REFERENCE: str = "real_only"
     METRIC: str = "R@50"
-    SPLIT: str = "val"  # val | test (each source's test split: reports only)
+    SPLIT: CompareSplit = CompareSplit.val  # val | test (each source's test split: reports only)
     BOOTSTRAP: int = 2000  # replicates of the paired bootstrap
 
 
@@ -295,11 +419,13 @@ def _default_space() -> list[SweepParameterConfig]:
 class SweepConfig:
     SPACE: list[SweepParameterConfig] = field(default_factory=_default_space)
     TRIALS: int = 12
-    SAMPLER: str = "tpe"  # tpe | random | grid
+    SAMPLER: Sampler = Sampler.tpe  # tpe | random | grid
     GRID_POINTS: int = 4  # per numeric dimension, for the grid sampler
-    PRUNER: str = "successive_halving"  # successive_halving | median | none
+    PRUNER: Pruner = Pruner.successive_halving  # successive_halving | median | none
     METRIC: str = "R@50"  # selection metric on SOURCE's validation set
     SOURCE: str = ""  # "" = the first real validation source
+    # A database storage's heartbeat: a trial silent for 3x this long is failed and tried again.
+    HEARTBEAT_SECONDS: float = 60.0
     CONFIRM_SEEDS: int = 3  # fresh seeds of the chosen mix, the note's mix and real only (test)
 
 
@@ -316,23 +442,6 @@ class RunConfig:
     COMPARE: CompareConfig = field(default_factory=CompareConfig)
     SWEEP: SweepConfig = field(default_factory=SweepConfig)
 
-
-_CHOICES = {
-    "MODEL.PRESET": ("tiny", "base"),
-    "MODEL.BACKBONE_NORM": ("", "batch", "group"),
-    "MODEL.CRITERION.CE_SCOPE": ("all", "matched"),
-    "MODEL.CRITERION.NORMALIZATION": ("count", "weight"),
-    "MODEL.CRITERION.ON_INVALID_WEIGHT": ("error", "fallback"),
-    "MODEL.CRITERION.PREDICATE_CLASS_WEIGHTS": ("none", "frequency"),
-    "MODEL.SPEAQ.ONE2MANY_SCHEME": ("none", "static", "dynamic"),
-    "MODEL.SPEAQ.ONE2MANY_DYNAMIC_SCHEME": ("min", "max", "gm", "am"),
-    "SOLVER.LR_SCHEDULE": ("cosine", "constant"),
-    "TEST.PROTOCOL": ("sgb", "continuous"),
-    "COMPARE.SPLIT": ("val", "test"),
-    "SWEEP.SAMPLER": ("tpe", "random", "grid"),
-    "SWEEP.PRUNER": ("successive_halving", "median", "none"),
-    "DATASETS.MULTI_DATASET.ADAPTIVE.METHOD": ("gradient_alignment",),
-}
 
 #: Keys of earlier versions and their names now (a YAML that uses one gets told the new name).
 RENAMED_KEYS = {

@@ -61,7 +61,8 @@ def resolve_mix(
 
     Raises:
         ConfigError: constant shares that do not sum to 1, a source with a share but no items,
-            or a bad schedule (naming its key).
+            a share schedule on the only source with a share (it always has share 1), or a bad
+            schedule (naming its key).
     """
     md, sources = multi_dataset, list(sources)
     kinds = [s.TYPE for s in sources]
@@ -89,6 +90,17 @@ def resolve_mix(
             raise ConfigError(
                 f"DATASETS.SOURCES: source {m.name!r} has ratio {_describe(m.ratio)} but no items"
             )
+    active = [k for k, m in enumerate(mix) if m.max_ratio > 0]
+    if len(active) == 1 and isinstance(mix[active[0]].ratio, StepSchedule):
+        k = active[0]
+        own = sources[k].RATIO_SCHEDULE.KIND != "constant"
+        key = f"DATASETS.SOURCES[{k}].RATIO_SCHEDULE" if own else REAL_RATIO_SCHEDULE
+        raise ConfigError(
+            f"{key}: source {mix[k].name!r} is the only source with a share > 0, so it always "
+            f"fills the whole batch (share 1) and {_describe(mix[k].ratio)} changes nothing; set "
+            "KIND constant, or give another source a share",
+            key,
+        )
     return mix
 
 

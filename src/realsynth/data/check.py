@@ -30,6 +30,7 @@ from realsynth.data.formats.vg150_files import (
 )
 from realsynth.data.formats.vg150_rules import check_vg150_arrays, row_location
 from realsynth.data.image_files import ImageEntry, check_image_files
+from realsynth.data.paths import printable
 from realsynth.data.problems import Findings, Problem, summarize_problems
 from realsynth.utils.gc_pause import gc_paused
 
@@ -79,7 +80,8 @@ class CheckReport:
         }
 
     def format_text(self, max_per_code: int = TEXT_PROBLEMS_PER_CODE) -> str:
-        """Human-readable report; at most ``max_per_code`` problems shown per code."""
+        """Human-readable report; at most ``max_per_code`` problems shown per code. File names
+        that are not valid UTF-8 show their bytes as ``\\xNN`` (the text always prints)."""
         lines = [
             f"{self.format} dataset: {self.path}",
             f"  images: {self.num_images}  objects: {self.num_objects}  "
@@ -96,7 +98,7 @@ class CheckReport:
             lines.append(f"{title}: {len(problems)}")
             lines.extend(summarize_problems(problems, max_per_code))
         lines.append("result: " + ("FAILED" if self.errors else "OK"))
-        return "\n".join(lines)
+        return printable("\n".join(lines))
 
 
 def count_names(counts: Mapping[int, int], names: list[str]) -> dict[str, int]:

@@ -182,8 +182,7 @@ def _write_corruption(path: Path, records: list[dict], corruption: list[tuple]) 
 
 def _claim_folder(out: Path, settings: dict[str, Any], *, force: bool) -> None:
     """Refuse a non-empty folder that an earlier ``generate_demo`` did not make; mark it ours."""
-    ours = (out / DEMO_MARKER).exists() or (out / LEGACY_DEMO_MARKER).exists()
-    if out.exists() and any(out.iterdir()) and not ours and not force:
+    if out.exists() and any(out.iterdir()) and not is_demo_folder(out) and not force:
         raise ValueError(
             f"{out} is not empty and was not made by `realsynth data demo`; choose an empty "
             "folder, or pass --force (generate_demo(..., force=True)) to replace its real/ and "
@@ -193,6 +192,47 @@ def _claim_folder(out: Path, settings: dict[str, Any], *, force: bool) -> None:
         out / DEMO_MARKER, json.dumps({"complete": False, "settings": settings}) + "\n"
     )
     (out / LEGACY_DEMO_MARKER).unlink(missing_ok=True)
+
+
+def demo_settings(
+    *,
+    seed: int = 0,
+    real_train: int = DEMO_SIZES["real_train"],
+    real_val: int = DEMO_SIZES["real_val"],
+    synthetic_train: int = DEMO_SIZES["synthetic_train"],
+    synthetic_val: int = DEMO_SIZES["synthetic_val"],
+    real_test: int = DEMO_SIZES["real_test"],
+    label_noise: float = DEMO_LABEL_NOISE,
+    image_size: int = 64,
+) -> dict[str, Any]:
+    """The settings :func:`generate_demo` records in its marker for these arguments (compare
+    them with :func:`recorded_demo_settings` to tell whether a folder holds this demo)."""
+    counts = {
+        "real_train": real_train,
+        "real_val": real_val,
+        "synthetic_train": synthetic_train,
+        "synthetic_val": synthetic_val,
+    }
+    if real_test:
+        counts["real_test"] = real_test
+    settings: dict[str, Any] = {key: int(n) for key, n in counts.items()}
+    settings.update(seed=seed, label_noise=label_noise, image_size=image_size)
+    return settings
+
+
+def is_demo_folder(out: str | Path) -> bool:
+    """Whether ``out`` was made by :func:`generate_demo` (finished or not)."""
+    return (Path(out) / DEMO_MARKER).exists() or (Path(out) / LEGACY_DEMO_MARKER).exists()
+
+
+def recorded_demo_settings(out: str | Path) -> dict[str, Any] | None:
+    """The settings ``generate_demo`` recorded in ``out`` (None: not a demo folder, or one of
+    realsynth 0.1, which recorded none)."""
+    try:
+        settings = json.loads((Path(out) / DEMO_MARKER).read_text()).get("settings")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return settings if isinstance(settings, dict) else None
 
 
 def demo_is_complete(out: str | Path) -> bool:
@@ -266,7 +306,8 @@ def generate_demo(
             marker says so) or ``force`` is set.
         seed: base seed; image k of (domain, split) uses ``default_rng([seed, d, s, k])``.
         real_train, real_val, synthetic_train, synthetic_val, real_test: image counts (>= 0);
-            the real test split is for reports that model selection never saw (0: none).
+            the real test split is for reports that model selection never saw (0: none, and
+            the test split of an earlier call is removed).
         label_noise: synthetic class/predicate noise rate in [0, 1].
         image_size: square image side in pixels (>= 24).
         force: replace ``real/`` and ``synthetic/`` in a folder this function did not make.
@@ -291,9 +332,19 @@ def generate_demo(
     if image_size < 24:
         raise ValueError(f"image_size must be >= 24 pixels, got {image_size}")
     out = Path(out_dir)
-    settings = {f"{d}_{s}": int(n) for (d, s), n in counts.items()}
-    settings.update(seed=seed, label_noise=label_noise, image_size=image_size)
+    settings = demo_settings(
+        seed=seed,
+        real_train=real_train,
+        real_val=real_val,
+        synthetic_train=synthetic_train,
+        synthetic_val=synthetic_val,
+        real_test=real_test,
+        label_noise=label_noise,
+        image_size=image_size,
+    )
     _claim_folder(out, settings, force=force)
+    if not real_test:  # a test split of an earlier call would pass for this one's
+        shutil.rmtree(out / "real" / "test", ignore_errors=True)
     paths = {
         f"{domain}/{split}": _write_split(
             out / domain / split,

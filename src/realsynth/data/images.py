@@ -24,7 +24,10 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from realsynth.data.transforms import Transform, finalize_item, item_rng
+from realsynth.data.transforms import Transform, capped_size, finalize_item, item_rng
+
+#: Modes ``Image.reduce`` works in directly (the others are converted to RGB first).
+REDUCIBLE_MODES = frozenset({"L", "LA", "RGB", "RGBA", "RGBa", "La", "I", "F", "CMYK", "YCbCr"})
 
 
 class BadSampleError(ValueError):
@@ -52,19 +55,61 @@ class SkippedSample:
         return f"{self.source}/{self.file_name}"
 
 
-def load_image(path: str | Path, *, source: str) -> Image.Image:
-    """Opens an image file as RGB.
+def load_image(path: str | Path, *, source: str, max_size: int | None = None) -> Image.Image:
+    """Opens an image file as RGB, its longer side reduced to ``max_size`` when larger (see
+    :func:`decode_image`).
+
+    Raises:
+        BadSampleError: the file is missing or cannot be decoded; names the file and source.
+    """
+    return decode_image(path, source=source, max_size=max_size)[0]
+
+
+def decode_image(
+    path: str | Path, *, source: str, max_size: int | None = None
+) -> tuple[Image.Image, tuple[int, int]]:
+    """Decodes an image file as RGB, reduced while it is decoded when its longer side exceeds
+    ``max_size``: a JPEG is decoded at 1/2, 1/4 or 1/8 scale (``Image.draft``), any other format
+    is shrunk by an integer factor (``Image.reduce``) before it is converted or resized, so a
+    huge file never exists at full size in RGB floats (nor, for a JPEG, at all).
+
+    Args:
+        path: the image file.
+        source: the dataset's source name, for error messages.
+        max_size: the longest side wanted, in pixels (None: the file's own size).
+
+    Returns:
+        (the RGB image, its longer side at most ``max_size``; the file's (width, height)).
 
     Raises:
         BadSampleError: the file is missing or cannot be decoded; names the file and source.
     """
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            size = image.size
+            wanted = capped_size(*size, max_size)
+            if wanted == size:
+                return image.convert("RGB"), size
+            return _reduced(image, wanted), size
     except FileNotFoundError as exc:
         raise BadSampleError(f"source '{source}': image file not found: {path}") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
         raise BadSampleError(f"source '{source}': cannot read image {path}: {exc}") from exc
+
+
+def _reduced(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """``image`` (open, not yet loaded) decoded straight down to RGB of ``size`` (w, h)."""
+    image.draft("RGB", size)  # JPEG: the smallest DCT scale still >= size; others: no-op
+    image.load()
+    factor = min(image.width // size[0], image.height // size[1])
+    if factor >= 2:
+        if image.mode in REDUCIBLE_MODES:
+            image = image.reduce(factor)
+        else:  # palette, bilevel, 16-bit: converted first (at full size, 1-3 bytes a pixel)
+            image = image.convert("RGB").reduce(factor)
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return image.resize(size, Image.BILINEAR) if image.size != size else image
 
 
 class RelationDataset(torch.utils.data.Dataset, abc.ABC):
@@ -165,8 +210,9 @@ class RelationDataset(torch.utils.data.Dataset, abc.ABC):
         target.setdefault("eval_boxes", target["boxes"].clone())
         target["eval_size"] = target["orig_size"].clone()
         path = self.image_path(index)
-        image = load_image(path, source=self.source)
-        width, height = image.size
+        # Large files are reduced while decoded to the transforms' cap (INPUT.MAX_SIZE_*).
+        max_size = getattr(self.transforms, "max_size", None)
+        image, (width, height) = decode_image(path, source=self.source, max_size=max_size)
         ann_h, ann_w = (int(v) for v in target["orig_size"])
         if (ann_h, ann_w) != (height, width):
             if not self.rescale_on_size_mismatch:
@@ -177,4 +223,7 @@ class RelationDataset(torch.utils.data.Dataset, abc.ABC):
             scale = torch.tensor([width / ann_w, height / ann_h] * 2, dtype=torch.float32)
             target["boxes"] = target["boxes"] * scale
         target["orig_size"] = torch.tensor([height, width], dtype=torch.int64)
+        if image.size != (width, height):  # decoded reduced: boxes follow the pixels
+            scale = [image.width / width, image.height / height] * 2
+            target["boxes"] = target["boxes"] * torch.tensor(scale, dtype=torch.float32)
         return image, target

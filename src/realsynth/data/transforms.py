@@ -60,6 +60,17 @@ class Compose:
     def __init__(self, transforms: Sequence[Transform]) -> None:
         self.transforms = list(transforms)
 
+    @property
+    def max_size(self) -> int | None:
+        """The smallest cap on the longer side among the steps (None: no step caps it).
+
+        A dataset decodes its images already reduced to this size
+        (:meth:`~realsynth.data.images.RelationDataset.get_item`), so a huge file never exists
+        at full size as floats.
+        """
+        caps = [t.max_size for t in self.transforms if getattr(t, "max_size", None) is not None]
+        return min(caps) if caps else None
+
     def __call__(
         self, image: ImageLike, target: dict[str, Any], rng: np.random.Generator
     ) -> tuple[ImageLike, dict[str, Any]]:
@@ -80,6 +91,51 @@ def _resized_hw(width: int, height: int, size: int, max_size: int | None) -> tup
     if width <= height:
         return int(round(size * height / width)), size
     return size, int(round(size * width / height))
+
+
+def capped_size(width: int, height: int, max_size: int | None) -> tuple[int, int]:
+    """(width, height) scaled down, aspect kept, so the longer side is at most ``max_size``
+    (unchanged when it already is, or when ``max_size`` is None)."""
+    if max_size is None or max(width, height) <= max_size:
+        return width, height
+    scale = max_size / max(width, height)
+    return max(1, int(round(width * scale))), max(1, int(round(height * scale)))
+
+
+def _scale_boxes(target: dict[str, Any], old: tuple[int, int], new: tuple[int, int]) -> dict:
+    """The target with its xyxy pixel boxes moved from an ``old`` (w, h) image to a ``new`` one."""
+    scale = torch.tensor([new[0] / old[0], new[1] / old[1]] * 2, dtype=torch.float32)
+    target = dict(target)
+    target["boxes"] = clip_boxes_to_image(target["boxes"] * scale, new[0], new[1])
+    return target
+
+
+class LimitSize:
+    """Shrinks a PIL image whose longer side exceeds ``max_size`` (aspect kept; boxes scaled
+    with it); smaller images are left as they are. Draws nothing from the generator.
+
+    Args:
+        max_size: the longest side allowed, in pixels.
+    """
+
+    def __init__(self, max_size: int) -> None:
+        if int(max_size) <= 0:
+            raise ValueError(f"LimitSize max_size must be positive, got {max_size}")
+        self.max_size = int(max_size)
+
+    def __call__(
+        self, image: ImageLike, target: dict[str, Any], rng: np.random.Generator
+    ) -> tuple[ImageLike, dict[str, Any]]:
+        if not isinstance(image, Image.Image):
+            raise TypeError("LimitSize expects a PIL image; put it before ToTensor")
+        new = capped_size(*image.size, self.max_size)
+        if new == image.size:
+            return image, target
+        old = image.size
+        return image.resize(new, Image.BILINEAR), _scale_boxes(target, old, new)
+
+    def __repr__(self) -> str:
+        return f"LimitSize(max_size={self.max_size})"
 
 
 class RandomResize:
@@ -110,10 +166,7 @@ class RandomResize:
         if (new_w, new_h) == (width, height):
             return image, target
         image = image.resize((new_w, new_h), Image.BILINEAR)
-        scale = torch.tensor([new_w / width, new_h / height] * 2, dtype=torch.float32)
-        target = dict(target)
-        target["boxes"] = clip_boxes_to_image(target["boxes"] * scale, new_w, new_h)
-        return image, target
+        return image, _scale_boxes(target, (width, height), (new_w, new_h))
 
     def __repr__(self) -> str:
         return f"RandomResize(sizes={self.sizes}, max_size={self.max_size})"
@@ -268,8 +321,11 @@ def build_transforms(
     Args:
         train: whether to add random augmentation.
         min_sizes: shorter-side sizes in pixels; eval uses the last one; empty keeps every
-            image at its native size (small synthetic renders, the demo data).
-        max_size: cap on the longer side in pixels (None: no cap).
+            image at its native size (small synthetic renders, the demo data) up to
+            ``max_size``.
+        max_size: cap on the longer side in pixels, applied to every image, native sizes
+            included (None: no cap). The pipeline's :attr:`Compose.max_size` tells a dataset
+            to decode large images already reduced.
         flip_prob: horizontal flip probability (train only).
         predicate_flip_map: 0-based predicate index map applied on flips
             (see :func:`predicate_flip_indices`).
@@ -281,6 +337,8 @@ def build_transforms(
         steps.append(RandomHorizontalFlip(flip_prob, predicate_flip_map))
     if sizes:
         steps.append(RandomResize(sizes if train else sizes[-1:], max_size))
+    elif max_size is not None:
+        steps.append(LimitSize(max_size))
     steps.append(ToTensor())
     if normalize:
         steps.append(Normalize(mean, std))

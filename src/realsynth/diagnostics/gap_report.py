@@ -102,7 +102,12 @@ def _without_augmentation(dataset: Dataset, transforms: Any) -> Dataset:
 
 
 def gap_report(run_dir: str | Path, *, feature_images: int = 500) -> dict[str, Any]:
-    """Compute the report of a finished run, write it into the run folder and return it."""
+    """Compute the report of a finished run, write it into the run folder and return it.
+
+    Raises:
+        ValueError: the run trained on no real source, or on one source only (nothing to
+            compare); nothing is written then.
+    """
     from realsynth.training.data_setup import eval_transforms
 
     run_dir = Path(run_dir)
@@ -111,6 +116,12 @@ def gap_report(run_dir: str | Path, *, feature_images: int = 500) -> dict[str, A
     real = next((n for n in names if run.data.kinds[n] == "real"), None)
     if real is None:
         raise ValueError(f"{run_dir}: the run has no real source to compare with")
+    if len(names) < 2:
+        raise ValueError(
+            f"{run_dir}: the run trained on one source only ('{real}'), so there is no second "
+            "(synthetic) source to compare with; `realsynth gap` needs a run trained on a real "
+            "and a synthetic source"
+        )
     stats = {
         n: label_statistics(ds, len(data.classes), len(data.predicates))
         for n, ds in zip(names, data.train)

@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader
 
 from realsynth.data.collate import collate_relations
 from realsynth.data.formats.relcoco import RelCocoDataset, load_relcoco_json
+from realsynth.data.formats.relcoco_rules import index_relcoco
 from realsynth.utils.atomic import atomic_write_json
 from realsynth.utils.box_ops import box_cxcywh_to_xyxy, box_iou
 
@@ -245,16 +246,15 @@ def filter_with_run(
     checkpoint (its ``best.pt`` when the folder has one, else ``last.pt``).
 
     Raises:
-        ValueError: the source's classes or predicates are not the run's.
+        ValueError: the source is not a relcoco file (one line, as ``data check`` names the
+            problem), or its classes or predicates are not the run's.
     """
     from realsynth.training.data_setup import eval_transforms
     from realsynth.training.reopen import load_run_model
 
+    classes, predicates = _relcoco_labels(source)  # before the model: a wrong file fails fast
     loaded = load_run_model(run)
     data = loaded.data
-    file_data = load_relcoco_json(source)
-    classes = [c["name"] for c in sorted(file_data["categories"], key=lambda c: c["id"])]
-    predicates = [p["name"] for p in sorted(file_data["predicates"], key=lambda p: p["id"])]
     if classes != list(data.classes) or predicates != list(data.predicates):
         raise ValueError(
             f"{source}: its classes / predicates are not those of the run {run} "
@@ -271,6 +271,27 @@ def filter_with_run(
         batch_size=loaded.cfg.TEST.IMS_PER_BATCH,
         **options,
     )
+
+
+def _relcoco_labels(source: str | Path) -> tuple[list[str], list[str]]:
+    """The class and predicate names of a relcoco file, by 0-based index.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not JSON, or a problem of the whole file (``invalid_file`` when it is not
+            relcoco at all), named in one line with the code ``realsynth data check`` gives it.
+    """
+    index, findings = index_relcoco(load_relcoco_json(source), source)
+    problems = findings.file_errors
+    if index is None or problems:
+        first = problems[0]
+        where = "" if first.location == str(source) else f" {first.location}:"
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise ValueError(
+            f"{source}: {first.code}:{where} {first.message}{more}; "
+            f"`realsynth data check {source}` lists every problem"
+        )
+    return list(index.classes), list(index.predicates)
 
 
 def format_filter_report(report: dict[str, Any]) -> str:

@@ -21,6 +21,8 @@ the loss weight of every synthetic source takes the same multiplicative step, cl
 A decision made after step ``s`` rules the batches drawn for steps ``s + INTERVAL`` ..
 ``s + 2 * INTERVAL - 1``: the loader may already hold batches up to one interval ahead, and a
 fixed delay keeps the trajectory a function of the seed alone (not of the number of workers).
+The mixer only decides; the shares and weights in force at a step are the sampler's
+(:meth:`realsynth.mixing.sampler.MixedBatchSampler.change_mix`, ``weights_at``).
 """
 
 from __future__ import annotations
@@ -112,8 +114,6 @@ class AdaptiveMixer:
         self.ratios = np.array(ratios, dtype=np.float64)
         self.weights = np.array(weights, dtype=np.float64)
         self.smoothed: list[float | None] = [None] * len(self.names)
-        # (first step, weights) of every weight change, for the weights of any batch's step.
-        self.weight_changes: list[tuple[int, list[float]]] = [(0, self.weights.tolist())]
         self.decisions = 0
 
     @property
@@ -150,17 +150,10 @@ class AdaptiveMixer:
             moved = self.weights * np.exp(self.step_size * push)
             synthetic = np.array([kind == "synthetic" for kind in self.kinds])
             self.weights = np.where(synthetic, np.clip(moved, *self.weight_bounds), self.weights)
-            if self.weights.tolist() != self.weight_changes[-1][1]:
-                self.weight_changes.append((start, self.weights.tolist()))
         self.decisions += 1
         return Decision(
             start, self.ratios.tolist(), self.weights.tolist(), list(alignment), list(self.smoothed)
         )
-
-    def weights_at(self, step: int) -> list[float]:
-        """The loss weights of the batches drawn for ``step`` (0-based)."""
-        firsts = [first for first, _ in self.weight_changes]
-        return self.weight_changes[int(np.searchsorted(firsts, step, side="right")) - 1][1]
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -168,7 +161,6 @@ class AdaptiveMixer:
             "ratios": self.ratios.tolist(),
             "weights": self.weights.tolist(),
             "smoothed": list(self.smoothed),
-            "weight_changes": [[first, list(w)] for first, w in self.weight_changes],
             "decisions": self.decisions,
         }
 
@@ -187,7 +179,6 @@ class AdaptiveMixer:
         self.ratios = np.array(state["ratios"], dtype=np.float64)
         self.weights = np.array(state["weights"], dtype=np.float64)
         self.smoothed = list(state["smoothed"])
-        self.weight_changes = [(int(first), list(w)) for first, w in state["weight_changes"]]
         self.decisions = int(state["decisions"])
 
 

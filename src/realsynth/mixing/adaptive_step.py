@@ -1,4 +1,10 @@
-"""One adaptive-mixing decision inside the training loop: measure, decide, tell the sampler."""
+"""One adaptive-mixing decision inside the training loop: measure, decide, tell the sampler.
+
+The sampler runs in the process that trains and hands loader workers ``(index, step, weight)``
+triples, so a decision pushed into it reaches every batch drawn after it, whoever builds the
+batch. The decision's step is at or past the sampler's horizon, before which no batch has been
+drawn (the sampler refuses to draw past it), so no batch depends on when it was prefetched.
+"""
 
 from __future__ import annotations
 
@@ -29,7 +35,8 @@ def adapt_after_step(
     device: torch.device,
 ) -> dict[str, Any]:
     """Measures the alignment after completed step ``step`` on its batch and a holdout batch,
-    decides, and puts the new shares in force from ``step + interval``.
+    decides, and puts the new shares (and, with ``adapt_weights``, loss weights) in force in the
+    sampler from ``step + interval``.
 
     Returns:
         the ``adaptive`` record for ``metrics.jsonl``: the measured and smoothed alignment, and
@@ -43,7 +50,12 @@ def adapt_after_step(
         getattr(model, "module", model), criterion, batch, held, len(mixer.names), device
     )
     decision = mixer.decide(step, alignment)
-    sampler.change_shares(decision.step, decision.ratios, horizon=decision.step + mixer.interval)
+    sampler.change_mix(
+        decision.step,
+        horizon=decision.step + mixer.interval,
+        ratios=decision.ratios,
+        weights=decision.weights if mixer.adapt_weights else None,
+    )
     record: dict[str, Any] = {"kind": "adaptive", "step": step, "from_step": decision.step}
     for k, name in enumerate(mixer.names):
         if decision.alignment[k] is not None:

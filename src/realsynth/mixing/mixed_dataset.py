@@ -40,7 +40,8 @@ class Source:
         kind: ``"real"`` or ``"synthetic"``, copied into ``dataset_type``.
         ratio: share of every batch, in [0, 1], or a :class:`StepSchedule` of it.
         loss_weight: per-sample loss weight of its items, finite and >= 0, or a
-            :class:`StepSchedule` of it (applied at the step each batch is drawn for).
+            :class:`StepSchedule` of it (the sampler of :func:`build_mixed_loader` applies it at
+            the step each batch is drawn for).
         background_weight: weight of the no-object / no-relation CE of unmatched queries in
             its images (``SYNTHETIC_BACKGROUND_WEIGHT``; Gen2Det ignores a synthetic image's
             background: 0.0); items carry ``background_weight`` only when it is not 1.
@@ -79,22 +80,20 @@ class Source:
             return self.ratio.value(self.ratio.last_change_step)
         return float(self.ratio)
 
-    def weight_at(self, step: int | None) -> float:
-        """The loss weight of items drawn for optimizer step ``step``.
+    def constant_weight(self) -> float:
+        """The loss weight of an item fetched without a step (a plain index).
 
         Raises:
-            ValueError: the weight follows a schedule and ``step`` is None.
+            ValueError: the weight follows a schedule (the sampler owns the weight of a step).
         """
         if not isinstance(self.loss_weight, StepSchedule):
             return float(self.loss_weight)
-        if step is None:
-            if self.loss_weight.is_constant:
-                return self.loss_weight.value(0)
-            raise ValueError(
-                f"source {self.name!r} has a loss-weight schedule, so items must be fetched "
-                "with (index, step) pairs: use MixedBatchSampler(..., with_steps=True)"
-            )
-        return self.loss_weight.value(step)
+        if self.loss_weight.is_constant:
+            return self.loss_weight.value(0)
+        raise ValueError(
+            f"source {self.name!r} has a loss-weight schedule, so items must be fetched "
+            "with the (index, step, weight) triples of MixedBatchSampler(..., with_steps=True)"
+        )
 
 
 def _extremes(value: float | StepSchedule) -> tuple[float, float]:
@@ -165,10 +164,25 @@ class MixedDataset(Dataset):
         k = bisect.bisect_right(self.offsets, index) - 1
         return k, index - self.offsets[k]
 
-    def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Any] | SkippedSample | None:
-        """The tagged item at a global index, or at an ``(index, step)`` pair from a sampler
-        with ``with_steps``: the item then carries ``step`` and that step's loss weight."""
-        index, step = (int(index[0]), int(index[1])) if isinstance(index, tuple) else (index, None)
+    def __getitem__(
+        self, index: int | tuple[int, int, float]
+    ) -> dict[str, Any] | SkippedSample | None:
+        """The tagged item at a global index, or at an ``(index, step, weight)`` triple from a
+        :class:`MixedBatchSampler` with ``with_steps``: the item then carries ``step`` and the
+        sampler's loss weight of that step (a plain index gets its source's constant weight).
+
+        Raises:
+            TypeError: a tuple that is not ``(index, step, weight)``.
+        """
+        step: int | None = None
+        weight: float | None = None
+        if isinstance(index, tuple):
+            if len(index) != 3:
+                raise TypeError(
+                    f"MixedDataset takes a global index or an (index, step, weight) triple of "
+                    f"MixedBatchSampler(..., with_steps=True), got {index!r}"
+                )
+            index, step, weight = int(index[0]), int(index[1]), float(index[2])
         k, local = self.source_of(int(index))
         source = self.sources[k]
         if hasattr(source.dataset, "get_item"):
@@ -186,7 +200,7 @@ class MixedDataset(Dataset):
         tagged = dict(item)
         tagged["dataset_type"] = source.kind
         tagged["source"] = source.name
-        tagged["loss_weight"] = source.weight_at(step)
+        tagged["loss_weight"] = source.constant_weight() if weight is None else weight
         tagged["source_id"] = k
         if source.background_weight != 1.0:
             tagged["background_weight"] = source.background_weight
@@ -235,9 +249,12 @@ def build_mixed_loader(
 
     The epoch is one pass over the first real source with a positive ratio (else the first
     source with one), at its share after the last change of any ratio schedule. With a
-    changing ratio or loss-weight schedule the sampler yields ``(index, step)`` pairs and every
-    item carries the ``step`` it was drawn for. The sampler is ``loader.batch_sampler``; call
-    its ``set_epoch`` and use its ``state_dict`` / ``load_state_dict`` to resume.
+    changing ratio or loss-weight schedule, or adaptive mixing, the sampler yields ``(index,
+    step, weight)`` triples: every item carries the ``step`` it was drawn for and the loss weight
+    the sampler holds in force then (the sampler is the one authority for shares and weights,
+    see :meth:`MixedBatchSampler.weights_at` and :meth:`MixedBatchSampler.change_mix`). The
+    sampler is ``loader.batch_sampler``; call its ``set_epoch`` and use its ``state_dict`` /
+    ``load_state_dict`` to resume.
 
     Args:
         sources: the sources, in global index order.
@@ -250,8 +267,8 @@ def build_mixed_loader(
         replacement: uniform draws inside sources instead of passes without repeats.
         num_batches: batches per rank per epoch; default one pass over the epoch source.
         pin_memory: page-locked batches for faster copies to a GPU.
-        share_horizon: adaptive shares: the first step whose shares are not decided yet (see
-            :meth:`MixedBatchSampler.change_shares`); None for fixed or scheduled shares.
+        share_horizon: adaptive mixing: the first step whose shares and weights are not decided
+            yet (see :meth:`MixedBatchSampler.change_mix`); None for fixed or scheduled ones.
 
     Returns:
         the DataLoader.
@@ -272,6 +289,7 @@ def build_mixed_loader(
         with_steps=share_horizon is not None
         or any(is_scheduled(s.ratio) or is_scheduled(s.loss_weight) for s in sources),
         share_horizon=share_horizon,
+        loss_weights=[s.loss_weight for s in sources],
     )
     return DataLoader(
         dataset,

@@ -1,5 +1,5 @@
-"""MixedBatchSampler: batches with an exact per-source composition (the note's
-MultiDatasetDynamicSampler, without its reliance on index order).
+"""MixedBatchSampler: batches with an exact per-source composition, whatever order a loader
+would put the indices in (see docs/architecture.md for its guarantees).
 
 Global indices follow :class:`realsynth.mixing.mixed_dataset.MixedDataset`: source k occupies
 ``[offset_k, offset_k + sizes[k])``, offsets being cumulative sizes in the given order.
@@ -20,6 +20,14 @@ so a run without schedules yields the same stream as before schedules existed. U
 changing schedule the epoch length ``L`` is fixed: ``num_batches``, or by default one pass over
 the epoch source at its share after the schedule's last change. An epoch only numbers the
 augmentation draws (``set_epoch``); each source's stream runs on across epochs either way.
+
+The sampler is also the one authority for the loss weights: every source's weight at every step
+comes from :class:`realsynth.mixing.weight_history.WeightHistory` (constant or scheduled
+``loss_weights``, then adaptive decisions). With ``with_steps`` every index travels as an
+``(index, step, weight)`` triple, so the weight is fixed when the batch is drawn, in the process
+that decides (a loader worker only reads it). Adaptive decisions (:meth:`change_mix`) take
+effect only at or after the share horizon, before which no batch has been drawn, so shares and
+weights of a batch never depend on when a worker built it.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from realsynth.mixing.permutation import KeyedStream
 from realsynth.mixing.scheduled_composition import SHARE_UNITS, ScheduledComposition
 from realsynth.mixing.share_history import ShareHistory
 from realsynth.mixing.step_schedule import StepSchedule
+from realsynth.mixing.weight_history import WeightHistory
 
 __all__ = ["MixedBatchSampler"]
 
@@ -64,11 +73,14 @@ class MixedBatchSampler(Sampler[list[int]]):
         epoch_source: the source whose size defines an epoch (by convention 0, the real data).
         rank: this process's rank in ``[0, world_size)``.
         world_size: number of data-parallel processes.
-        with_steps: yield ``(index, step)`` pairs, ``step`` being the optimizer step the batch
-            is drawn for (what a dataset needs to apply a loss-weight schedule).
-        share_horizon: adaptive shares (constant ``ratios`` only): batches are drawn only for
-            steps before this one until :meth:`change_shares` moves it (see
-            :mod:`realsynth.mixing.share_history`). None: fixed or scheduled shares.
+        with_steps: yield ``(index, step, weight)`` triples, ``step`` being the optimizer step
+            the batch is drawn for and ``weight`` the loss weight in force for the index's
+            source at that step (:meth:`weights_at`).
+        share_horizon: adaptive mixing (constant ``ratios`` only): batches are drawn only for
+            steps before this one until :meth:`change_mix` moves it (see
+            :mod:`realsynth.mixing.share_history`). None: fixed or scheduled shares and weights.
+        loss_weights: every source's per-sample loss weight, finite and >= 0, or a step
+            schedule of it; default 1.0 each.
     """
 
     def __init__(
@@ -85,9 +97,20 @@ class MixedBatchSampler(Sampler[list[int]]):
         world_size: int = 1,
         with_steps: bool = False,
         share_horizon: int | None = None,
+        loss_weights: Sequence[float | StepSchedule] | None = None,
     ) -> None:
         schedules = [r if isinstance(r, StepSchedule) else StepSchedule.constant(r) for r in ratios]
         _validate(sizes, schedules, batch_size, num_batches, epoch_source, rank, world_size)
+        if loss_weights is None:
+            loss_weights = [1.0] * len(sizes)
+        if len(loss_weights) != len(sizes):
+            raise ValueError(
+                f"loss_weights must have one entry per source, got {len(loss_weights)} for "
+                f"{len(sizes)} sources"
+            )
+        self.weight_history = WeightHistory(
+            [w if isinstance(w, StepSchedule) else StepSchedule.constant(w) for w in loss_weights]
+        )
         self.sizes = [int(s) for s in sizes]
         self.batch_size = int(batch_size)
         self.seed = int(seed)
@@ -141,25 +164,53 @@ class MixedBatchSampler(Sampler[list[int]]):
         """Whether the shares depend on the step (a changing schedule or adaptive shares)."""
         return self.is_scheduled or self.share_horizon is not None
 
-    def change_shares(self, step: int, ratios: Sequence[float], *, horizon: int) -> bool:
-        """Adaptive shares: ``ratios`` from optimizer step ``step`` on, and batches may be drawn
-        for steps before ``horizon``. Returns whether the shares in force changed.
+    @property
+    def weights_change(self) -> bool:
+        """Whether the loss weights depend on the step (a changing schedule or adaptive)."""
+        return self.weight_history.is_scheduled or self.share_horizon is not None
+
+    def change_mix(
+        self,
+        step: int,
+        *,
+        horizon: int,
+        ratios: Sequence[float] | None = None,
+        weights: Sequence[float] | None = None,
+    ) -> bool:
+        """One adaptive decision: ``ratios`` (normalized) and / or loss ``weights`` in force from
+        optimizer step ``step`` on (None keeps those in force), and batches may be drawn for
+        steps before ``horizon``. Returns whether the shares or the weights in force changed.
 
         Raises:
             ValueError: not an adaptive sampler, ``step`` before the current horizon (batches up
-                to there may be drawn already), or ``horizon < step``.
+                to there may be drawn already), ``horizon < step``, weights while the planned
+                weights follow a schedule, or invalid ratios / weights (nothing is changed).
         """
         if self.share_horizon is None:
-            raise ValueError("change_shares needs an adaptive sampler (share_horizon set)")
+            raise ValueError("adaptive changes need an adaptive sampler (share_horizon set)")
         if step < self.share_horizon or horizon < step:
             raise ValueError(
-                f"change_shares: step {step} must be >= the horizon {self.share_horizon} "
+                f"adaptive change: step {step} must be >= the horizon {self.share_horizon} "
                 f"(earlier batches may be drawn already) and <= the new horizon {horizon}"
             )
-        assert isinstance(self.schedule, ShareHistory)
-        changed = self.schedule.change(step, ratios)
+        if weights is not None:
+            self.weight_history.check(step, weights)  # refuse before changing anything
+        changed = False
+        if ratios is not None:
+            assert isinstance(self.schedule, ShareHistory)
+            changed = self.schedule.change(step, ratios)
+        if weights is not None:
+            changed = self.weight_history.change(step, weights) or changed
         self.share_horizon = int(horizon)
         return changed
+
+    def change_shares(self, step: int, ratios: Sequence[float], *, horizon: int) -> bool:
+        """Adaptive shares: :meth:`change_mix` with ``ratios`` only."""
+        return self.change_mix(step, horizon=horizon, ratios=ratios)
+
+    def change_weights(self, step: int, weights: Sequence[float], *, horizon: int) -> bool:
+        """Adaptive loss weights: :meth:`change_mix` with ``weights`` only."""
+        return self.change_mix(step, horizon=horizon, weights=weights)
 
     def _horizon_position(self) -> int:
         """First position of this epoch whose step is past the share horizon."""
@@ -171,6 +222,11 @@ class MixedBatchSampler(Sampler[list[int]]):
     def target_shares(self, step: int) -> list[float]:
         """Every source's target share of the batches of optimizer step ``step`` (0-based)."""
         return self.schedule.shares(np.array([step], dtype=np.int64))[0].tolist()
+
+    def weights_at(self, step: int) -> list[float]:
+        """Every source's loss weight in force for the batches of optimizer step ``step``
+        (0-based): the one the items of those batches carry."""
+        return self.weight_history.at(step)
 
     def __len__(self) -> int:
         return self.num_batches
@@ -196,7 +252,7 @@ class MixedBatchSampler(Sampler[list[int]]):
         """Global batch index of this rank's ``index``-th batch in the current epoch."""
         return self.epoch * self.global_batches_per_epoch + self.rank + index * self.world_size
 
-    def __iter__(self) -> Iterator[list[int]] | Iterator[list[tuple[int, int]]]:
+    def __iter__(self) -> Iterator[list[int]] | Iterator[list[tuple[int, int, float]]]:
         per_chunk = max(1, _CHUNK_INDICES // self.batch_size)
         # Chunks grow from one batch so that the first batch is ready at once.
         chunk = 1
@@ -212,12 +268,16 @@ class MixedBatchSampler(Sampler[list[int]]):
             chunk = min(per_chunk, 4 * chunk)
             # One flat list sliced per batch: far fewer live containers for the garbage
             # collector to scan than ndarray.tolist() on the 2-D array.
-            flat = self.batches(self._position, stop).ravel().tolist()
+            indices, owner = self._draw(self._position, stop)
+            flat = indices.ravel().tolist()
+            owners = owner.ravel().tolist() if self.with_steps else []
             for begin in range(0, len(flat), self.batch_size):
                 batch = flat[begin : begin + self.batch_size]
                 if self.with_steps:
                     step = self.global_batch(self._position) // self.world_size
-                    batch = [(index, step) for index in batch]
+                    weights = self.weights_at(step)
+                    sources = owners[begin : begin + self.batch_size]
+                    batch = [(index, step, weights[k]) for index, k in zip(batch, sources)]
                 self._position += 1
                 yield batch
         self.epoch += 1
@@ -233,6 +293,10 @@ class MixedBatchSampler(Sampler[list[int]]):
         Returns:
             int64 array [stop - start, batch_size] of global indices, sources in order.
         """
+        return self._draw(start, stop)[0]
+
+    def _draw(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`batches` and the source of every index (int16, same shape)."""
         first = self.global_batch(start)
         g = np.arange(first, first + (stop - start) * self.world_size, self.world_size)
         # One ascending query for g and g + 1 (the quota method's cursor then never rewinds):
@@ -263,7 +327,7 @@ class MixedBatchSampler(Sampler[list[int]]):
                 items = stream.at(np.repeat(before[:, k], cnt) + within)
             items += self.offsets[k]
             out[owner == k] = items
-        return out
+        return out, owner
 
     def state_dict(self) -> dict[str, Any]:
         """Progress of the live iterator plus the settings a resume must agree on (and, under a
@@ -280,13 +344,17 @@ class MixedBatchSampler(Sampler[list[int]]):
             state["ratio_schedules"] = [s.definition() for s in self.ratio_schedules]
         if isinstance(self.schedule, ShareHistory):
             state["share_history"] = self.schedule.state_dict()
+            state["weight_history"] = self.weight_history.state_dict()
             state["share_horizon"] = self.share_horizon
         return state
 
     def load_share_history(self, state_dict: dict[str, Any]) -> None:
-        """Adaptive: replays the share changes of a saved state (any world size)."""
+        """Adaptive: replays the share and weight changes of a saved state (any world size)."""
         if isinstance(self.schedule, ShareHistory) and "share_history" in state_dict:
             self.schedule.load_state_dict(state_dict["share_history"])
+            # A state saved before weights were kept here holds no weight change.
+            no_change = {"steps": [], "values": []}
+            self.weight_history.load_state_dict(state_dict.get("weight_history", no_change))
             self.share_horizon = int(state_dict["share_horizon"])
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -297,7 +365,7 @@ class MixedBatchSampler(Sampler[list[int]]):
                 differ from this sampler's.
         """
         current = self.state_dict()
-        optional = {"ratio_schedules", "share_history", "share_horizon"}
+        optional = {"ratio_schedules", "share_history", "weight_history", "share_horizon"}
         missing = sorted(set(current) - set(state_dict) - optional)
         if missing:
             raise ValueError(f"MixedBatchSampler state_dict is missing keys {missing}")

@@ -12,7 +12,9 @@ rest to other groups' queries at the mask's large cost, as SpeaQ does.
 
 Two guards SpeaQ does not have (its loop can produce them; realsynth refuses them instead):
 every group holds at least one predicate (a predicate holding half of what remains would leave a
-group empty) and at least one query (an error says which setting to change).
+group empty) and at least one query. A grouping that leaves a group without a predicate or a
+query raises :class:`GroupingError`, which says which groups, why, and the largest
+``num_groups`` and smallest ``num_queries`` that work.
 
 The counts are whatever the caller passes: realsynth passes the real training sources' predicate
 counts (``PREDICATE_FREQUENCY_SOURCE``), never a table of VG150's.
@@ -27,7 +29,40 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["PredicateGroups", "predicate_groups", "queries_per_group", "split_by_frequency"]
+__all__ = [
+    "GroupingError",
+    "PredicateGroups",
+    "predicate_groups",
+    "queries_per_group",
+    "split_by_frequency",
+]
+
+
+class GroupingError(ValueError):
+    """Some group would get no predicate or no query.
+
+    Attributes:
+        reason: what is wrong, naming the groups (no argument names, for the builder to reuse).
+        num_groups / num_queries: the arguments given.
+        max_groups: the most groups (below ``num_groups``) that work with ``num_queries``.
+        min_queries: a number of queries from which on ``num_groups`` groups always work (every
+            group's share of the relations times it is at least one query), or None when no
+            number does (a group without a predicate, or without a relation).
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        num_groups: int,
+        num_queries: int,
+        max_groups: int,
+        min_queries: int | None,
+    ) -> None:
+        self.reason, self.num_groups, self.num_queries = reason, num_groups, num_queries
+        self.max_groups, self.min_queries = max_groups, min_queries
+        more = f" or num_queries >= {min_queries}" if min_queries is not None else ""
+        super().__init__(f"{reason}: use num_groups <= {max_groups}{more}")
 
 
 def split_by_frequency(counts: Sequence[int], num_groups: int) -> list[list[int]]:
@@ -48,7 +83,8 @@ def split_by_frequency(counts: Sequence[int], num_groups: int) -> list[list[int]
         raise ValueError(f"predicate counts must be a list of integers >= 0, got {counts!r}")
     if not 1 <= num_groups <= len(values):
         raise ValueError(
-            f"NUM_GROUPS={num_groups}: need 1 .. {len(values)} groups for {len(values)} predicates"
+            f"num_groups={num_groups}: need 1 .. {len(values)} groups for {len(values)} "
+            "predicates (every group holds at least one)"
         )
     order = sorted(range(len(values)), key=lambda r: (-int(values[r]), r))
     groups, start = [], 0
@@ -73,8 +109,16 @@ def queries_per_group(totals: Sequence[int], num_queries: int) -> list[int]:
     ``remainder // G`` more, and the last ``remainder % G`` groups one more again.
 
     Raises:
-        ValueError: a group would get no query.
+        ValueError: a group would get no query (fewer groups or more ``num_queries`` help).
     """
+    out = _allocate(totals, num_queries)
+    if (reason := _no_query(totals, out, num_queries)) is not None:
+        raise ValueError(f"{reason}: use fewer groups or more num_queries")
+    return out
+
+
+def _allocate(totals: Sequence[int], num_queries: int) -> list[int]:
+    """SpeaQ's allocation (see :func:`queries_per_group`), zeros included."""
     totals = [int(t) for t in totals]
     whole = sum(totals)
     if whole <= 0:
@@ -84,13 +128,32 @@ def queries_per_group(totals: Sequence[int], num_queries: int) -> list[int]:
     out = [n + quotient for n in out]
     for i in range(remainder):
         out[-1 - i] += 1
-    empty = [g for g, n in enumerate(out) if n == 0]
-    if empty:
-        raise ValueError(
-            f"predicate groups {empty} get no query of {num_queries} (their predicates are too "
-            "rare): lower NUM_GROUPS or raise the number of relation queries (MULTIPLY_QUERY)"
-        )
     return out
+
+
+def _no_query(totals: Sequence[int], queries: Sequence[int], num_queries: int) -> str | None:
+    """Why some groups get no query (naming them, most frequent group 0), or None."""
+    empty = [g for g, n in enumerate(queries) if n == 0]
+    if not empty:
+        return None
+    whole, groups = sum(int(t) for t in totals), len(totals)
+    unseen = [g for g in empty if int(totals[g]) == 0]
+    if unseen:
+        return (
+            f"predicate group(s) {unseen} of {groups} hold only predicates with no training "
+            "relation and get no query"
+        )
+    shares = ", ".join(f"{g}: {int(totals[g]) / whole:.2%}" for g in empty)
+    if num_queries < groups:
+        return (
+            f"{num_queries} queries for {groups} predicate groups: group(s) {empty} get no query "
+            f"(shares of the relations {shares}); every group needs one"
+        )
+    return (
+        f"predicate group(s) {empty} of {groups} get no query of {num_queries}: their share of "
+        f"the relations ({shares}) is below one query's (1/{num_queries} = "
+        f"{1 / num_queries:.2%}) and the queries left over go to the last groups"
+    )
 
 
 @dataclass(frozen=True)
@@ -128,7 +191,25 @@ class PredicateGroups:
 
 
 def predicate_groups(counts: Sequence[int], num_groups: int, num_queries: int) -> PredicateGroups:
-    """Split predicates by ``counts`` into ``num_groups`` groups and ``num_queries`` queries."""
+    """Split predicates by ``counts`` into ``num_groups`` groups and ``num_queries`` queries.
+
+    Raises:
+        GroupingError: a group would get no predicate (``num_groups`` above the number of
+            predicates) or no query; it names the groups and what would work.
+        ValueError: the counts are all 0, negative, or ``num_groups`` < 1.
+    """
+    if (reason := _grouping_problem(counts, num_groups, num_queries)) is not None:
+        raise GroupingError(
+            reason,
+            num_groups=num_groups,
+            num_queries=num_queries,
+            max_groups=next(
+                g
+                for g in range(min(num_groups, len(counts)), 0, -1)
+                if _grouping_problem(counts, g, num_queries) is None
+            ),
+            min_queries=_queries_for_every_group(counts, num_groups),
+        )
     members = split_by_frequency(counts, num_groups)
     queries = queries_per_group([sum(int(counts[r]) for r in m) for m in members], num_queries)
     predicate_group = torch.empty(len(counts), dtype=torch.int64)
@@ -136,3 +217,28 @@ def predicate_groups(counts: Sequence[int], num_groups: int, num_queries: int) -
         predicate_group[ids] = g
     query_group = torch.repeat_interleave(torch.arange(num_groups), torch.tensor(queries))
     return PredicateGroups(predicate_group, query_group, members, queries)
+
+
+def _grouping_problem(counts: Sequence[int], num_groups: int, num_queries: int) -> str | None:
+    """Why ``num_groups`` groups and ``num_queries`` queries do not work, or None."""
+    if num_groups > len(counts) >= 1:
+        return (
+            f"{num_groups} predicate groups for {len(counts)} predicates: group(s) "
+            f"{list(range(len(counts), num_groups))} get no predicate"
+        )
+    members = split_by_frequency(counts, num_groups)
+    totals = [sum(int(counts[r]) for r in m) for m in members]
+    return _no_query(totals, _allocate(totals, num_queries), num_queries)
+
+
+def _queries_for_every_group(counts: Sequence[int], num_groups: int) -> int | None:
+    """The number of queries from which on every group's proportional part is at least one
+    query (so any number of queries from it on works); None when a group has no predicate or
+    no relation."""
+    if num_groups > len(counts):
+        return None
+    members = split_by_frequency(counts, num_groups)
+    totals = [sum(int(counts[r]) for r in m) for m in members]
+    if min(totals) <= 0:
+        return None
+    return max(-(-sum(totals) // t) for t in totals)

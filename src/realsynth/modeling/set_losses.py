@@ -1,20 +1,32 @@
-"""Per-layer loss terms of the set criterion, as weighted terms (see ``weighting``).
+"""Per-layer loss terms of the set criterion, as weighted terms (see ``weighting``), and the
+criterion's helpers: loss coefficients by kind of term, CE class weights, background weights.
 
-Every function works on the whole batch at once from flat matched indices: no Python loop over
-images or queries, and no host sync. The terms come back undivided (:class:`WeightedTerm`): the
-criterion divides all of them at once, with one all-reduce per forward under DDP.
+Predictions and targets follow the output and target contracts of ``docs/architecture.md``:
+class logits carry the background ("no object" / "no relation") at the LAST index, boxes are
+cxcywh normalized to [0, 1]. Every function works on the whole batch at once from flat matched
+indices: no Python loop over images or queries, and no host sync. The terms come back undivided
+(:class:`WeightedTerm`): the criterion divides all of them at once, with one all-reduce per
+forward under DDP.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from realsynth.modeling.heads import (
+    BBOX_COEFFICIENT,
+    CLASS_COEFFICIENT,
+    GIOU_COEFFICIENT,
+    HEAD_SPECS,
+    HeadSpec,
+)
 from realsynth.modeling.matcher import Assignment
 from realsynth.modeling.set_targets import FlatTargets
 from realsynth.modeling.weighting import (
@@ -28,6 +40,134 @@ from realsynth.modeling.weighting import (
 from realsynth.utils.box_ops import box_cxcywh_to_xyxy, elementwise_generalized_box_iou
 
 CeScope = Literal["all", "matched"]
+
+#: Coefficient key of each kind of term -> (the ``HeadSpec`` field naming its terms, its default
+#: coefficient). A new kind of term takes one entry here and one ``loss_<kind>`` method of the
+#: criterion.
+COEFFICIENT_KINDS: dict[str, tuple[str, float]] = {
+    "class": ("class_terms", CLASS_COEFFICIENT),
+    "bbox": ("bbox_terms", BBOX_COEFFICIENT),
+    "giou": ("giou_terms", GIOU_COEFFICIENT),
+}
+
+
+def expand_coefficients(by_kind: Mapping[str, float] | None = None) -> dict[str, float]:
+    """Every base (final-layer) term's coefficient from the per-kind ones (``COEFFICIENT_KINDS``
+    keys; a missing kind takes its default), head spec by head spec, kind by kind."""
+    by_kind = by_kind or {}
+    return {
+        term: by_kind.get(kind, default)
+        for spec in HEAD_SPECS
+        for kind, (field, default) in COEFFICIENT_KINDS.items()
+        for term in getattr(spec, field)
+    }
+
+
+DEFAULT_COEFFICIENTS: dict[str, float] = expand_coefficients()
+
+
+class TermCoefficients:
+    """The coefficient of every loss key: base terms, and ``<term>_{i}`` of auxiliary layer i,
+    which takes its base term's.
+
+    The expansion over auxiliary layers is built once per number of layers, and the terms of a
+    loss dict once per distinct key layout (a run has one); both are cached, so no step parses
+    key names. ``base`` is fixed at construction.
+    """
+
+    def __init__(self, base: dict[str, float]):
+        self.base = base
+        self._expanded: dict[int, dict[str, float]] = {}
+        self._plans: dict[tuple[str, ...], dict[str, float]] = {}
+
+    @classmethod
+    def from_kinds(
+        cls, by_kind: Mapping[str, float] | None, overrides: Mapping[str, float] | None
+    ) -> TermCoefficients:
+        """The per-kind coefficients (``COEFFICIENT_KINDS`` keys) expanded to every base term,
+        then the per-term ``overrides`` (base term names).
+
+        Raises:
+            ValueError: an unknown term or kind, as the criterion's ``loss_coefficients`` or
+                ``kind_coefficients``.
+        """
+        unknown = sorted(set(overrides or {}) - set(DEFAULT_COEFFICIENTS))
+        if unknown:
+            raise ValueError(
+                f"loss_coefficients: unknown terms {unknown}; known: {sorted(DEFAULT_COEFFICIENTS)}"
+            )
+        unknown = sorted(set(by_kind or {}) - set(COEFFICIENT_KINDS))
+        if unknown:
+            known = sorted(COEFFICIENT_KINDS)
+            raise ValueError(f"kind_coefficients: unknown kinds {unknown}; known: {known}")
+        return cls({**expand_coefficients(by_kind), **(overrides or {})})
+
+    def for_layers(self, num_aux_layers: int) -> dict[str, float]:
+        """Every term key of the final layer and of ``num_aux_layers`` auxiliary ones ->
+        coefficient (cached; read-only)."""
+        table = self._expanded.get(num_aux_layers)
+        if table is None:
+            table = dict(self.base)
+            for i in range(num_aux_layers):
+                table.update({f"{term}_{i}": value for term, value in self.base.items()})
+            self._expanded[num_aux_layers] = table
+        return table
+
+    def of_terms(self, keys: Iterable[str]) -> dict[str, float]:
+        """The loss terms among ``keys``, in their order, -> coefficient (``diag/...`` and other
+        keys are left out; cached per layout; read-only)."""
+        layout = tuple(keys)
+        plan = self._plans.get(layout)
+        if plan is None:
+            table = self.for_layers(self._aux_layer_count(layout))
+            plan = {key: table[key] for key in layout if key in table}
+            self._plans[layout] = plan
+        return plan
+
+    def _aux_layer_count(self, keys: Iterable[str]) -> int:
+        """1 + the highest auxiliary layer i among keys ``<term>_{i}`` of a base term, else 0."""
+        count = 0
+        for key in keys:
+            term, _, layer = key.rpartition("_")
+            if key not in self.base and term in self.base and layer.isdecimal():
+                count = max(count, int(layer) + 1)
+        return count
+
+
+def class_weight_vector(size: int, empty: float, foreground: Tensor | None, name: str) -> Tensor:
+    """[size + 1] CE class weights: foreground (default ones) then the background's ``empty``
+    (the background is the last class index)."""
+    if foreground is None:
+        foreground = torch.ones(size)
+    foreground = torch.as_tensor(foreground, dtype=torch.float32)
+    if foreground.shape != (size,):
+        raise ValueError(f"{name}: expected shape ({size},), got {tuple(foreground.shape)}")
+    weights = torch.cat((foreground, torch.tensor([float(empty)])))
+    if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
+        raise ValueError(f"{name} (with its empty weight {empty}) must be finite and >= 0")
+    return weights
+
+
+def image_background_weights(
+    targets: Sequence[dict[str, Any]], collated: Tensor | None, device: torch.device
+) -> Tensor | None:
+    """[B] background weights (collated, or the targets' ``background_weight``), or None when
+    all are 1 (the exact path of a criterion without them)."""
+    if collated is None:
+        if not any("background_weight" in t for t in targets):
+            return None
+        collated = torch.tensor([float(t.get("background_weight", 1.0)) for t in targets])
+    host = collated.detach().cpu().to(torch.float32).reshape(-1)
+    bad = (~torch.isfinite(host) | (host < 0)).nonzero().flatten().tolist()
+    if bad:
+        raise ValueError(
+            f"background_weight must be finite and >= 0: positions {bad} have "
+            f"{[float(host[i]) for i in bad]}"
+        )
+    values = host.to(device)
+    if values.shape[0] != len(targets):
+        raise ValueError(f"{values.shape[0]} background_weights for a batch of {len(targets)}")
+    return values
 
 
 @dataclass(frozen=True)
@@ -59,6 +199,30 @@ class Matched:
     batch: Tensor
     query: Tensor
     target: Tensor
+
+
+@dataclass(frozen=True)
+class LayerInputs:
+    """What every ``loss_<kind>`` method of the criterion reads for one decoder layer of one spec.
+
+    Attributes:
+        layer: the layer's outputs, ``spec``'s class logits [B, Q, K+1] (background last) and
+            boxes [B, Q, 4] (cxcywh normalized to [0, 1]).
+        spec: the head spec (relation triplets or DETR entities) whose terms are computed.
+        flat: the batch's targets for ``spec``, flattened (T targets).
+        matched: the layer's flat matched pairs.
+        log_probs: one [B, Q, K+1] log-softmax per class head of ``spec``, in ``class_keys`` order.
+        ctx: batch context.
+        diagnostics: also compute the per-source unweighted losses (the final layer only).
+    """
+
+    layer: dict[str, Tensor]
+    spec: HeadSpec
+    flat: FlatTargets
+    matched: Matched
+    log_probs: tuple[Tensor, ...]
+    ctx: BatchContext
+    diagnostics: bool
 
 
 def matched_pairs(assignment: Assignment, flat: FlatTargets, device: torch.device) -> Matched:

@@ -7,8 +7,8 @@ term's per-element losses ``L_i`` belong to image ``b(i)``; its value is
 
 - classification (CE, one element per query or per matched query): ``u_i = w_b(i) * c_i`` with
   ``c_i`` the CE class weight of the element's target class, and ``D = sum_i c_i`` under the
-  ``count`` normalization (PyTorch's class-weighted mean; the design note's formula when every
-  ``c_i`` is 1) or ``D = sum_i w_b(i) * c_i`` under ``weight``;
+  ``count`` normalization (PyTorch's class-weighted mean; ``sum_i w_b(i) * L_i / N`` over the N
+  elements when every ``c_i`` is 1) or ``D = sum_i w_b(i) * c_i`` under ``weight``;
 - boxes (L1, GIoU, one element per matched pair): ``u_i = w_b(i)`` and ``D`` the number of matched
   pairs (DETR's ``num_boxes``, at least 1) under ``count`` or ``sum_i w_b(i)`` under ``weight``.
 

@@ -14,15 +14,12 @@ again (and resumed from its checkpoint) when the same command runs again.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import multiprocessing
 import os
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optuna
 import torch
 from omegaconf import DictConfig
@@ -38,91 +35,24 @@ from realsynth.studies.sweep_report import (
     write_best_config,
 )
 from realsynth.studies.sweep_space import Parameter, override, parse_space
+from realsynth.studies.sweep_study import DEFAULT_STUDY, open_study
+from realsynth.studies.sweep_trials import (
+    fail_dead_trials,
+    is_database,
+    lock_path,
+    retry,
+    trial_folder,
+)
+from realsynth.training.checkpoint import CheckpointFiles
 from realsynth.training.train import TrainingFailed, TrainingInterrupted
+from realsynth.utils import file_lock
 from realsynth.utils.atomic import atomic_write_json
 
-JOURNAL = "study.journal"
-DEFAULT_STUDY = "realsynth-sweep"
-_COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 
-
-def storage_for(out: Path, storage: str | None) -> Any:
-    """An Optuna storage: an RDB URL as given, else a journal file (default in ``out``)."""
-    if storage and "://" in storage:
-        return storage
-    path = Path(storage) if storage else out / JOURNAL
-    path.parent.mkdir(parents=True, exist_ok=True)
-    backend = optuna.storages.journal.JournalFileBackend(str(path))
-    return optuna.storages.JournalStorage(backend)
-
-
-def make_sampler(
-    cfg: DictConfig, space: list[Parameter], worker: int = 0
-) -> optuna.samplers.BaseSampler:
-    """TPE, random or grid, seeded with ``SEED`` (worker ``j`` of ``--jobs`` with its own seed
-    derived from it: identical seeds would draw the same parameters in two processes)."""
-    seed = cfg.SEED
-    if worker:
-        seed = int(np.random.SeedSequence([cfg.SEED, worker]).generate_state(1)[0] % 2**31)
-    kind = cfg.SWEEP.SAMPLER
-    if kind == "grid":
-        grid = {p.key: p.grid(cfg.SWEEP.GRID_POINTS) for p in space}
-        return optuna.samplers.GridSampler(grid, seed=seed)
-    if kind == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, cfg.SWEEP.TRIALS))
-
-
-def make_pruner(cfg: DictConfig) -> optuna.pruners.BasePruner:
-    if cfg.SWEEP.PRUNER == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=3)
-    if cfg.SWEEP.PRUNER == "successive_halving":
-        # Rungs at the first evaluation and 3x, 9x ... its step: Optuna's "auto" guesses 1% of
-        # the first finished trial, which puts a rung at nearly every report and prunes little.
-        first = cfg.TEST.EVAL_PERIOD or cfg.SOLVER.MAX_ITER
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=first, reduction_factor=3)
-    return optuna.pruners.NopPruner()
-
-
-def open_study(
-    cfg: DictConfig, space: list[Parameter], storage: str | None, name: str, worker: int = 0
-) -> Any:
-    """Create the study or join it; a study searched with another space is refused."""
-    study = optuna.create_study(
-        study_name=name,
-        storage=storage_for(Path(cfg.OUTPUT_DIR), storage),
-        sampler=make_sampler(cfg, space, worker),
-        pruner=make_pruner(cfg),
-        direction="maximize",
-        load_if_exists=True,
-    )
-    signature = json.dumps([[p.key, p.type, p.low, p.high, list(p.choices)] for p in space])
-    known = study.user_attrs.get("space")
-    if known is None:
-        study.set_user_attr("space", signature)
-        study.set_user_attr("base_config", to_yaml(cfg))
-    elif known != signature:
-        raise ConfigError(
-            f"study {name!r} was searched over another SWEEP.SPACE ({known}); use another --study "
-            "or the same space"
-        )
-    return study
-
-
-def trial_folder(cfg: DictConfig, params: dict[str, Any]) -> Path:
-    """A trial's run folder, named by its parameters (the same parameters reuse the folder)."""
-    digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
-    return Path(cfg.OUTPUT_DIR) / "trials" / digest
-
-
-def trial_config(cfg: DictConfig, params: dict[str, Any]) -> DictConfig:
+def trial_config(cfg: DictConfig, params: dict[str, Any], folder: Path) -> DictConfig:
     """The base config with the trial's parameters, in the trial's folder."""
     overrides = [override(k, v) for k, v in params.items()]
-    return load_config(
-        None,
-        [*overrides, f"OUTPUT_DIR={trial_folder(cfg, params)}"],
-        base_yaml=to_yaml(cfg),
-    )
+    return load_config(None, [*overrides, f"OUTPUT_DIR={folder}"], base_yaml=to_yaml(cfg))
 
 
 class _Pruning:
@@ -142,16 +72,27 @@ class _Pruning:
 
 
 class Objective:
-    """One trial: train the sampled mix (or resume it) and return its validation metric."""
+    """One trial: train the sampled mix (or resume its folder) and return its validation metric.
+
+    While the trial runs this process holds its folder's lock (released by :meth:`release`
+    once Optuna has recorded the trial's end), so no other process trains in that folder, and a
+    free lock on a running trial tells that its process died.
+    """
 
     def __init__(self, cfg: DictConfig, space: list[Parameter], source: str, callbacks=()):
         self.cfg, self.space, self.source = cfg, space, source
         self.callbacks = list(callbacks)
+        self.held: int | None = None
 
     def __call__(self, trial: Any) -> float:
         params = {p.key: p.suggest(trial) for p in self.space}
-        run_cfg = trial_config(self.cfg, params)
-        trial.set_user_attr("folder", str(run_cfg.OUTPUT_DIR))
+        folder = trial_folder(Path(self.cfg.OUTPUT_DIR), trial)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        self.held = file_lock.acquire(lock_path(folder))
+        if self.held is None:
+            raise RuntimeError(f"{folder} is in use by {file_lock.holder(lock_path(folder))}")
+        trial.set_user_attr("folder", str(folder))
+        run_cfg = trial_config(self.cfg, params, folder)
         pruning = _Pruning(trial, self.source, self.cfg.SWEEP.METRIC)
         started = time.perf_counter()
         try:
@@ -173,49 +114,93 @@ class Objective:
         trial.set_user_attr("train_seconds", time.perf_counter() - started)
         return results[self.source][self.cfg.SWEEP.METRIC]
 
+    def release(self, *_: Any) -> None:
+        """Release the trial's folder (an Optuna ``optimize`` callback: its end is recorded)."""
+        file_lock.release(self.held)
+        self.held = None
+
+
+def count_trials(study: Any) -> dict[str, int]:
+    """Trials by what they mean for ``SWEEP.TRIALS``: ``finished`` (complete or pruned),
+    ``running``, ``failed`` (an error of the trial itself; not Ctrl-C and not a dead worker,
+    whose trials are queued again)."""
+    counts = {"finished": 0, "running": 0, "failed": 0}
+    for t in study.get_trials(deepcopy=False):
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            counts["finished"] += 1
+        elif t.state == TrialState.RUNNING:
+            counts["running"] += 1
+        elif t.state == TrialState.FAIL and "error" in t.user_attrs:
+            counts["failed"] += 1
+    return counts
+
 
 def remaining(study: Any, total: int) -> int:
-    """Trials still to start: finished, running and queued ones count; failed ones too, except
-    those a Ctrl-C interrupted (they are tried again)."""
-    done = sum(
-        t.state in _COUNTED or (t.state == TrialState.FAIL and not t.user_attrs.get("interrupted"))
-        for t in study.get_trials(deepcopy=False)
-    )
-    return total - done
+    """Trials still to start so that ``total`` finish (the running ones will; a queued retry
+    is started first)."""
+    counts = count_trials(study)
+    return total - counts["finished"] - counts["running"]
 
 
 def requeue_interrupted(study: Any) -> None:
-    """Queue the parameters of every trial a Ctrl-C interrupted, once (their folder resumes)."""
-    trials = study.get_trials(deepcopy=False)
-    again = {t.user_attrs.get("resumes") for t in trials}
-    for t in trials:
-        if t.state == TrialState.FAIL and t.user_attrs.get("interrupted") and t.number not in again:
-            study.enqueue_trial(t.params, user_attrs={"resumes": t.number})
+    """Queue again, once, every trial a Ctrl-C interrupted (the retry resumes its folder)."""
+    retried = {t.user_attrs.get("retries") for t in study.get_trials(deepcopy=False)}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if not t.user_attrs.get("interrupted") or t.number in retried:
+            continue
+        held = file_lock.acquire(lock_path(Path(t.user_attrs["folder"])))
+        if held is None:
+            continue  # another process resumes it right now
+        try:
+            if t.number not in {u.user_attrs.get("retries") for u in study.get_trials()}:
+                retry(study, t, "after_interrupt")
+        finally:
+            file_lock.release(held)
 
 
-def work(cfg: DictConfig, space: list[Parameter], source: str, study: Any, callbacks=()) -> None:
-    """Run trials until the study has ``SWEEP.TRIALS`` of them (one worker)."""
+def work(
+    cfg: DictConfig,
+    space: list[Parameter],
+    source: str,
+    study: Any,
+    callbacks=(),
+    *,
+    database: bool = False,
+) -> None:
+    """Run trials until ``SWEEP.TRIALS`` have finished (one worker). Stops early when as many
+    trials failed by their own error (a space where nothing trains would never finish)."""
     objective = Objective(cfg, space, source, callbacks)
-    while remaining(study, cfg.SWEEP.TRIALS) > 0:
-        study.optimize(objective, n_trials=1, catch=(Exception,))
-        if cfg.SWEEP.SAMPLER == "grid" and _grid_exhausted(study):
-            break
+    try:
+        while True:
+            fail_dead_trials(study, database)
+            if remaining(study, cfg.SWEEP.TRIALS) <= 0:
+                return
+            if count_trials(study)["failed"] >= cfg.SWEEP.TRIALS:
+                print(f"realsynth: {cfg.SWEEP.TRIALS} trials failed; the sweep stops")
+                return
+            study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[objective.release])
+            grid = study.sampler
+            if isinstance(grid, optuna.samplers.GridSampler) and grid.is_exhausted(study):
+                return
+    finally:
+        objective.release()
 
 
-def _grid_exhausted(study: Any) -> bool:
-    sampler = study.sampler
-    return isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study)
+def _quiet_optuna() -> None:
+    """Optuna logs every trial with tracebacks of failures; the sweep reports trials itself."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
-def _worker(cfg_yaml: str, storage: str | None, name: str, threads: int, worker: int) -> None:
-    """A worker process of ``--jobs``: its own share of the cores and sampler seed."""
+def _worker(cfg_yaml: str, storage: str | None, name: str, threads: int) -> None:
+    """A worker process of ``--jobs``: its own share of the cores."""
+    _quiet_optuna()
     torch.set_num_threads(threads)
     cfg = load_config(None, [], base_yaml=cfg_yaml)
     space = parse_space(cfg)
-    study = open_study(cfg, space, storage, name, worker)
+    study = open_study(cfg, space, storage, name)
     # Ctrl-C: the trial is saved and marked for another try; the parent reports.
     with contextlib.suppress(KeyboardInterrupt):
-        work(cfg, space, validation_source(cfg), study)
+        work(cfg, space, validation_source(cfg), study, database=is_database(storage))
 
 
 def run_workers(cfg: DictConfig, storage: str | None, name: str, jobs: int, callbacks=()) -> None:
@@ -225,6 +210,7 @@ def run_workers(cfg: DictConfig, storage: str | None, name: str, jobs: int, call
     slower each than one alone), never more than this process has (``OMP_NUM_THREADS``); with
     several GPUs worker j sees only GPU ``j % count``.
     """
+    _quiet_optuna()
     threads = max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) // jobs))
     gpus = torch.cuda.device_count()
     context = multiprocessing.get_context("spawn")
@@ -233,7 +219,7 @@ def run_workers(cfg: DictConfig, storage: str | None, name: str, jobs: int, call
         previous = os.environ.get("CUDA_VISIBLE_DEVICES")
         if gpus > 1:
             os.environ["CUDA_VISIBLE_DEVICES"] = str(j % gpus)
-        child = context.Process(target=_worker, args=(to_yaml(cfg), storage, name, threads, j))
+        child = context.Process(target=_worker, args=(to_yaml(cfg), storage, name, threads))
         child.start()
         children.append(child)
         if gpus > 1:
@@ -244,7 +230,7 @@ def run_workers(cfg: DictConfig, storage: str | None, name: str, jobs: int, call
     space = parse_space(cfg)
     study = open_study(cfg, space, storage, name)
     try:
-        work(cfg, space, validation_source(cfg), study, callbacks)
+        work(cfg, space, validation_source(cfg), study, callbacks, database=is_database(storage))
     finally:
         for child in children:
             child.join()
@@ -263,6 +249,31 @@ def validation_source(cfg: DictConfig) -> str:
         if src.TYPE == "real" and (src.VAL_PATH or src.FORMAT == "vg150"):
             return src.NAME
     raise ConfigError("SWEEP.SOURCE: no real source has a validation set; name one")
+
+
+class SweepInterrupted(Exception):
+    """Ctrl-C stopped the sweep; the message says what was kept and how to go on."""
+
+
+def _what_was_kept(study: Any) -> str:
+    """Finished trials, and the checkpoint of the trial Ctrl-C stopped (if it got that far)."""
+    counts = count_trials(study)
+    stopped = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+        if t.user_attrs.get("interrupted") and "folder" in t.user_attrs
+    ]
+    kept = f"{counts['finished']} finished trial(s) kept"
+    if stopped:
+        folder = Path(stopped[-1].user_attrs["folder"])
+        saved = CheckpointFiles(folder).step_files()
+        kept += (
+            f"; trial {stopped[-1].number} stopped with its checkpoint of step {saved[0][0]} "
+            f"in {folder}"
+            if saved
+            else f"; trial {stopped[-1].number} stopped before its first step"
+        )
+    return f"interrupted: {kept}; run the same command again to continue the sweep"
 
 
 def sweep(
@@ -287,10 +298,16 @@ def sweep(
     """
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
+    _quiet_optuna()
     space = parse_space(cfg)
     out = Path(cfg.OUTPUT_DIR)
     requeue_interrupted(open_study(cfg, space, storage, study_name))
-    run_workers(cfg, storage, study_name, jobs, callbacks)
+    try:
+        run_workers(cfg, storage, study_name, jobs, callbacks)
+    except KeyboardInterrupt:
+        raise SweepInterrupted(
+            _what_was_kept(open_study(cfg, space, storage, study_name))
+        ) from None
     study = open_study(cfg, space, storage, study_name)
     report = sweep_report(cfg, study, space)
     if report["best"] is not None:

@@ -41,14 +41,17 @@ def sweep_report(cfg: DictConfig, study: Any, space: list[Parameter]) -> dict[st
     """The sweep's results (no training): best trial, compute, response surface."""
     rows = trial_rows(study)
     done = [r for r in rows if r["state"] == "complete"]
-    spent = sum(r["steps"] or 0 for r in rows if r["state"] in ("complete", "pruned", "fail"))
-    full = cfg.SOLVER.MAX_ITER * sum(r["state"] in ("complete", "pruned", "fail") for r in rows)
+    # Only what pruning saved: failed trials saved nothing, they only cost their steps.
+    finished = [r for r in rows if r["state"] in ("complete", "pruned")]
+    spent = sum(r["steps"] or 0 for r in finished)
+    full = cfg.SOLVER.MAX_ITER * len(finished)
     report: dict[str, Any] = {
         "metric": cfg.SWEEP.METRIC,
         "trials": rows,
         "steps_trained": spent,
         "steps_without_pruning": full,
         "compute_saved_by_pruning": 1 - spent / full if full else 0.0,
+        "failed_trials": sum(r["state"] == "fail" for r in rows),
         "best": None,
         "surface": None,
     }
@@ -91,8 +94,8 @@ def _short(value: Any) -> str:
 
 
 def confirm(cfg: DictConfig, params: dict[str, Any]) -> dict[str, Any]:
-    """The chosen mix, the note's mix and real only, ``SWEEP.CONFIRM_SEEDS`` fresh seeds each,
-    compared on the test split (never seen by the search)."""
+    """The chosen mix, the base config's mix and real only, ``SWEEP.CONFIRM_SEEDS`` fresh seeds
+    each, compared on the test split (never seen by the search)."""
     chosen = [override(k, v) for k, v in params.items()]
     settings = load_config(
         None,
@@ -189,9 +192,11 @@ def format_sweep(report: dict[str, Any]) -> str:
             f"Best trial {report['best']['number']}: {report['best']['params']} "
             f"({100 * report['best']['value']:.2f}% validation {report['metric']})"
         )
+    failed = report.get("failed_trials", 0)
     lines.append(
-        f"Compute: {report['steps_trained']} of {report['steps_without_pruning']} steps "
-        f"({100 * report['compute_saved_by_pruning']:.0f}% saved by pruning)"
+        f"Compute: {report['steps_trained']} of {report['steps_without_pruning']} steps of the "
+        f"finished trials ({100 * report['compute_saved_by_pruning']:.0f}% saved by pruning)"
+        + (f"; {failed} trial(s) failed or were stopped" if failed else "")
     )
     if report["surface"]:
         s = report["surface"]

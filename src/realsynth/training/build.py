@@ -16,6 +16,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from realsynth.config import ConfigError
+from realsynth.config.schema import (
+    BackboneNorm,
+    LrSchedule,
+    One2ManyScheme,
+    PredicateClassWeights,
+)
 from realsynth.data.collate import collate_relations
 from realsynth.data.stats import combine_statistics, compute_statistics, frequency_class_weights
 from realsynth.evaluation.recall import SceneGraphEvaluator
@@ -27,7 +33,7 @@ from realsynth.modeling.heads import loss_coefficients
 from realsynth.modeling.matcher import HungarianMatcher
 from realsynth.modeling.model import PRESETS, build_model
 from realsynth.modeling.one_to_many import QualityAwareMatcher
-from realsynth.modeling.predicate_groups import predicate_groups
+from realsynth.modeling.predicate_groups import GroupingError, predicate_groups
 from realsynth.training.data_setup import RunData, build_data, run_sources
 from realsynth.training.loop import LoopSettings
 from realsynth.utils.distributed import (
@@ -69,13 +75,14 @@ def build_model_and_criterion(
         for key in ("NUM_QUERIES", "D_MODEL", "ENC_LAYERS", "DEC_LAYERS", "DIM_FEEDFORWARD")
         if cfg.MODEL[key] is not None
     }
-    queries = overrides.get("num_queries", PRESETS[cfg.MODEL.PRESET]["num_queries"])
+    preset = cfg.MODEL.PRESET.value
+    queries = overrides.get("num_queries", PRESETS[preset]["num_queries"])
     overrides["num_queries"] = queries * cfg.MODEL.SPEAQ.MULTIPLY_QUERY
     if cfg.MODEL.BACKBONE_CHANNELS:
         overrides["backbone_channels"] = tuple(cfg.MODEL.BACKBONE_CHANNELS)
-    if cfg.MODEL.BACKBONE_NORM:
-        overrides["backbone_norm"] = cfg.MODEL.BACKBONE_NORM
-    model = build_model(cfg.MODEL.PRESET, len(data.classes), len(data.predicates), **overrides)
+    if cfg.MODEL.BACKBONE_NORM is not BackboneNorm.default:
+        overrides["backbone_norm"] = cfg.MODEL.BACKBONE_NORM.value
+    model = build_model(preset, len(data.classes), len(data.predicates), **overrides)
     crit = cfg.MODEL.CRITERION
     criterion = RelationCriterion(
         len(data.classes),
@@ -88,9 +95,9 @@ def build_model_and_criterion(
         loss_coefficients=loss_coefficients(
             crit.CLASS_COEFFICIENT, crit.L1_COEFFICIENT, crit.GIOU_COEFFICIENT
         ),
-        ce_scope=crit.CE_SCOPE,
-        normalization=crit.NORMALIZATION,
-        on_invalid_weight=crit.ON_INVALID_WEIGHT,
+        ce_scope=crit.CE_SCOPE.value,
+        normalization=crit.NORMALIZATION.value,
+        on_invalid_weight=crit.ON_INVALID_WEIGHT.value,
         source_names=data.names,
     )
     return model.to(device), criterion.to(device)
@@ -105,18 +112,34 @@ def build_matcher(cfg: DictConfig, data: RunData, num_queries: int) -> Hungarian
         "cost_bbox": crit.COST_BBOX,
         "cost_giou": crit.COST_GIOU,
     }
-    if speaq.ONE2MANY_SCHEME == "none" and not speaq.USE_GROUP_MASK:
+    if speaq.ONE2MANY_SCHEME is One2ManyScheme.none and not speaq.USE_GROUP_MASK:
         return HungarianMatcher(**costs)
     groups = None
     if speaq.USE_GROUP_MASK:
         try:
             groups = predicate_groups(predicate_counts(cfg, data), speaq.NUM_GROUPS, num_queries)
+        except GroupingError as exc:
+            # num_queries is NUM_QUERIES (or the preset's) x MULTIPLY_QUERY.
+            queries = (
+                f"MODEL.NUM_QUERIES x MODEL.SPEAQ.MULTIPLY_QUERY = "
+                f"{num_queries // speaq.MULTIPLY_QUERY} x {speaq.MULTIPLY_QUERY} = {num_queries}"
+            )
+            more = (
+                f", or raise the relation queries ({queries}) to at least {exc.min_queries}"
+                if exc.min_queries is not None
+                else f" (with {queries} relation queries)"
+            )
+            raise ConfigError(
+                f"MODEL.SPEAQ.USE_GROUP_MASK: {exc.reason}; lower MODEL.SPEAQ.NUM_GROUPS="
+                f"{speaq.NUM_GROUPS} to at most {exc.max_groups}{more}",
+                ("MODEL.SPEAQ.NUM_GROUPS", "MODEL.SPEAQ.MULTIPLY_QUERY", "MODEL.NUM_QUERIES"),
+            ) from None
         except ValueError as exc:
             raise ConfigError(f"MODEL.SPEAQ.USE_GROUP_MASK: {exc}", "MODEL.SPEAQ") from None
     return QualityAwareMatcher(
-        scheme=speaq.ONE2MANY_SCHEME,
+        scheme=speaq.ONE2MANY_SCHEME.value,
         top_k=speaq.ONE2MANY_K,
-        combine=speaq.ONE2MANY_DYNAMIC_SCHEME,
+        combine=speaq.ONE2MANY_DYNAMIC_SCHEME.value,
         predicate_weight=speaq.ONE2MANY_PREDICATE_WEIGHT
         if speaq.ONE2MANY_PREDICATE_SCORE
         else None,
@@ -162,7 +185,7 @@ def predicate_class_weights(cfg: DictConfig, data: RunData) -> torch.Tensor | No
     """``MODEL.CRITERION.PREDICATE_CLASS_WEIGHTS``: None (all ones), or SpeaQ's frequency weights
     from :func:`predicate_counts`."""
     crit = cfg.MODEL.CRITERION
-    if crit.PREDICATE_CLASS_WEIGHTS == "none":
+    if crit.PREDICATE_CLASS_WEIGHTS is PredicateClassWeights.none:
         return None
     values = frequency_class_weights(
         predicate_counts(cfg, data), alpha=crit.OVERSAMPLE_PARAM, beta=crit.UNDERSAMPLE_PARAM
@@ -190,7 +213,8 @@ def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
 def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer) -> Any:
     """Linear warmup over ``WARMUP_ITERS``, then cosine decay to 0 at ``MAX_ITER`` (or constant)."""
     solver = cfg.SOLVER
-    warmup, total, cosine = solver.WARMUP_ITERS, solver.MAX_ITER, solver.LR_SCHEDULE == "cosine"
+    warmup, total = solver.WARMUP_ITERS, solver.MAX_ITER
+    cosine = solver.LR_SCHEDULE is LrSchedule.cosine
 
     def factor(step: int) -> float:
         if step < warmup:
@@ -346,7 +370,7 @@ def build_evaluator_factory(cfg: DictConfig, data: RunData) -> Callable[[], Scen
     return functools.partial(
         SceneGraphEvaluator,
         len(data.predicates),
-        protocol=cfg.TEST.PROTOCOL,
+        protocol=cfg.TEST.PROTOCOL.value,
         zero_shot_triplets=data.zero_shot,
     )
 

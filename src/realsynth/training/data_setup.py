@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,12 +14,21 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
 from realsynth.config import ConfigError
+from realsynth.config.checks import holdout_source_error
 from realsynth.config.schema import SourceConfig
 from realsynth.config.source_mix import SourceMix, resolve_mix
 from realsynth.data.collate import collate_relations
-from realsynth.data.demo import demo_is_complete, demo_predicate_flip_map, generate_demo
+from realsynth.data.demo import (
+    demo_is_complete,
+    demo_predicate_flip_map,
+    demo_settings,
+    generate_demo,
+    is_demo_folder,
+    recorded_demo_settings,
+)
 from realsynth.data.formats.relcoco import RelCocoDataset
 from realsynth.data.formats.vg150 import vg150_from_folder
+from realsynth.data.paths import is_utf8, shown
 from realsynth.data.transforms import build_transforms, predicate_flip_indices
 from realsynth.data.zero_shot import load_zero_shot_triplets
 from realsynth.mixing.holdout import Holdout, carve_holdout, whole_source_holdout
@@ -99,6 +109,7 @@ def build_data(cfg: DictConfig) -> RunData:
     Raises:
         ConfigError: a path does not exist, or the sources disagree on class / predicate names.
     """
+    _require_utf8_paths(cfg)
     sources = run_sources(cfg)
     train, val = [], {}
     for src in sources:
@@ -106,6 +117,12 @@ def build_data(cfg: DictConfig) -> RunData:
         if src.FORMAT == "vg150" or src.VAL_PATH:
             val[src.NAME] = _dataset(cfg, src, "val")
     classes, predicates = _shared_labels(sources, train)
+    # Counted before adaptive mixing carves its holdout (the rest is a plain subset).
+    without_relationships = {
+        src.NAME: len(dataset)
+        for src, dataset in zip(sources, train)
+        if not dataset.label_counts()[1].sum()
+    }
     holdout = None
     md = cfg.DATASETS.MULTI_DATASET
     if md.ENABLED and md.ADAPTIVE.ENABLED:
@@ -117,6 +134,9 @@ def build_data(cfg: DictConfig) -> RunData:
         max_iter=cfg.SOLVER.MAX_ITER,
     )
     active = [k for k, m in enumerate(mix) if m.max_ratio > 0]
+    for k in active:
+        if sources[k].NAME in without_relationships:
+            _warn_without_relationships(sources[k], without_relationships[sources[k].NAME])
     skipped = {
         f"source '{name}' ({split})": list(dataset.skipped)
         for name, split, dataset in [
@@ -138,6 +158,23 @@ def build_data(cfg: DictConfig) -> RunData:
     )
 
 
+_PATH_KEYS = ("PATH", "VAL_PATH", "TEST_PATH", "IMAGE_ROOT", "VAL_IMAGE_ROOT", "TEST_IMAGE_ROOT")
+
+
+def _require_utf8_paths(cfg: DictConfig) -> None:
+    """A source path that is not valid UTF-8 (bytes a file name may hold) opens, but the run's
+    config.yaml, written in UTF-8, cannot record it: refuse it now, naming it."""
+    for src in cfg.DATASETS.SOURCES:
+        for key in _PATH_KEYS:
+            if src[key] and not is_utf8(src[key]):
+                raise ConfigError(
+                    f"DATASETS.SOURCES {src.NAME}.{key}: {shown(src[key])} is not valid UTF-8, "
+                    "which a run's config.yaml cannot record; rename it, or link it from a "
+                    "UTF-8 path",
+                    f"DATASETS.SOURCES.{src.NAME}.{key}",
+                )
+
+
 def _holdout(
     cfg: DictConfig, sources: list[Any], train: list[Dataset]
 ) -> tuple[Holdout, list[Any], list[Dataset]]:
@@ -145,7 +182,12 @@ def _holdout(
     adaptive = cfg.DATASETS.MULTI_DATASET.ADAPTIVE
     names = [s.NAME for s in sources]
     if adaptive.HOLDOUT_SOURCE:
-        k = names.index(adaptive.HOLDOUT_SOURCE)  # the config check made sure it is there
+        # The config check knows DATASETS.SOURCES; the demo's sources are only known here.
+        kinds = {s.NAME: s.TYPE for s in sources}
+        if kinds.get(adaptive.HOLDOUT_SOURCE) != "real":
+            key = "DATASETS.MULTI_DATASET.ADAPTIVE.HOLDOUT_SOURCE"
+            raise ConfigError(holdout_source_error(adaptive.HOLDOUT_SOURCE, kinds), key)
+        k = names.index(adaptive.HOLDOUT_SOURCE)
         eval_transforms = _transforms(
             cfg, dict(sources[k].PREDICATE_FLIP_MAP), train[k].predicates, False
         )
@@ -227,9 +269,53 @@ def _dataset(cfg: DictConfig, src: Any, split: str) -> Dataset:
         dataset = RelCocoDataset(ann, root, **common)
     if not train:
         dataset.skip_bad_samples = False
+        _require_relationships(src, split, dataset)
     # The flip map is given by predicate name: translate it with the dataset's own names.
     dataset.transforms = _transforms(cfg, dict(src.PREDICATE_FLIP_MAP), dataset.predicates, train)
     return dataset
+
+
+def _source_file(src: Any, split: str) -> str:
+    """The annotation file behind a source's split, as its config names it."""
+    if src.FORMAT == "vg150":
+        return f"{shown(src.PATH)} (split {src.VAL_SPLIT if split == 'val' else split})"
+    return shown(src[f"{'' if split == 'train' else split.upper() + '_'}PATH"])
+
+
+def _require_relationships(src: Any, split: str, dataset: Dataset) -> None:
+    """A validation or test set without a relationship cannot be scored: refuse it now rather
+    than at the first evaluation."""
+    if dataset.label_counts()[1].sum():
+        return
+    key = f"{src.NAME}.{'PATH' if src.FORMAT == 'vg150' else split.upper() + '_PATH'}"
+    what = "validation" if split == "val" else "test"
+    raise ConfigError(
+        f"{what} source '{src.NAME}': {_source_file(src, split)} has no relationships in its "
+        f"{len(dataset)} image(s), so Recall@K cannot be computed on it (DATASETS.SOURCES "
+        f"{key}); give it a file with relationships (`realsynth data check` says what was "
+        "left out)",
+        f"DATASETS.SOURCES.{key}",
+    )
+
+
+#: (source, file) pairs already warned about in this process: one warning each.
+_WARNED_WITHOUT_RELATIONSHIPS: set[tuple[str, str]] = set()
+
+
+def _warn_without_relationships(src: Any, images: int) -> None:
+    """A training source without a relationship trains, but teaches only "no relation": say so
+    once (rank 0)."""
+    where = (str(src.NAME), _source_file(src, "train"))
+    if where in _WARNED_WITHOUT_RELATIONSHIPS:
+        return
+    _WARNED_WITHOUT_RELATIONSHIPS.add(where)
+    if get_rank() == 0:
+        print(
+            f"realsynth: warning: training source '{where[0]}': {where[1]} has no "
+            f"relationships in its {images} image(s); its share of every batch teaches "
+            "only boxes and 'no relation'",
+            file=sys.stderr,
+        )
 
 
 def eval_transforms(cfg: DictConfig) -> Any:
@@ -244,11 +330,21 @@ def _transforms(
     sizes = (
         list(inp.MIN_SIZE_TRAIN) if train else ([inp.MIN_SIZE_TEST] if inp.MIN_SIZE_TEST else [])
     )
+    # The cap holds for every image, native sizes included: a 10000 x 10000 file is decoded
+    # reduced (see RelationDataset.get_item) instead of taking gigabytes as floats.
+    key = "INPUT.MAX_SIZE_TRAIN" if train else "INPUT.MAX_SIZE_TEST"
+    max_size = OmegaConf.select(cfg, key)
+    if not isinstance(max_size, int) or isinstance(max_size, bool) or max_size <= 0:
+        raise ConfigError(
+            f"{key}={max_size}: expected a positive number of pixels (the longest side any "
+            "image is given)",
+            key,
+        )
     # Without a flip map a flip would turn "left of" into a wrong label: no flipping then.
     return build_transforms(
         train=train,
         min_sizes=sizes,
-        max_size=(inp.MAX_SIZE_TRAIN if train else inp.MAX_SIZE_TEST) if sizes else None,
+        max_size=max_size,
         flip_prob=inp.FLIP_PROB if flip_names else 0.0,
         predicate_flip_map=predicate_flip_indices(flip_names, predicates) if flip_names else None,
         normalize=inp.NORMALIZE,
@@ -289,23 +385,66 @@ def demo_root(cfg: DictConfig) -> Path:
     return cache / "demo" / tag
 
 
+#: DATASETS.DEMO keys by the name ``generate_demo`` records their setting under.
+_DEMO_KEYS = {
+    "seed": "SEED",
+    "real_train": "REAL_TRAIN",
+    "real_val": "REAL_VAL",
+    "synthetic_train": "SYNTHETIC_TRAIN",
+    "synthetic_val": "SYNTHETIC_VAL",
+    "real_test": "REAL_TEST",
+    "label_noise": "LABEL_NOISE",
+}
+
+
 def ensure_demo_data(cfg: DictConfig) -> Path:
-    """Generate the demo data on first use (rank 0; other ranks wait) and return its folder."""
+    """Generate the demo data on first use (rank 0; other ranks wait) and return its folder.
+
+    The folder is a cache: a demo that realsynth made with other settings than
+    ``DATASETS.DEMO``'s (the ``.realsynth-demo`` marker records them) is generated again, and
+    says so; a non-empty folder that realsynth did not make is refused.
+
+    Raises:
+        ConfigError: ``DATASETS.DEMO.ROOT`` is a non-empty folder that realsynth did not make.
+    """
     root, demo = demo_root(cfg), cfg.DATASETS.DEMO
-    if get_rank() == 0 and not demo_is_complete(root):
-        print(f"Generating the demo data into {root} ...")
-        generate_demo(
-            root,
-            seed=demo.SEED,
-            real_train=demo.REAL_TRAIN,
-            real_val=demo.REAL_VAL,
-            synthetic_train=demo.SYNTHETIC_TRAIN,
-            synthetic_val=demo.SYNTHETIC_VAL,
-            real_test=demo.REAL_TEST,
-            label_noise=demo.LABEL_NOISE,
-        )
+    options = {key.lower(): demo[key] for key in _DEMO_KEYS.values()}
+    if get_rank() == 0:
+        wanted = demo_settings(**options)
+        recorded = recorded_demo_settings(root)
+        if not demo_is_complete(root) or recorded != wanted:
+            if root.is_dir() and any(root.iterdir()) and not is_demo_folder(root):
+                raise ConfigError(
+                    f"DATASETS.DEMO.ROOT={shown(root)} is not empty and was not made by "
+                    "realsynth; choose a new or empty folder (the demo data is generated there)",
+                    "DATASETS.DEMO.ROOT",
+                )
+            if demo_is_complete(root):
+                print(f"realsynth: {_demo_difference(root, recorded, wanted)}")
+            else:
+                print(f"Generating the demo data into {shown(root)} ...")
+            generate_demo(root, **options)
     barrier()
     return root
+
+
+def _demo_difference(root: Path, recorded: dict | None, wanted: dict) -> str:
+    """One line: how the demo in ``root`` differs from the config's, and what happens now."""
+    if recorded is None:
+        return (
+            f"the demo data in {shown(root)} records no settings (an older realsynth made it): "
+            "generating it again for DATASETS.DEMO"
+        )
+    named = {**{k: k for k in wanted}, **_DEMO_KEYS}
+    changed = [
+        f"{named[k]}={recorded.get(k, 0)}, not {wanted.get(k, 0)}"
+        for k in named
+        if recorded.get(k, 0) != wanted.get(k, 0)
+    ]
+    return (
+        f"the demo data in {shown(root)} was made with {'; '.join(changed)}: generating it again "
+        "(it is a cache of DATASETS.DEMO)"
+    )
 
 
 def _demo_sources(cfg: DictConfig) -> list[Any]:

@@ -24,13 +24,18 @@ from realsynth.evaluation.records import EVAL_RECORDS, save_records
 from realsynth.mixing.adaptive import AdaptiveMixer
 from realsynth.mixing.adaptive_step import adapt_after_step
 from realsynth.modeling.criterion import RelationCriterion
-from realsynth.training.checkpoint import rng_states
+from realsynth.training.checkpoint import (
+    CheckpointContents,
+    TrainingObjects,
+    checkpoint_contents,
+    rng_states,
+)
 from realsynth.training.data_setup import RunData
 from realsynth.training.interrupt import StepInterrupt
 from realsynth.training.records import loss_values, mix_targets, progress_postfix, reduce_records
 from realsynth.training.run_folder import RunFolder
 from realsynth.training.run_log import MetricsLog
-from realsynth.training.run_state import RunState, checkpoint_payload, payload_writer
+from realsynth.training.run_state import RunState
 from realsynth.utils.distributed import all_ranks_agree, all_reduce_sum, get_rank, get_world_size
 
 
@@ -118,7 +123,9 @@ class TrainingLoop:
         self.callbacks = list(callbacks)
         self.is_main = get_rank() == 0
         self.committing = False
+        # The step of the newest checkpoint on disk (advanced only once its file is in place).
         self.saved_step: int | None = None
+        self.final_evaluation = False  # every step is trained and saved; only scoring is left
         self.boundary_rng = rng_states()
         # Steps whose records are still on the device (fetched every log period).
         self.pending: list[tuple[int, StepResult]] = []
@@ -234,12 +241,22 @@ class TrainingLoop:
         if improved:
             self.save_best(state)
 
-    def finish(self, state: RunState) -> dict[str, dict[str, float]]:
-        """Final evaluation, then the final checkpoint (and ``best.pt`` if it is the best)."""
+    def finish(
+        self, state: RunState, interrupt: StepInterrupt | None = None
+    ) -> dict[str, dict[str, float]]:
+        """The final checkpoint, then the final evaluation (and ``best.pt`` if it is the best).
+
+        The trained steps are saved before the evaluation starts: from then on Ctrl-C (or
+        SIGTERM) stops the evaluation at once, and a resume redoes only the evaluation.
+        """
+        if self.saved_step != state.step:
+            self.save(state)
+        self.final_evaluation = True
+        if interrupt is not None:
+            interrupt.at_once()
         results = self.evaluate(state.step, final=True)
-        improved = self._record_best(state, results)
-        self.save(state)
-        if improved:
+        if self._record_best(state, results):
+            self.save(state)  # the final checkpoint knows its own score, as best.pt does
             self.save_best(state)
         return results
 
@@ -259,7 +276,7 @@ class TrainingLoop:
             losses = parts.criterion(
                 outputs,
                 targets,
-                loss_weights=self._loss_weights(batch, drawn_for),
+                loss_weights=batch["loss_weights"],  # the sampler's weights of its step
                 source_ids=batch["source_ids"],
             )
         except ValueError as exc:
@@ -291,24 +308,8 @@ class TrainingLoop:
             lr,
             int(batch.get("num_skipped", 0)),
             list(batch.get("skipped", [])),
-            mix_targets(
-                parts.loader, parts.data.names, drawn_for, self._adapted_weights(drawn_for)
-            ),
+            mix_targets(parts.loader.batch_sampler, parts.data.names, drawn_for),
         )
-
-    def _adapted_weights(self, step: int) -> list[float] | None:
-        adaptive = self.parts.adaptive
-        return (
-            adaptive.weights_at(step) if adaptive is not None and adaptive.adapt_weights else None
-        )
-
-    def _loss_weights(self, batch: dict[str, Any], drawn_for: int) -> torch.Tensor:
-        """The batch's weights; with adapted weights, those in force at its step."""
-        adaptive = self.parts.adaptive
-        if adaptive is None or not adaptive.adapt_weights:
-            return batch["loss_weights"]
-        in_force = torch.tensor(adaptive.weights_at(drawn_for), dtype=torch.float32)
-        return in_force[batch["source_ids"]]
 
     def evaluate(self, step: int, *, final: bool = False) -> dict[str, dict[str, float]]:
         """Recall@K per validation source, logged as an ``eval`` record."""
@@ -343,31 +344,28 @@ class TrainingLoop:
         state.best_value, state.best_step = float(value), state.step
         return True
 
-    def _payload(self, state: RunState, rng: dict[str, Any]) -> dict[str, Any]:
+    def _payload(self, state: RunState, rng: dict[str, Any]) -> CheckpointContents:
+        """What a checkpoint of ``state`` holds, with the RNG states ``rng``."""
         parts = self.parts
-        return checkpoint_payload(
-            state,
-            parts.model,
-            parts.optimizer,
-            parts.scheduler,
-            parts.loader.batch_sampler,
-            parts.config_yaml,
-            rng,
-            extra={"adaptive": parts.adaptive.state_dict()} if parts.adaptive else None,
+        sampler = parts.loader.batch_sampler
+        objects = TrainingObjects(
+            parts.model, parts.optimizer, parts.scheduler, sampler, parts.adaptive
         )
+        return checkpoint_contents(state, objects, parts.config_yaml, rng)
 
     def save(self, state: RunState) -> None:
         """Checkpoint of the last complete step, with the RNG states of that step's end; the log
         gets every step up to it first."""
         self.flush()
-        self.saved_step = state.step
         if self.is_main:
-            self.folder.save(state.step, payload_writer(self._payload(state, self.boundary_rng)))
+            self.folder.checkpoint_files.write(state.step, self._payload(state, self.boundary_rng))
+        self.saved_step = state.step
 
     def save_best(self, state: RunState) -> None:
+        """``best.pt``: the checkpoint of the last complete step (rank 0 writes it)."""
         if self.is_main:
             payload = self._payload(state, self.boundary_rng)
-            self.folder.save_best(state.step, payload_writer(payload))
+            self.folder.checkpoint_files.write_best(state.step, payload)
 
     @property
     def can_save(self) -> bool:

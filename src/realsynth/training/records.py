@@ -41,21 +41,15 @@ def loss_values(
     return tuple(keys), torch.stack([v.float().reshape(()) for v in values])
 
 
-def mix_targets(
-    loader: Any, names: list[str], step: int, weights: list[float] | None = None
-) -> dict[str, float]:
-    """Every source's target share and loss weight at optimizer step ``step`` (0-based), as
-    ``target_share/<name>`` and ``weight/<name>`` (``weights``, when given, are the ones in
-    force); empty for a loader without a :class:`~realsynth.mixing.sampler.MixedBatchSampler`
-    over a ``MixedDataset``."""
-    sampler, dataset = loader.batch_sampler, loader.dataset
-    if not hasattr(sampler, "target_shares") or not hasattr(dataset, "sources"):
+def mix_targets(sampler: Any, names: list[str], step: int) -> dict[str, float]:
+    """Every source's target share and loss weight in force at optimizer step ``step``
+    (0-based), as the sampler holds them, as ``target_share/<name>`` and ``weight/<name>``;
+    empty for a batch sampler that is not a :class:`~realsynth.mixing.sampler.MixedBatchSampler`.
+    """
+    if not hasattr(sampler, "target_shares") or not hasattr(sampler, "weights_at"):
         return {}
-    shares = sampler.target_shares(step)
-    if weights is None:
-        weights = [source.weight_at(step) for source in dataset.sources]
-    out = {f"target_share/{name}": share for name, share in zip(names, shares)}
-    out.update({f"weight/{name}": weight for name, weight in zip(names, weights)})
+    out = {f"target_share/{n}": share for n, share in zip(names, sampler.target_shares(step))}
+    out.update({f"weight/{n}": weight for n, weight in zip(names, sampler.weights_at(step))})
     return out
 
 

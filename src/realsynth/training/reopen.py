@@ -20,7 +20,7 @@ from realsynth.training.build import (
     build_evaluator_factory,
     build_model_and_criterion,
 )
-from realsynth.training.checkpoint import load_checkpoint
+from realsynth.training.checkpoint import MODEL_KEYS, load_checkpoint, load_model_weights
 from realsynth.training.data_setup import RunData, build_data, build_test_sets, evaluation_loaders
 from realsynth.utils.atomic import atomic_write_json
 from realsynth.utils.distributed import get_rank
@@ -49,12 +49,12 @@ def load_run_model(run: str | Path, *, prefer: str = "best.pt") -> RunModel:
     checkpoint = run / "checkpoints" / prefer if run.is_dir() else run
     if run.is_dir() and not checkpoint.exists():
         checkpoint = run / "checkpoints" / "last.pt"
-    state: dict[str, Any] = load_checkpoint(checkpoint, required=("model", "config"))
+    state: dict[str, Any] = load_checkpoint(checkpoint, required=MODEL_KEYS)
     cfg = load_config(None, base_yaml=state["config"])
     data = build_data(cfg)
     device = build_device(cfg)
     model, _ = build_model_and_criterion(cfg, data, device)
-    model.load_state_dict(state["model"])
+    load_model_weights(model, state["model"], checkpoint, _NOT_ITS_CONFIG)
     return RunModel(cfg, data, model.eval(), device, checkpoint)
 
 
@@ -81,7 +81,7 @@ def evaluate_checkpoint(
     """
     if split not in ("val", "test"):
         raise ValueError(f"split must be 'val' or 'test', got {split!r}")
-    state = load_checkpoint(checkpoint, required=("model", "config"))
+    state = load_checkpoint(checkpoint, required=MODEL_KEYS)
     cfg = load_config(None, overrides, base_yaml=state["config"])
     if data_config is not None:
         datasets = OmegaConf.to_container(load_config(data_config).DATASETS)
@@ -93,7 +93,7 @@ def evaluate_checkpoint(
     _check_label_space(checkpoint, state["model"], data)
     device = build_device(cfg)
     model, _ = build_model_and_criterion(cfg, data, device)
-    model.load_state_dict(state["model"])
+    load_model_weights(model, state["model"], *_fit_advice(checkpoint, overrides))
     evaluators = evaluate_sources(
         model,
         evaluation_loaders(cfg, sets),
@@ -112,6 +112,24 @@ def evaluate_checkpoint(
             print(format_table(results))
             print(f"written to {target}")
     return results
+
+
+_NOT_ITS_CONFIG = (
+    "the config saved in it describes another model; use a checkpoint that `realsynth train` wrote"
+)
+
+
+def _fit_advice(checkpoint: str | Path, overrides: Sequence[str]) -> tuple[Path, str]:
+    """The file a run folder or checkpoint argument reads (``checkpoints/last.pt`` of a folder),
+    and what to do when its weights do not fit the model built for it."""
+    checkpoint = Path(checkpoint)
+    path = checkpoint / "checkpoints" / "last.pt" if checkpoint.is_dir() else checkpoint
+    if any(o.strip().upper().startswith("MODEL.") for o in overrides):
+        return (
+            path,
+            "evaluate it with the model it was trained as (leave out the MODEL.* overrides)",
+        )
+    return path, _NOT_ITS_CONFIG
 
 
 def _default_output(checkpoint: str | Path, data_config: str | Path | None, split: str) -> Path:

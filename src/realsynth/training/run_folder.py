@@ -1,10 +1,7 @@
-"""The run folder is the user's data: one run at a time, never replaced by accident, checkpoints
-kept in rotation.
+"""The run folder is the user's data: one run at a time, never replaced by accident.
 
 Layout of ``OUTPUT_DIR``: ``config.yaml``, ``metrics.jsonl``, ``eval.json``, the plots,
-``checkpoints/step_XXXXXXXX.pt`` (the last ``keep`` step checkpoints), ``checkpoints/last.pt``
-(the newest of them, a hard link where the filesystem allows, else a copy), ``checkpoints/best.pt``
-(the best validation score so far) and ``.lock``.
+``checkpoints/`` (kept in rotation by :mod:`realsynth.training.checkpoint`) and ``.lock``.
 
 The lock is an OS file lock (``flock``) on ``.lock``, held by rank 0 for the whole run: a second
 process into the same folder fails at once, naming the process that holds it, and a lock left by
@@ -13,18 +10,19 @@ a killed process dies with it (the file stays; the lock does not).
 
 from __future__ import annotations
 
+import errno
+import json
 import os
-import re
 import shutil
-import sys
-from collections.abc import Callable
+import tempfile
 from pathlib import Path
-from typing import Any
 
-from realsynth.utils.atomic import atomic_write
+from realsynth.training.checkpoint import CHECKPOINT_DIR, CheckpointFiles
+from realsynth.training.run_log import read_metrics
+from realsynth.utils import file_lock
+from realsynth.utils.distributed import get_rank
 
 LOCK_NAME = ".lock"
-CHECKPOINT_DIR = "checkpoints"
 #: What a run writes into its folder; ``--overwrite`` removes exactly these (and ``eval_*``).
 RUN_OUTPUTS = (
     "config.yaml",
@@ -37,7 +35,6 @@ RUN_OUTPUTS = (
     CHECKPOINT_DIR,
     "tensorboard",
 )
-_STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
 
 
 class RunFolderError(ValueError):
@@ -45,7 +42,8 @@ class RunFolderError(ValueError):
 
 
 class RunFolder:
-    """One run's folder: its lock, its outputs and its checkpoint files.
+    """One run's folder: its lock, its outputs and (through :attr:`checkpoint_files`) its
+    checkpoints.
 
     Args:
         path: the folder (``OUTPUT_DIR``).
@@ -53,56 +51,45 @@ class RunFolder:
     """
 
     def __init__(self, path: str | Path, *, keep: int = 2) -> None:
-        if keep < 1:
-            raise ValueError(f"keep (SOLVER.KEEP_CHECKPOINTS) must be >= 1, got {keep}")
         self.path = Path(path)
-        self.keep = int(keep)
+        self.checkpoint_files = CheckpointFiles(self.path, keep=keep)
         self._lock_fd: int | None = None
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / CHECKPOINT_DIR
-
-    @property
-    def last(self) -> Path:
-        return self.checkpoints / "last.pt"
-
-    @property
-    def best(self) -> Path:
-        return self.checkpoints / "best.pt"
 
     def holds_run(self) -> bool:
         """Whether an earlier run wrote here (its config or a checkpoint)."""
         return (
             (self.path / "config.yaml").exists()
-            or bool(self.step_checkpoints())
-            or self.last.exists()
+            or bool(self.checkpoint_files.step_files())
+            or self.checkpoint_files.last.exists()
         )
 
     def lock(self) -> None:
         """Take the folder's lock (creating the folder).
 
         Raises:
-            RunFolderError: another process holds it (names the process).
+            RunFolderError: another process holds it (names the process), or the folder cannot
+                be created or written (permission denied, a file in the way, a read-only disk).
         """
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
-        if not _try_lock(fd):
-            holder = os.read(fd, 4096).decode("utf-8", "replace").strip() or "unknown process"
-            os.close(fd)
+        fd = None
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = file_lock.acquire(self.path / LOCK_NAME)
+            if fd is not None:
+                _check_writable(self.path)
+        except OSError as exc:
+            file_lock.release(fd)
+            raise RunFolderError(_unusable(self.path, exc)) from None
+        if fd is None:
             raise RunFolderError(
-                f"{self.path} is in use by another run ({holder}); wait for it to end or "
-                "choose another OUTPUT_DIR"
+                f"{self.path} is in use by another run ({file_lock.holder(self.path / LOCK_NAME)});"
+                " wait for it to end or choose another OUTPUT_DIR"
             )
-        os.ftruncate(fd, 0)
-        os.write(fd, f"process {os.getpid()}: {' '.join(sys.argv) or 'python'}\n".encode())
         self._lock_fd = fd
 
     def unlock(self) -> None:
         """Release the lock (the ``.lock`` file stays; a new run locks it again)."""
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # closing the descriptor releases flock and msvcrt locks
-            self._lock_fd = None
+        file_lock.release(self._lock_fd)
+        self._lock_fd = None
 
     def prepare(self, *, resume: bool, overwrite: bool, command: str) -> None:
         """Refuse to start over an existing run unless told what to do with it.
@@ -121,7 +108,7 @@ class RunFolder:
         if resume or not self.holds_run():
             return
         if not overwrite:
-            newest = self.step_checkpoints()
+            newest = self.checkpoint_files.step_files()
             what = f"checkpoints up to step {newest[0][0]}" if newest else "a config.yaml"
             raise RunFolderError(
                 f"{self.path} already holds a run ({what}); continue it with "
@@ -136,73 +123,66 @@ class RunFolder:
         for extra in [*self.path.glob("eval_*.json"), *self.path.glob("eval_*.npz")]:
             extra.unlink()
 
-    def step_checkpoints(self) -> list[tuple[int, Path]]:
-        """(step, path) of every step checkpoint, newest first."""
-        if not self.checkpoints.is_dir():
-            return []
-        found = [
-            (int(m.group(1)), p)
-            for p in self.checkpoints.iterdir()
-            if (m := _STEP_FILE.match(p.name))
-        ]
-        return sorted(found, reverse=True)
-
-    def save(self, step: int, write: Callable[[Any], None]) -> Path:
-        """Write the checkpoint of ``step`` atomically, point ``last.pt`` at it, drop old ones.
-
-        Args:
-            step: the last complete optimizer step the checkpoint holds.
-            write: writes the checkpoint into a binary file object.
-
-        Returns:
-            The step checkpoint's path.
-        """
-        path = atomic_write(self.checkpoints / f"step_{step:08d}.pt", write)
-        link_or_copy(path, self.last)
-        for _, old in self.step_checkpoints()[self.keep :]:
-            old.unlink(missing_ok=True)
-        return path
-
-    def save_best(self, step: int, write: Callable[[Any], None]) -> Path:
-        """``best.pt``: the step checkpoint of ``step`` when it exists, else written anew."""
-        step_file = self.checkpoints / f"step_{step:08d}.pt"
-        if step_file.exists():
-            return link_or_copy(step_file, self.best)
-        return atomic_write(self.best, write)
-
     def resume_candidates(self) -> list[Path]:
-        """Checkpoints to resume from, best first: ``last.pt``, step files newest first, best."""
-        candidates = [self.last, *(p for _, p in self.step_checkpoints()), self.best]
-        return [p for p in dict.fromkeys(candidates) if p.exists()]
+        """Checkpoints to resume from, best first (see :meth:`CheckpointFiles.candidates`)."""
+        return self.checkpoint_files.candidates()
+
+    def finished_results(self, step: int, max_iter: int) -> dict[str, dict[str, float]] | None:
+        """The saved results when the run, resumed at ``step``, already made its final
+        evaluation at its last step (None: training or the final evaluation is still to do).
+
+        Raises:
+            ValueError: ``step`` is past ``max_iter``.
+        """
+        if step < max_iter:
+            return None
+        if step > max_iter:
+            raise ValueError(
+                f"--resume {self.path}: its checkpoint is at step {step}, past "
+                f"SOLVER.MAX_ITER={max_iter}; raise SOLVER.MAX_ITER to continue"
+            )
+        records = read_metrics(self.path) if (self.path / "metrics.jsonl").exists() else []
+        final = any(
+            r.get("kind") == "eval" and r.get("final") and r["step"] == step for r in records
+        )
+        results_file = self.path / "eval.json"
+        if not final or not results_file.exists():
+            return None  # stopped during the final evaluation: do that now
+        if get_rank() == 0:
+            print(
+                f"realsynth: {self.path} finished at step {step} (SOLVER.MAX_ITER={max_iter}); "
+                f"raise SOLVER.MAX_ITER to continue, e.g. `realsynth train --resume {self.path} "
+                f"SOLVER.MAX_ITER={2 * step}`"
+            )
+        return json.loads(results_file.read_text())
 
 
-def link_or_copy(source: Path, target: Path) -> Path:
-    """Make ``target`` hold ``source``'s bytes, atomically: a hard link, or a copy where links
-    are not supported."""
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(source, tmp)
-    except OSError:
-        shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
-    return target
+def _check_writable(folder: Path) -> None:
+    """Create and remove a file in ``folder`` as an atomic write would (the lock file may
+    already exist in a folder that no longer lets files be created).
+
+    Raises:
+        OSError: the folder does not let a file be created.
+    """
+    fd, name = tempfile.mkstemp(prefix=".write-test.", dir=folder)
+    os.close(fd)
+    os.unlink(name)
 
 
-def _try_lock(fd: int) -> bool:
-    """Non-blocking exclusive lock on ``fd``: True when taken."""
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        import msvcrt
-
-        try:
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-        except OSError:
-            return False
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return False
-    return True
+def _unusable(folder: Path, exc: OSError) -> str:
+    """One line: which folder, and why a run cannot write there."""
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        if folder.is_dir():
+            why = "permission denied: the folder is not writable"
+        else:
+            failed = Path(exc.filename) if exc.filename else folder
+            why = f"permission denied: cannot create it ({failed.parent} is not writable)"
+    elif exc.errno == errno.EROFS:
+        why = "not writable: it is on a read-only file system"
+    elif exc.errno in (errno.EEXIST, errno.ENOTDIR):
+        chain = [*reversed(folder.parents), folder]
+        blocker = next((p for p in chain if p.exists() and not p.is_dir()), folder)
+        why = f"{blocker} is a file, not a folder"
+    else:
+        why = f"cannot write there: {exc.strerror or exc}"
+    return f"OUTPUT_DIR {folder}: {why}; choose another OUTPUT_DIR"

@@ -1,15 +1,12 @@
-"""Where a run stands (step, epoch, batches consumed, best score, skipped files) and what a
-checkpoint of it holds."""
+"""Where a run stands: step, epoch, batches consumed, best score, skipped files.
+
+A checkpoint stores it as :meth:`RunState.to_dict` (see :mod:`realsynth.training.checkpoint`).
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any
-
-import torch
-from torch import nn
-
-from realsynth.training.checkpoint import CHECKPOINT_VERSION
 
 
 @dataclass
@@ -60,6 +57,7 @@ class RunState:
         self._note_files(skipped)
 
     def next_epoch(self) -> None:
+        """Start the next epoch at its first batch."""
         self.epoch += 1
         self.batch_in_epoch = 0
 
@@ -87,6 +85,7 @@ class RunState:
         return self.best_value is None or value > self.best_value
 
     def to_dict(self) -> dict[str, Any]:
+        """The state as plain values (what a checkpoint stores)."""
         return asdict(self)
 
     @classmethod
@@ -94,35 +93,3 @@ class RunState:
         """Read a saved state (keys added in later versions take their defaults)."""
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
-
-
-def checkpoint_payload(
-    state: RunState,
-    model: nn.Module,
-    optimizer: Any,
-    scheduler: Any,
-    sampler: Any,
-    config_yaml: str,
-    rng: dict[str, Any],
-    extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Everything a resumed run needs: weights, optimizer, scheduler, sampler position, RNG
-    (and ``extra``: e.g. the adaptive-mixing state)."""
-    model = getattr(model, "module", model)
-    state.align_with(sampler)
-    return {
-        **(extra or {}),
-        "version": CHECKPOINT_VERSION,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "sampler": state.sampler_state(sampler),
-        "run_state": state.to_dict(),
-        "rng": rng,
-        "config": config_yaml,
-    }
-
-
-def payload_writer(payload: dict[str, Any]) -> Any:
-    """A ``write(handle)`` function that ``torch.save``\\ s ``payload`` (for atomic writes)."""
-    return lambda handle: torch.save(payload, handle)

@@ -4,28 +4,31 @@ One process or many (``torchrun``): with a process group the model is wrapped in
 ``DistributedDataParallel``, every rank draws its own batches from the ``MixedBatchSampler`` and
 only rank 0 writes to (and locks) the run folder.
 
-Whatever ends a run early (Ctrl-C, a corrupt image first drawn at step 19, a NaN, an
-out-of-memory error, a bug), the checkpoint of the last complete step is written before the
-error reaches the caller, and the error says how to continue.
+Whatever ends a run early (Ctrl-C, SIGTERM, a corrupt image first drawn at step 19, a NaN, an
+out-of-memory error, a full disk, a bug), the checkpoint of the last complete step is written
+before the error reaches the caller (or, when it cannot be, the error names the step whose
+checkpoint exists), and the error says how to continue.
 """
 
 from __future__ import annotations
 
 import functools
-import json
+import signal
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
+from torch.utils.data import DataLoader
 
-from realsynth.config import ConfigError, to_yaml
+from realsynth.config import to_yaml
 from realsynth.training import build
-from realsynth.training.checkpoint import load_checkpoint, restore_rng_states
+from realsynth.training.checkpoint import CheckpointWriteError, TrainingObjects
+from realsynth.training.data_setup import RunData
 from realsynth.training.interrupt import StepInterrupt
 from realsynth.training.loop import Components, TrainingLoop
+from realsynth.training.resume import restore_checkpoint
 from realsynth.training.run_folder import RunFolder, RunFolderError
-from realsynth.training.run_log import MetricsLog, read_metrics
+from realsynth.training.run_log import MetricsLog
 from realsynth.training.run_report import write_final_outputs, write_skipped_samples
 from realsynth.training.run_state import RunState
 from realsynth.utils.atomic import atomic_write_text
@@ -33,11 +36,10 @@ from realsynth.utils.distributed import (
     all_ranks_agree,
     barrier,
     get_rank,
+    get_world_size,
     init_distributed,
     seed_all,
 )
-
-RESUME_KEYS = ("model", "optimizer", "scheduler", "run_state", "sampler", "rng")
 
 
 class TrainingStopped(RuntimeError):
@@ -53,7 +55,16 @@ class TrainingStopped(RuntimeError):
 
 
 class TrainingInterrupted(TrainingStopped):
-    """Ctrl-C. The first one lets the current step finish; a second one stops at once."""
+    """Ctrl-C or SIGTERM. The first one lets the current step finish (or stops the final
+    evaluation, the steps being saved); a second one stops at once.
+
+    Attributes:
+        exit_status: what a shell reports for the signal: 130 (Ctrl-C), 143 (SIGTERM).
+    """
+
+    def __init__(self, message: str, saved_step: int | None, signum: int = signal.SIGINT) -> None:
+        super().__init__(message, saved_step)
+        self.exit_status = 128 + int(signum)
 
 
 class TrainingFailed(TrainingStopped):
@@ -80,7 +91,8 @@ def train(
 
     Raises:
         RunFolderError: the folder holds another run, or another process uses it.
-        TrainingInterrupted: Ctrl-C, after the checkpoint of the last complete step is written.
+        TrainingInterrupted: Ctrl-C or SIGTERM, after the checkpoint of the last complete step
+            is written.
         TrainingFailed: any other error during training, after the same.
     """
     device = build.build_device(cfg)
@@ -111,6 +123,7 @@ def _claim(folder: RunFolder, *, resume: bool, overwrite: bool, device: Any) -> 
 def _train(
     cfg: DictConfig, folder: RunFolder, device: Any, resume: bool, callbacks: Sequence[Any]
 ) -> dict[str, dict[str, float]]:
+    """Build the run, restore it when resuming, train it and write its final outputs."""
     is_main = get_rank() == 0
     data = build.build_data(cfg)
     model, criterion = build.build_model_and_criterion(cfg, data, device)
@@ -120,8 +133,9 @@ def _train(
     loader = build.build_train_loader(cfg, data, device, adaptive)
     state = RunState()
     if resume:
-        state = _restore(folder, model, optimizer, scheduler, loader.batch_sampler, adaptive)
-        done = _finished_results(folder, state, cfg.SOLVER.MAX_ITER)
+        objects = TrainingObjects(model, optimizer, scheduler, loader.batch_sampler, adaptive)
+        state = restore_checkpoint(folder.checkpoint_files, objects)
+        done = folder.finished_results(state.step, cfg.SOLVER.MAX_ITER)
         if done is not None:
             return done
     parts = Components(
@@ -138,32 +152,11 @@ def _train(
         device,
         adaptive,
     )
-    if is_main:
-        atomic_write_text(folder.path / "config.yaml", to_yaml(cfg))
-        if data.holdout is not None:
-            data.holdout.write(folder.path)
-        write_skipped_samples(folder.path, data)
-        build.print_run_summary(cfg, data, loader)
-    log = None
-    if is_main:
-        redo_final = state.step >= cfg.SOLVER.MAX_ITER
-        log = MetricsLog(
-            folder.path, resume_step=state.step if resume else None, redo_final=redo_final
-        )
+    log = _open_outputs(cfg, folder, data, loader, state, resume) if is_main else None
     loop = TrainingLoop(parts, folder, log, build.best_metric_key(cfg, data), callbacks)
     loop.saved_step = state.step if resume else None
     try:
-        with StepInterrupt() as interrupt:
-            loop.run(state, interrupt)
-            results = loop.finish(state)
-    except KeyboardInterrupt:
-        barrier()  # every rank stopped after the same step (StepInterrupt agrees on it)
-        raise TrainingInterrupted(
-            *_keep_what_was_done(loop, state, folder, "interrupted")
-        ) from None
-    except Exception as exc:
-        message, saved = _keep_what_was_done(loop, state, folder, _cause(exc))
-        raise TrainingFailed(message, saved) from exc
+        results = _run_and_finish(loop, state, folder)
     finally:
         if log is not None:
             log.close()
@@ -175,117 +168,119 @@ def _train(
     return results
 
 
+def _open_outputs(
+    cfg: DictConfig,
+    folder: RunFolder,
+    data: RunData,
+    loader: DataLoader,
+    state: RunState,
+    resume: bool,
+) -> MetricsLog:
+    """Rank 0: write the run's config, holdout and skipped samples, print the run's summary and
+    open its metrics log."""
+    atomic_write_text(folder.path / "config.yaml", to_yaml(cfg))
+    if data.holdout is not None:
+        data.holdout.write(folder.path)
+    write_skipped_samples(folder.path, data)
+    build.print_run_summary(cfg, data, loader)
+    redo_final = state.step >= cfg.SOLVER.MAX_ITER
+    return MetricsLog(
+        folder.path, resume_step=state.step if resume else None, redo_final=redo_final
+    )
+
+
+def _run_and_finish(
+    loop: TrainingLoop, state: RunState, folder: RunFolder
+) -> dict[str, dict[str, float]]:
+    """Train, then the final evaluation; whatever stops them keeps the last complete step."""
+    interrupt = StepInterrupt()
+    try:
+        with interrupt:
+            loop.run(state, interrupt)
+            # One process: the first signal stops the final evaluation at once (with several,
+            # ranks stopping at different points of it would wait on each other forever).
+            return loop.finish(state, interrupt if get_world_size() == 1 else None)
+    except KeyboardInterrupt:
+        barrier()  # every rank stopped after the same step (StepInterrupt agrees on it)
+        signum = interrupt.signum or signal.SIGINT
+        what = (
+            "interrupted" if signum == signal.SIGINT else f"terminated by {interrupt.signal_name}"
+        )
+        message, saved = _keep_what_was_done(loop, state, folder, what)
+        raise TrainingInterrupted(message, saved, signum) from None
+    except Exception as exc:
+        message, saved = _keep_what_was_done(loop, state, folder, _cause(exc), error=exc)
+        raise TrainingFailed(message, saved) from exc
+
+
 def _cause(exc: BaseException) -> str:
+    """The first line of an error, with its type (a checkpoint write names its file instead)."""
+    if isinstance(exc, CheckpointWriteError):
+        return str(exc)
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else 'no message'}"
 
 
 def _keep_what_was_done(
-    loop: TrainingLoop, state: RunState, folder: RunFolder, what: str
+    loop: TrainingLoop,
+    state: RunState,
+    folder: RunFolder,
+    what: str,
+    *,
+    error: BaseException | None = None,
 ) -> tuple[str, int | None]:
-    """Save the last complete step if it is not saved yet; the message and the saved step."""
-    at = f"stopped at step {state.step + 1} ({what})"
-    resume = f"continue with `realsynth train --resume {folder.path}`"
-    if loop.can_save and state.step > 0 and state.step != loop.saved_step:
-        loop.save(state)
-        return f"{at}; saved the checkpoint of step {state.step}; {resume}", state.step
-    if loop.saved_step is not None:
-        how = "that step was half done, so " if not loop.can_save else ""
+    """Save the last complete step if it is not saved yet; the message and the saved step (that
+    of a checkpoint on disk: a write that failed saved nothing)."""
+    run = folder.path
+    if loop.final_evaluation:
         return (
-            f"{at}; {how}the last checkpoint (step {loop.saved_step}) is kept; {resume}",
+            f"stopped during the final evaluation ({what}); all {state.step} steps are trained "
+            f"and saved in {run / 'checkpoints' / 'last.pt'}: evaluate them with `realsynth eval "
+            f"{run}`, or `realsynth train --resume {run}` redoes only the final evaluation",
             loop.saved_step,
         )
+    at = f"stopped at step {state.step + 1} ({what})"
+    failed = error if isinstance(error, CheckpointWriteError) else None
+    if failed is None and loop.can_save and state.step > 0 and state.step != loop.saved_step:
+        failed = _save(loop, state)
+        if failed is None:
+            resume = f"continue with `realsynth train --resume {run}`"
+            return f"{at}; saved the checkpoint of step {state.step}; {resume}", state.step
+    return _what_is_kept(loop, folder, at, failed, error), loop.saved_step
+
+
+def _save(loop: TrainingLoop, state: RunState) -> BaseException | None:
+    """Write the checkpoint of the last complete step; the reason it could not be, or None."""
+    try:
+        loop.save(state)
+    except (CheckpointWriteError, KeyboardInterrupt) as exc:
+        return exc
+    return None
+
+
+def _what_is_kept(
+    loop: TrainingLoop,
+    folder: RunFolder,
+    at: str,
+    failed: BaseException | None,
+    error: BaseException | None,
+) -> str:
+    """The message when the stopped step was not saved now: the checkpoint that exists, if any."""
+    run = folder.path
+    disk_full = isinstance(failed, CheckpointWriteError) and failed.disk_full
+    then = f"free space on the disk of {run}, then " if disk_full else ""
+    if not loop.can_save:
+        why = "that step was half done, so "
+    elif failed is not None and failed is not error:
+        reason = failed.strerror if isinstance(failed, CheckpointWriteError) else "interrupted"
+        why = f"its checkpoint could not be written ({reason}), so "
+    else:
+        why = ""
+    if loop.saved_step is not None:
+        kept = f"the last checkpoint (step {loop.saved_step}) is kept"
+        return f"{at}; {why}{kept}; {then}continue with `realsynth train --resume {run}`"
     if get_rank() == 0:
         folder.prepare(resume=False, overwrite=True, command="realsynth train")
-    return f"{at}; nothing was saved (no step had completed); run the same command again", None
-
-
-def _restore(
-    folder: RunFolder,
-    model: Any,
-    optimizer: Any,
-    scheduler: Any,
-    sampler: Any,
-    adaptive: Any = None,
-) -> RunState:
-    """Load the newest readable checkpoint into the fresh objects; refuse a changed stream."""
-    candidates = folder.resume_candidates()
-    if not candidates:
-        raise FileNotFoundError(f"--resume {folder.path}: no checkpoint in {folder.checkpoints}")
-    unreadable = []
-    for path in candidates:
-        try:
-            ckpt = load_checkpoint(path, required=RESUME_KEYS)
-            break
-        except ValueError as exc:
-            unreadable.append(str(exc))
-    else:
-        raise ValueError(f"--resume {folder.path}: no readable checkpoint: {'; '.join(unreadable)}")
-    if unreadable and get_rank() == 0:
-        print(f"realsynth: {'; '.join(unreadable)}; resuming from {path} instead")
-    _check_same_stream(folder.path, ckpt["sampler"], sampler.state_dict())
-    if adaptive is not None:
-        if "adaptive" not in ckpt:
-            raise ValueError(
-                f"{folder.path}: the checkpoint was written without adaptive mixing; resume with "
-                "DATASETS.MULTI_DATASET.ADAPTIVE.ENABLED=false"
-            )
-        try:
-            adaptive.load_state_dict(ckpt["adaptive"])
-        except ValueError as exc:
-            key = "DATASETS.MULTI_DATASET.ADAPTIVE.INTERVAL"
-            raise ConfigError(f"{folder.path}: {key}: {exc}", key) from None
-        sampler.load_share_history(ckpt["sampler"])
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
-    # All ranks start from the same seed and draw alike, so rank 0's states serve every rank.
-    restore_rng_states(ckpt["rng"])
-    return RunState.from_dict(ckpt["run_state"])
-
-
-def _check_same_stream(run_dir: Path, saved: dict[str, Any], live: dict[str, Any]) -> None:
-    """A resumed run must draw from the same stream: same seed, global batch size and ratio
-    schedules."""
-    saved_batch = saved["batch_size"] * saved["world_size"]
-    live_batch = live["batch_size"] * live["world_size"]
-    if saved["seed"] != live["seed"] or saved_batch != live_batch:
-        raise ValueError(
-            f"{run_dir}: the checkpoint was written with SEED={saved['seed']} and global batch "
-            f"{saved_batch}, this run has SEED={live['seed']} and global batch {live_batch}; "
-            "resume with the run's own SEED and SOLVER.IMS_PER_BATCH"
-        )
-    if saved.get("ratio_schedules") != live.get("ratio_schedules"):
-        raise ValueError(
-            f"{run_dir}: the checkpoint was written with the ratio schedules "
-            f"{saved.get('ratio_schedules')}, this run has {live.get('ratio_schedules')}; resume "
-            "with the run's own schedule (an unset END_STEP or PRETRAIN_STEPS follows "
-            "SOLVER.MAX_ITER: set it explicitly to extend a run and keep its schedule)"
-        )
-
-
-def _finished_results(
-    folder: RunFolder, state: RunState, max_iter: int
-) -> dict[str, dict[str, float]] | None:
-    """The saved results when the run already made its final evaluation at its last step."""
-    if state.step < max_iter:
-        return None
-    if state.step > max_iter:
-        raise ValueError(
-            f"--resume {folder.path}: its checkpoint is at step {state.step}, past "
-            f"SOLVER.MAX_ITER={max_iter}; raise SOLVER.MAX_ITER to continue"
-        )
-    records = read_metrics(folder.path) if (folder.path / "metrics.jsonl").exists() else []
-    final = any(
-        r.get("kind") == "eval" and r.get("final") and r["step"] == state.step for r in records
-    )
-    results_file = folder.path / "eval.json"
-    if not final or not results_file.exists():
-        return None  # stopped during the final evaluation: do that now
-    if get_rank() == 0:
-        print(
-            f"realsynth: {folder.path} finished at step {state.step} (SOLVER.MAX_ITER={max_iter}); "
-            f"raise SOLVER.MAX_ITER to continue, e.g. `realsynth train --resume {folder.path} "
-            f"SOLVER.MAX_ITER={2 * state.step}`"
-        )
-    return json.loads(results_file.read_text())
+    if failed is None and not why:
+        return f"{at}; nothing was saved (no step had completed); run the same command again"
+    return f"{at}; {why}no checkpoint exists; {then}run the same command again"

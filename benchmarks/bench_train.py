@@ -25,10 +25,10 @@ from common import machine, write_result
 
 from realsynth.config import load_config
 from realsynth.training.build import (
-    build_model_and_criterion,
     build_optimizer,
     build_train_loader,
 )
+from realsynth.training.build_model import build_model_and_criterion
 from realsynth.training.data_setup import build_data
 from realsynth.training.train import train
 from realsynth.utils.distributed import seed_all

@@ -12,9 +12,9 @@ from realsynth.data.collate import collate_relations
 from realsynth.evaluation.evaluate import evaluate_sources, summaries
 from realsynth.training.build import (
     build_evaluator_factory,
-    build_model_and_criterion,
     wrap_distributed,
 )
+from realsynth.training.build_model import build_model_and_criterion
 from realsynth.training.data_setup import build_data
 from realsynth.utils.distributed import seed_all
 

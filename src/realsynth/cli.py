@@ -27,7 +27,14 @@ def _parser() -> argparse.ArgumentParser:
         description="Train relation detectors on an exact real/synthetic mix with weighted losses.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    for add_command in (_add_train, _add_eval, _add_compare, _add_sweep, _add_gap):
+        add_command(commands)
+    _add_config(commands)
+    _add_data(commands)
+    return parser
 
+
+def _add_train(commands: Any) -> None:
     train = commands.add_parser("train", help="train (default: the demo data) and evaluate")
     _add_config_args(train)
     how = train.add_mutually_exclusive_group()
@@ -43,7 +50,10 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace the run OUTPUT_DIR already holds (without it such a folder is refused)",
     )
+    train.set_defaults(handler=_train)
 
+
+def _add_eval(commands: Any) -> None:
     evaluate = commands.add_parser("eval", help="evaluate a run folder or checkpoint")
     evaluate.add_argument("checkpoint", type=Path, metavar="RUN_DIR|CHECKPOINT")
     evaluate.add_argument(
@@ -68,12 +78,18 @@ def _parser() -> argparse.ArgumentParser:
         help="the validation sets, or each source's test split (TEST_PATH; VG150's split 2)",
     )
     evaluate.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    evaluate.set_defaults(handler=_eval)
 
+
+def _add_compare(commands: Any) -> None:
     compare = commands.add_parser(
         "compare", help="real only vs naive concatenation vs the configured mix, same budget"
     )
     _add_config_args(compare)
+    compare.set_defaults(handler=_compare)
 
+
+def _add_sweep(commands: Any) -> None:
     sweep = commands.add_parser(
         "sweep", help="search the mix (SWEEP.SPACE) with Optuna, same budget for every trial"
     )
@@ -88,7 +104,10 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument(
         "--jobs", type=int, default=1, help="trials at once on this machine (cores are shared)"
     )
+    sweep.set_defaults(handler=_sweep)
 
+
+def _add_gap(commands: Any) -> None:
     gap = commands.add_parser(
         "gap",
         help="how far each synthetic source is from the real one (gap.md, gap.json, plots)",
@@ -100,13 +119,26 @@ def _parser() -> argparse.ArgumentParser:
     gap.add_argument(
         "--feature-images", type=int, default=500, help="images per source for the features"
     )
+    gap.set_defaults(handler=_gap)
 
+
+def _add_config(commands: Any) -> None:
     config = commands.add_parser("config", help="configuration tools")
     config_cmds = config.add_subparsers(dest="config_command", required=True)
-    _add_config_args(config_cmds.add_parser("show", help="print the resolved config"))
+    show = config_cmds.add_parser("show", help="print the resolved config")
+    _add_config_args(show)
+    show.set_defaults(handler=_config_show)
 
+
+def _add_data(commands: Any) -> None:
     data = commands.add_parser("data", help="dataset tools")
     data_cmds = data.add_subparsers(dest="data_command", required=True)
+    _add_data_check(data_cmds)
+    _add_data_demo(data_cmds)
+    _add_data_filter(data_cmds)
+
+
+def _add_data_check(data_cmds: Any) -> None:
     check = data_cmds.add_parser(
         "check",
         help="validate a dataset and summarize it",
@@ -123,6 +155,10 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="only check that image files exist (fast on huge datasets)",
     )
+    check.set_defaults(handler=_data_check)
+
+
+def _add_data_demo(data_cmds: Any) -> None:
     demo = data_cmds.add_parser("demo", help="write the procedural demo dataset")
     demo.add_argument("out", type=Path)
     demo.add_argument("--seed", type=int, default=0)
@@ -139,11 +175,10 @@ def _parser() -> argparse.ArgumentParser:
             help=f"images (default {default}{'; 0: no test split' if name == 'real_test' else ''})",
         )
     demo.add_argument("--label-noise", type=float, default=DEMO_LABEL_NOISE)
-    _filter_parser(data_cmds)
-    return parser
+    demo.set_defaults(handler=_data_demo)
 
 
-def _filter_parser(data_cmds: Any) -> None:
+def _add_data_filter(data_cmds: Any) -> None:
     flt = data_cmds.add_parser(
         "filter",
         help="mark, reweight or drop synthetic annotations a real-data model does not confirm",
@@ -159,6 +194,7 @@ def _filter_parser(data_cmds: Any) -> None:
     flt.add_argument("--iou", type=float, default=0.3, help="least IoU of a confirming box")
     flt.add_argument("--score", type=float, default=0.1, help="doubtful below this score")
     flt.add_argument("--weight", type=float, default=0.5, help="reweight: loss_weight factor")
+    flt.set_defaults(handler=_data_filter)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     try:
-        return _dispatch(args)
+        return args.handler(args)  # the command's function (set_defaults in its sub-parser)
     except BrokenPipeError:
         return _closed_pipe()
     except (ConfigError, FileNotFoundError, ValueError) as exc:
@@ -196,48 +232,52 @@ def _closed_pipe() -> int:
     return 141
 
 
-def _dispatch(args: argparse.Namespace) -> int:
-    if args.command == "config":
-        print(to_yaml(load_config(args.config_file, args.overrides)), end="")
-        return 0
-    if args.command == "data":
-        return _data(args)
-    if args.command == "train":
-        return _train(args)
-    if args.command == "eval":
-        from realsynth.training.reopen import evaluate_checkpoint
+def _config_show(args: argparse.Namespace) -> int:
+    print(to_yaml(load_config(args.config_file, args.overrides)), end="")
+    return 0
 
-        evaluate_checkpoint(
-            args.checkpoint,
-            data_config=args.data,
-            overrides=args.overrides,
-            output=args.output,
-            split=args.split,
+
+def _eval(args: argparse.Namespace) -> int:
+    from realsynth.training.reopen import evaluate_checkpoint
+
+    evaluate_checkpoint(
+        args.checkpoint,
+        data_config=args.data,
+        overrides=args.overrides,
+        output=args.output,
+        split=args.split,
+    )
+    return 0
+
+
+def _gap(args: argparse.Namespace) -> int:
+    from realsynth.diagnostics.gap_report import gap_report
+
+    gap_report(args.run, feature_images=args.feature_images)
+    print((args.run / "gap.md").read_text())
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from realsynth.studies.compare import CompareInterrupted
+    from realsynth.studies.sweep import SweepInterrupted, sweep
+
+    try:
+        sweep(
+            load_config(args.config_file, args.overrides),
+            storage=args.storage,
+            study_name=args.study,
+            jobs=args.jobs,
         )
-        return 0
-    if args.command == "gap":
-        from realsynth.diagnostics.gap_report import gap_report
+    except (SweepInterrupted, CompareInterrupted) as exc:
+        # CompareInterrupted: Ctrl-C during the confirmation runs, which the same command
+        # resumes too.
+        print(f"realsynth: {exc}", file=sys.stderr)
+        return 130
+    return 0
 
-        gap_report(args.run, feature_images=args.feature_images)
-        print((args.run / "gap.md").read_text())
-        return 0
-    if args.command == "sweep":
-        from realsynth.studies.compare import CompareInterrupted
-        from realsynth.studies.sweep import SweepInterrupted, sweep
 
-        try:
-            sweep(
-                load_config(args.config_file, args.overrides),
-                storage=args.storage,
-                study_name=args.study,
-                jobs=args.jobs,
-            )
-        except (SweepInterrupted, CompareInterrupted) as exc:
-            # CompareInterrupted: Ctrl-C during the confirmation runs, which the same command
-            # resumes too.
-            print(f"realsynth: {exc}", file=sys.stderr)
-            return 130
-        return 0
+def _compare(args: argparse.Namespace) -> int:
     import shlex
 
     from realsynth.studies.compare import CompareInterrupted, compare
@@ -290,7 +330,7 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _filter(args: argparse.Namespace) -> int:
+def _data_filter(args: argparse.Namespace) -> int:
     from realsynth.data.paths import printable, shown
     from realsynth.diagnostics.synthetic_filter import filter_with_run, format_filter_report
 
@@ -320,21 +360,20 @@ def _filter(args: argparse.Namespace) -> int:
     return 0
 
 
-def _data(args: argparse.Namespace) -> int:
+def _data_demo(args: argparse.Namespace) -> int:
+    from realsynth.data.demo import generate_demo
     from realsynth.data.paths import shown
 
-    if args.data_command == "demo":
-        from realsynth.data.demo import generate_demo
+    settings = (*DEMO_SIZES, "label_noise")  # every size, the real test split's included
+    paths = generate_demo(
+        args.out, seed=args.seed, force=args.force, **{k: getattr(args, k) for k in settings}
+    )
+    for name, path in paths.items():
+        print(f"{name}: {shown(path)}")
+    return 0
 
-        settings = (*DEMO_SIZES, "label_noise")  # every size, the real test split's included
-        paths = generate_demo(
-            args.out, seed=args.seed, force=args.force, **{k: getattr(args, k) for k in settings}
-        )
-        for name, path in paths.items():
-            print(f"{name}: {shown(path)}")
-        return 0
-    if args.data_command == "filter":
-        return _filter(args)
+
+def _data_check(args: argparse.Namespace) -> int:
     from realsynth.data.check import check_dataset
     from realsynth.utils.atomic import atomic_write_json
 

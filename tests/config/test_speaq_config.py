@@ -10,7 +10,7 @@ from tiny_runs import tiny_config
 from realsynth.config import ConfigError, load_config
 from realsynth.modeling.one_to_many import QualityAwareMatcher
 from realsynth.modeling.predicate_groups import split_by_frequency
-from realsynth.training.build import build_model_and_criterion, predicate_counts
+from realsynth.training.build_model import build_model_and_criterion, predicate_counts
 from realsynth.training.data_setup import build_data
 
 SPEAQ_DEMO = Path(__file__).resolve().parents[2] / "configs" / "speaq_demo.yaml"

@@ -14,7 +14,7 @@ from realsynth.config import load_config
 from realsynth.data.formats.relcoco import RelCocoDataset
 from realsynth.data.formats.vg150 import vg150_from_folder
 from realsynth.data.stats import frequency_class_weights
-from realsynth.training.build import predicate_class_weights
+from realsynth.training.build_model import predicate_class_weights
 from realsynth.training.data_setup import build_data
 
 

@@ -29,7 +29,7 @@ def test_two_processes_take_the_same_step_as_one_process_on_the_whole_batch(tmp_
 
 
 def one_step_initial(config: str) -> dict[str, torch.Tensor]:
-    from realsynth.training.build import build_model_and_criterion
+    from realsynth.training.build_model import build_model_and_criterion
     from realsynth.training.data_setup import build_data
     from realsynth.utils.distributed import seed_all
 

@@ -230,11 +230,11 @@ def test_a_test_source_without_relationships_is_refused_before_evaluating(
 def test_a_training_source_without_relationships_trains_with_one_warning(
     tmp_path, demo_root, capsys
 ):
-    from realsynth.training import data_setup
+    from realsynth.training import source_checks
 
     ann = demo_root / "synthetic" / "train" / "annotations.json"
     _without_relationships(ann)
-    data_setup._WARNED_WITHOUT_RELATIONSHIPS.clear()
+    source_checks._WARNED_WITHOUT_RELATIONSHIPS.clear()
     assert main(_cli(tmp_path, demo_root, "SOLVER.MAX_ITER=1")) == 0
     build.build_data(tiny_config(tmp_path / "again", *COMMON, demo_root=demo_root))
     err = capsys.readouterr().err

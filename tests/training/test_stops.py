@@ -20,7 +20,7 @@ from tiny_runs import TINY, tiny_config, train_records
 
 from realsynth.cli import main
 from realsynth.config import to_yaml
-from realsynth.training import build
+from realsynth.training import build, build_model
 from realsynth.training.checkpoint import RESUME_KEYS, CheckpointFiles, load_checkpoint
 from realsynth.training.interrupt import StepInterrupt
 from realsynth.training.resume import choose_checkpoint
@@ -328,7 +328,7 @@ def test_resume_from_a_checkpoint_of_another_model_is_one_line(
 ):
     run = _copy(two_steps, tmp_path)
     smaller = tiny_config(tmp_path / "other", "MODEL.D_MODEL=16", demo_root=demo_root)
-    model, _ = build.build_model_and_criterion(
+    model, _ = build_model.build_model_and_criterion(
         smaller, build.build_data(smaller), torch.device("cpu")
     )
     last = run / "checkpoints" / "last.pt"

@@ -7,37 +7,68 @@ import re
 
 from omegaconf import DictConfig, OmegaConf
 
+from realsynth.config.choices import One2ManyScheme
 from realsynth.config.schedules import REAL_RATIO_SCHEDULE, schedule_or_constant
-from realsynth.config.schema import ConfigError, One2ManyScheme
+from realsynth.config.schema import ConfigError
 
 MD = "DATASETS.MULTI_DATASET"
+ADAPTIVE = f"{MD}.ADAPTIVE"
 
 
 def validate(cfg: DictConfig) -> None:
     """Check values the schema's types cannot express (a fixed set of values is a ``Choice``
     enum, refused while merging). Raises ConfigError naming the key."""
+    _validate_multi_dataset(cfg)
+    _validate_solver(cfg)
+    _validate_test(cfg)
+    _validate_optimizer(cfg)
+    for key in ("SEED", "DATALOADER.NUM_WORKERS", "SOLVER.WARMUP_ITERS"):
+        if OmegaConf.select(cfg, key) < 0:
+            raise ConfigError(f"{key} must be >= 0, got {OmegaConf.select(cfg, key)}", key)
+    _validate_model(cfg)
+    _check_ratio(cfg.INPUT.FLIP_PROB, "INPUT.FLIP_PROB")
+    _validate_studies(cfg)
+    _check_ratio(cfg.DATASETS.DEMO.LABEL_NOISE, "DATASETS.DEMO.LABEL_NOISE")
+    _validate_sources(cfg)
+    _validate_schedules(cfg)
+    _validate_adaptive(cfg)
+    _validate_speaq(cfg)
+    _validate_gap_report(cfg)
+    _validate_architecture(cfg)
+
+
+def _validate_multi_dataset(cfg: DictConfig) -> None:
     md = cfg.DATASETS.MULTI_DATASET
     _check_ratio(md.REAL_SAMPLING_RATIO, "DATASETS.MULTI_DATASET.REAL_SAMPLING_RATIO")
     for name in ("REAL_LOSS_WEIGHT", "SYNTHETIC_LOSS_WEIGHT", "SYNTHETIC_BACKGROUND_WEIGHT"):
         _check_weight(md[name], f"DATASETS.MULTI_DATASET.{name}")
+
+
+def _validate_solver(cfg: DictConfig) -> None:
+    """The solver's counts and periods (its rates: ``_validate_optimizer``)."""
     _check_positive(cfg.SOLVER.IMS_PER_BATCH, "SOLVER.IMS_PER_BATCH")
     _check_positive(cfg.SOLVER.MAX_ITER, "SOLVER.MAX_ITER")
     _check_positive(cfg.SOLVER.CHECKPOINT_PERIOD, "SOLVER.CHECKPOINT_PERIOD")
     _check_positive(cfg.SOLVER.KEEP_CHECKPOINTS, "SOLVER.KEEP_CHECKPOINTS")
     _check_positive(cfg.SOLVER.LOG_PERIOD, "SOLVER.LOG_PERIOD")
+
+
+def _validate_test(cfg: DictConfig) -> None:
     if cfg.TEST.EVAL_PERIOD < 0:
         raise ConfigError(
             f"TEST.EVAL_PERIOD must be >= 0 (0 = final evaluation only), got "
             f"{cfg.TEST.EVAL_PERIOD}",
             "TEST.EVAL_PERIOD",
         )
-
     _check_positive(cfg.TEST.IMS_PER_BATCH, "TEST.IMS_PER_BATCH")
     if cfg.TEST.TOP_K < 100:
         raise ConfigError(
             f"TEST.TOP_K must be >= 100 (Recall@100 needs 100 triplets), got {cfg.TEST.TOP_K}",
             "TEST.TOP_K",
         )
+
+
+def _validate_optimizer(cfg: DictConfig) -> None:
     if not cfg.SOLVER.BASE_LR > 0:
         raise ConfigError(f"SOLVER.BASE_LR must be > 0, got {cfg.SOLVER.BASE_LR}", "SOLVER.BASE_LR")
     if not cfg.SOLVER.WEIGHT_DECAY >= 0:
@@ -45,9 +76,9 @@ def validate(cfg: DictConfig) -> None:
             f"SOLVER.WEIGHT_DECAY must be >= 0, got {cfg.SOLVER.WEIGHT_DECAY}",
             "SOLVER.WEIGHT_DECAY",
         )
-    for key in ("SEED", "DATALOADER.NUM_WORKERS", "SOLVER.WARMUP_ITERS"):
-        if OmegaConf.select(cfg, key) < 0:
-            raise ConfigError(f"{key} must be >= 0, got {OmegaConf.select(cfg, key)}", key)
+
+
+def _validate_model(cfg: DictConfig) -> None:
     for key in ("NUM_QUERIES", "D_MODEL", "ENC_LAYERS", "DEC_LAYERS", "DIM_FEEDFORWARD"):
         if cfg.MODEL[key] is not None:
             _check_positive(cfg.MODEL[key], f"MODEL.{key}")
@@ -63,7 +94,10 @@ def validate(cfg: DictConfig) -> None:
             f"{crit.OVERSAMPLE_PARAM} and {crit.UNDERSAMPLE_PARAM}",
             ("MODEL.CRITERION.OVERSAMPLE_PARAM", "MODEL.CRITERION.UNDERSAMPLE_PARAM"),
         )
-    _check_ratio(cfg.INPUT.FLIP_PROB, "INPUT.FLIP_PROB")
+
+
+def _validate_studies(cfg: DictConfig) -> None:
+    """``compare`` and ``sweep``, and the metrics they (and ``TEST.BEST_METRIC``) select by."""
     for key in ("COMPARE.SEEDS", "COMPARE.BOOTSTRAP", "SWEEP.TRIALS", "SWEEP.GRID_POINTS"):
         _check_positive(OmegaConf.select(cfg, key), key)
     if cfg.SWEEP.CONFIRM_SEEDS < 0:
@@ -73,12 +107,23 @@ def validate(cfg: DictConfig) -> None:
         )
     for key in ("COMPARE.METRIC", "SWEEP.METRIC", "TEST.BEST_METRIC"):
         _check_metric(OmegaConf.select(cfg, key), key)
-    _check_ratio(cfg.DATASETS.DEMO.LABEL_NOISE, "DATASETS.DEMO.LABEL_NOISE")
-    _validate_sources(cfg)
-    _validate_schedules(cfg)
-    _validate_adaptive(cfg)
-    _validate_speaq(cfg)
-    _validate_gap_report(cfg)
+
+
+def _validate_architecture(cfg: DictConfig) -> None:
+    """realsynth's relation transformer, or an import path to the user's factory."""
+    name = cfg.MODEL.ARCHITECTURE
+    if name != "relation_transformer" and not re.fullmatch(r"[\w.]+:[\w.]+", name):
+        raise ConfigError(
+            f"MODEL.ARCHITECTURE={name!r} must be relation_transformer or an import path "
+            "package.module:callable to your model's factory",
+            "MODEL.ARCHITECTURE",
+        )
+    if cfg.MODEL.ARCHITECTURE_KWARGS and name == "relation_transformer":
+        raise ConfigError(
+            "MODEL.ARCHITECTURE_KWARGS is for a factory given by import path; the relation "
+            "transformer takes MODEL.D_MODEL, MODEL.ENC_LAYERS, ...",
+            "MODEL.ARCHITECTURE_KWARGS",
+        )
 
 
 def _validate_gap_report(cfg: DictConfig) -> None:
@@ -122,8 +167,19 @@ def _validate_speaq(cfg: DictConfig) -> None:
 
 
 def _validate_adaptive(cfg: DictConfig) -> None:
+    """Adaptive mixing's settings and share bounds (checked whether it is on or not), then, when
+    it is on, its holdout and the schedules it cannot follow."""
+    _validate_adaptive_settings(cfg)
+    _validate_source_ratio_bounds(cfg)
+    if not cfg.DATASETS.MULTI_DATASET.ADAPTIVE.ENABLED:
+        return
+    _validate_holdout_source(cfg)
+    _validate_adaptive_schedules(cfg)
+
+
+def _validate_adaptive_settings(cfg: DictConfig) -> None:
     adaptive = cfg.DATASETS.MULTI_DATASET.ADAPTIVE
-    key = "DATASETS.MULTI_DATASET.ADAPTIVE"
+    key = ADAPTIVE
     for name in ("INTERVAL", "HOLDOUT_IMAGES", "HOLDOUT_BATCH"):
         _check_positive(adaptive[name], f"{key}.{name}")
     if not (math.isfinite(adaptive.STEP_SIZE) and adaptive.STEP_SIZE > 0):
@@ -136,6 +192,11 @@ def _validate_adaptive(cfg: DictConfig) -> None:
         )
     for low, high, top in (("MIN_RATIO", "MAX_RATIO", 1.0), ("MIN_WEIGHT", "MAX_WEIGHT", None)):
         _check_bounds(adaptive[low], adaptive[high], f"{key}.{low} / {high}", key, key, top)
+
+
+def _validate_source_ratio_bounds(cfg: DictConfig) -> None:
+    adaptive = cfg.DATASETS.MULTI_DATASET.ADAPTIVE
+    key = ADAPTIVE
     for i, src in enumerate(cfg.DATASETS.SOURCES):
         # A bound the source leaves unset is ADAPTIVE's.
         own = f"DATASETS.SOURCES[{i}]"
@@ -146,16 +207,23 @@ def _validate_adaptive(cfg: DictConfig) -> None:
             (src.MAX_RATIO, own) if src.MAX_RATIO is not None else (adaptive.MAX_RATIO, key)
         )
         _check_bounds(low, high, f"{own}.MIN_RATIO / MAX_RATIO", low_at, high_at, 1.0)
-    if not adaptive.ENABLED:
-        return
+
+
+def _validate_holdout_source(cfg: DictConfig) -> None:
+    adaptive = cfg.DATASETS.MULTI_DATASET.ADAPTIVE
     # With SOURCES empty the run's sources are the demo's: the builder checks the name.
     names = {s.NAME: s.TYPE for s in cfg.DATASETS.SOURCES}
     if adaptive.HOLDOUT_SOURCE and names and names.get(adaptive.HOLDOUT_SOURCE) != "real":
         raise ConfigError(
             holdout_source_error(adaptive.HOLDOUT_SOURCE, names),
-            (f"{key}.HOLDOUT_SOURCE", "DATASETS.SOURCES"),
+            (f"{ADAPTIVE}.HOLDOUT_SOURCE", "DATASETS.SOURCES"),
         )
-    md = cfg.DATASETS.MULTI_DATASET
+
+
+def _validate_adaptive_schedules(cfg: DictConfig) -> None:
+    """Adaptive mixing decides the shares (and, with ADAPT_WEIGHTS, the weights): no schedule
+    may move them too."""
+    md, key = cfg.DATASETS.MULTI_DATASET, ADAPTIVE
     scheduled = [(REAL_RATIO_SCHEDULE, md.REAL_SAMPLING_RATIO_SCHEDULE.KIND)] + [
         (f"DATASETS.SOURCES[{i}].RATIO_SCHEDULE", s.RATIO_SCHEDULE.KIND)
         for i, s in enumerate(cfg.DATASETS.SOURCES)
@@ -171,7 +239,7 @@ def _validate_adaptive(cfg: DictConfig) -> None:
         for i, s in enumerate(cfg.DATASETS.SOURCES)
     ]
     changing = [f"{name}.KIND" for name, kind in weights if kind != "constant"]
-    if adaptive.ADAPT_WEIGHTS and changing:
+    if md.ADAPTIVE.ADAPT_WEIGHTS and changing:
         raise ConfigError(
             f"{key}.ADAPT_WEIGHTS: the weights follow a schedule already ({', '.join(changing)}); "
             "turn one of them off",

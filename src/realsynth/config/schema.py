@@ -3,16 +3,32 @@
 The schema keeps the keys of the original design note (``DATASETS.MULTI_DATASET.*``) and
 detectron2's solver names (``SOLVER.BASE_LR``, ``SOLVER.MAX_ITER``, ...), so existing YAML files
 work unchanged. Loading and overrides are in :mod:`realsynth.config`, value checks in
-:mod:`realsynth.config.checks`. A key with a fixed set of values is a :class:`Choice` enum, so
-OmegaConf refuses any other value while merging (``load_config`` names the key and the values).
+:mod:`realsynth.config.checks`. A key with a fixed set of values is a ``Choice`` enum
+(:mod:`realsynth.config.choices`), so OmegaConf refuses any other value while merging
+(``load_config`` names the key and the values).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
+from realsynth.config.choices import (
+    AdaptiveMethod,
+    BackboneNorm,
+    CeScope,
+    CompareSplit,
+    EvalProtocol,
+    LrSchedule,
+    Normalization,
+    One2ManyDynamicScheme,
+    One2ManyScheme,
+    OnInvalidWeight,
+    PredicateClassWeights,
+    Preset,
+    Pruner,
+    Sampler,
+)
 from realsynth.data.demo_settings import DEMO_LABEL_NOISE, DEMO_SIZES
 from realsynth.modeling import heads
 
@@ -31,113 +47,6 @@ class ConfigError(ValueError):
         keys = (key,) if isinstance(key, str) else tuple(key)
         self.keys: tuple[str, ...] = tuple(k for k in keys if k)
         self.key = self.keys[0] if self.keys else ""
-
-
-class Choice(str, Enum):
-    """A config value from a fixed set; OmegaConf refuses any other value at merge time.
-
-    OmegaConf reads a string as the member of that NAME, so every member's name is the string a
-    user writes and its value the same string. The ``str`` mixin makes a member equal (and hash
-    equal) to its string; ``str()`` and f-strings give the plain value, and ``to_yaml`` writes the
-    name, which loads again. Builders hand ``.value`` (a plain ``str``) to the lower layers.
-    """
-
-    def __str__(self) -> str:
-        return self.value
-
-    def __format__(self, format_spec: str) -> str:
-        return format(self.value, format_spec)
-
-    @classmethod
-    def allowed(cls) -> str:
-        """The values a user may write, for error messages: ``"a, b, c"``."""
-        return ", ".join(cls.__members__)
-
-
-class AdaptiveMethod(Choice):
-    gradient_alignment = "gradient_alignment"
-
-
-class CeScope(Choice):
-    all = "all"
-    matched = "matched"
-
-
-class Normalization(Choice):
-    count = "count"
-    weight = "weight"
-
-
-class OnInvalidWeight(Choice):
-    error = "error"
-    fallback = "fallback"
-
-
-class PredicateClassWeights(Choice):
-    none = "none"
-    frequency = "frequency"
-
-
-class One2ManyScheme(Choice):
-    none = "none"
-    static = "static"
-    dynamic = "dynamic"
-
-
-class One2ManyDynamicScheme(Choice):
-    min = "min"
-    max = "max"
-    gm = "gm"
-    am = "am"
-
-
-class Preset(Choice):
-    tiny = "tiny"
-    base = "base"
-
-
-class BackboneNorm(Choice):
-    """``default`` = the preset's norm. ``""`` (what earlier versions wrote for it) still loads as
-    ``default``: OmegaConf falls back to a lookup by value, which ``_missing_`` answers."""
-
-    default = "default"
-    batch = "batch"
-    group = "group"
-
-    @classmethod
-    def _missing_(cls, value: object) -> BackboneNorm | None:
-        return cls.default if value == "" else None
-
-    @classmethod
-    def allowed(cls) -> str:
-        return f"{super().allowed()} ('' = default)"
-
-
-class LrSchedule(Choice):
-    cosine = "cosine"
-    constant = "constant"
-
-
-class EvalProtocol(Choice):
-    sgb = "sgb"
-    continuous = "continuous"
-
-
-class CompareSplit(Choice):
-    val = "val"
-    test = "test"
-
-
-class Sampler(Choice):
-    tpe = "tpe"
-    random = "random"
-    grid = "grid"
-
-
-class Pruner(Choice):
-    successive_halving = "successive_halving"
-    median = "median"
-    none = "none"
 
 
 @dataclass
@@ -310,6 +219,15 @@ class SpeaQConfig:
 
 @dataclass
 class ModelConfig:
+    # relation_transformer (realsynth's), or a factory by import path "package.module:callable"
+    # called as factory(num_classes=C, num_predicates=R, num_queries=Q, **ARCHITECTURE_KWARGS).
+    ARCHITECTURE: str = "relation_transformer"
+    ARCHITECTURE_KWARGS: dict[str, Any] = field(default_factory=dict)
+    # Initial weights: a run folder or checkpoint, a state dict (.pt, .safetensors) or a
+    # checkpoint directory; tensors matched by name, then by dotted suffix; other shapes stay
+    # freshly initialized and are listed (weights.md in the run folder). Not read on --resume.
+    WEIGHTS: str = ""
+    WEIGHTS_STRICT: bool = False  # anything but a full match is an error
     PRESET: Preset = Preset.tiny  # tiny | base
     DEVICE: str = "auto"  # auto | cpu | cuda | cuda:N
     NUM_QUERIES: int | None = None

@@ -68,6 +68,8 @@ def format_gap_markdown(report: dict[str, Any], plots: list[str]) -> str:
     real = report["real"]
     lines = [f"# Domain gap: each source against `{real}`", ""]
     rows = [(n, e) for n, e in report["sources"].items() if n != real]
+    if "appearance" in report:
+        lines += [f"Appearance (domain classifier, Fréchet distance): {report['appearance']}.", ""]
     lines += [
         "| source | images | domain classifier AUC [95%] | Fréchet distance |",
         "|---|---:|---|---:|",

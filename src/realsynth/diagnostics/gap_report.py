@@ -74,24 +74,44 @@ def label_statistics(dataset: Any, num_classes: int, num_predicates: int) -> dic
     }
 
 
+#: Why the appearance section is missing for a model that offers no image features.
+NO_FEATURES = (
+    "not available for this model: it offers neither a pooled_features(images, pixel_mask) "
+    "method nor a backbone attribute"
+)
+
+
+def offers_features(model: torch.nn.Module) -> bool:
+    """Whether the model gives image features: ``pooled_features(images, pixel_mask)`` -> [B, D],
+    or a ``backbone`` mapping images [B, 3, H, W] to a feature map [B, C, h, w]."""
+    return hasattr(model, "pooled_features") or hasattr(model, "backbone")
+
+
+def _pool(model: torch.nn.Module, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[B, D] image features: the model's own pooling, or its backbone's feature map averaged
+    over each image's unpadded positions."""
+    if hasattr(model, "pooled_features"):
+        return model.pooled_features(images, mask)
+    features = model.backbone(images)
+    valid = ~downsample_mask(mask, features.shape[-2:])
+    weights = valid[:, None].to(features.dtype)
+    return (features * weights).sum(dim=(2, 3)) / weights.sum(dim=(2, 3)).clamp(min=1)
+
+
 @torch.no_grad()
 def pooled_features(
     run: RunModel, dataset: Dataset, *, limit: int, batch_size: int, seed: int = 0
 ) -> np.ndarray:
-    """float64 [N, C] backbone features averaged over each image's unpadded positions, for up
-    to ``limit`` images drawn at random (seeded)."""
+    """float64 [N, D] image features (see :func:`_pool`) of up to ``limit`` images drawn at
+    random (seeded)."""
     picks = np.sort(np.random.default_rng([seed, 5]).permutation(len(dataset))[:limit])
     loader = DataLoader(
         Subset(dataset, picks.tolist()), batch_size=batch_size, collate_fn=collate_relations
     )
-    backbone = run.model.backbone
     out = []
     for batch in loader:
-        features = backbone(batch["images"].to(run.device))
-        valid = ~downsample_mask(batch["pixel_mask"].to(run.device), features.shape[-2:])
-        weights = valid[:, None].to(features.dtype)
-        pooled = (features * weights).sum(dim=(2, 3)) / weights.sum(dim=(2, 3)).clamp(min=1)
-        out.append(pooled.double().cpu().numpy())
+        images, mask = batch["images"].to(run.device), batch["pixel_mask"].to(run.device)
+        out.append(_pool(run.model, images, mask).double().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0))
 
 
@@ -127,14 +147,18 @@ def gap_report(run_dir: str | Path, *, feature_images: int = 500) -> dict[str, A
         for n, ds in zip(names, data.train)
     }
     transforms = eval_transforms(run.cfg)
-    features = {}
+    features = {n: np.zeros((0, 0)) for n in names}
     for n, ds in zip(names, data.train):
+        if not offers_features(run.model):
+            break
         images = data.val.get(n) or _without_augmentation(ds, transforms)
         features[n] = pooled_features(
             run, images, limit=feature_images, batch_size=run.cfg.TEST.IMS_PER_BATCH
         )
     report: dict[str, Any] = {"real": real, "sources": {}, "classes": data.classes}
     report["predicates"] = data.predicates
+    if not offers_features(run.model):
+        report["appearance"] = NO_FEATURES
     for n in names:
         entry = _source_entry(stats[n], stats[real], features[n], features[real], n == real)
         report["sources"][n] = {"kind": data.kinds[n], **entry}

@@ -34,24 +34,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from fractions import Fraction
 from typing import Any
 
 import numpy as np
 from torch.utils.data import Sampler
 
-from realsynth.mixing.batch_composition import CompositionSchedule, exact_shares
 from realsynth.mixing.permutation import KeyedStream
-from realsynth.mixing.scheduled_composition import SHARE_UNITS, ScheduledComposition
+from realsynth.mixing.sampler_settings import (
+    ShareSchedule,
+    as_schedules,
+    loss_weight_history,
+    share_schedule,
+    validate_settings,
+)
+from realsynth.mixing.sampler_state import resume_point
 from realsynth.mixing.share_history import ShareHistory
 from realsynth.mixing.step_schedule import StepSchedule
-from realsynth.mixing.weight_history import WeightHistory
 
 __all__ = ["MixedBatchSampler"]
 
-_RATIO_TOLERANCE = 1e-6
-# Schedules are tabulated per step up to their last change (8 bytes per source and step).
-_MAX_SCHEDULE_STEPS = 10**8
 # Indices generated per vectorized chunk: large enough to amortize numpy overhead, small
 # enough to stay in cache and keep time to first batch short.
 _CHUNK_INDICES = 1 << 16
@@ -99,18 +100,9 @@ class MixedBatchSampler(Sampler[list[int]]):
         share_horizon: int | None = None,
         loss_weights: Sequence[float | StepSchedule] | None = None,
     ) -> None:
-        schedules = [r if isinstance(r, StepSchedule) else StepSchedule.constant(r) for r in ratios]
-        _validate(sizes, schedules, batch_size, num_batches, epoch_source, rank, world_size)
-        if loss_weights is None:
-            loss_weights = [1.0] * len(sizes)
-        if len(loss_weights) != len(sizes):
-            raise ValueError(
-                f"loss_weights must have one entry per source, got {len(loss_weights)} for "
-                f"{len(sizes)} sources"
-            )
-        self.weight_history = WeightHistory(
-            [w if isinstance(w, StepSchedule) else StepSchedule.constant(w) for w in loss_weights]
-        )
+        schedules = as_schedules(ratios)
+        validate_settings(sizes, schedules, batch_size, num_batches, epoch_source, rank, world_size)
+        self.weight_history = loss_weight_history(loss_weights, len(sizes))
         self.sizes = [int(s) for s in sizes]
         self.batch_size = int(batch_size)
         self.seed = int(seed)
@@ -121,26 +113,12 @@ class MixedBatchSampler(Sampler[list[int]]):
         self.ratio_schedules = schedules
         self.is_scheduled = not all(s.is_constant for s in schedules)
         self.share_horizon = None if share_horizon is None else int(share_horizon)
-        self.schedule: CompositionSchedule | ScheduledComposition | ShareHistory
-        if self.share_horizon is not None:
-            if self.is_scheduled:
-                raise ValueError("adaptive shares (share_horizon) need constant ratios")
-            self.shares = exact_shares([s.value(0) for s in schedules])
-            self.schedule = ShareHistory(self.shares, self.batch_size, self.world_size)
-        elif self.is_scheduled:
-            self.schedule = ScheduledComposition(schedules, self.batch_size, self.world_size)
-            final = self.schedule.shares(np.array([self.schedule.last_change]))[0]
-            self.shares = [Fraction(round(f * SHARE_UNITS), SHARE_UNITS) for f in final]
-        else:
-            self.shares = exact_shares([s.value(0) for s in schedules])
-            self.schedule = CompositionSchedule(self.shares, self.batch_size)
+        self.schedule: ShareSchedule
+        self.shares, self.schedule = share_schedule(
+            schedules, self.batch_size, self.world_size, adaptive=self.share_horizon is not None
+        )
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes[:-1])]).astype(np.int64)
-        self._streams = [
-            KeyedStream(size, seed=self.seed, stream_id=k, replacement=self.replacement)
-            if schedule.extremes()[1] > 0
-            else None
-            for k, (size, schedule) in enumerate(zip(self.sizes, schedules))
-        ]
+        self._streams = _source_streams(self.sizes, schedules, self.seed, self.replacement)
         if num_batches is None:
             num_batches = self._one_pass(epoch_source)
         self.num_batches = int(num_batches)
@@ -364,79 +342,17 @@ class MixedBatchSampler(Sampler[list[int]]):
             ValueError: a key is missing, or seed / batch size / world size / epoch length
                 differ from this sampler's.
         """
-        current = self.state_dict()
-        optional = {"ratio_schedules", "share_history", "weight_history", "share_horizon"}
-        missing = sorted(set(current) - set(state_dict) - optional)
-        if missing:
-            raise ValueError(f"MixedBatchSampler state_dict is missing keys {missing}")
-        for key in ("seed", "batch_size", "world_size", "num_batches"):
-            if int(state_dict[key]) != current[key]:
-                raise ValueError(
-                    f"MixedBatchSampler state_dict has {key}={state_dict[key]}, but this "
-                    f"sampler has {key}={current[key]}"
-                )
-        if state_dict.get("ratio_schedules") != current.get("ratio_schedules"):
-            raise ValueError(
-                "MixedBatchSampler state_dict was saved with ratio schedules "
-                f"{state_dict.get('ratio_schedules')}, but this sampler has "
-                f"{current.get('ratio_schedules')}"
-            )
-        position = int(state_dict["position"])
-        if not 0 <= position <= self.num_batches or int(state_dict["epoch"]) < 0:
-            raise ValueError(
-                f"MixedBatchSampler state_dict has epoch={state_dict['epoch']}, "
-                f"position={position}; expected epoch >= 0 and position in [0, {self.num_batches}]"
-            )
-        self.epoch = int(state_dict["epoch"])
-        self._position = position
+        self.epoch, self._position = resume_point(state_dict, self.state_dict())
         self.load_share_history(state_dict)
 
 
-def _validate(
-    sizes: Sequence[int],
-    schedules: Sequence[StepSchedule],
-    batch_size: int,
-    num_batches: int | None,
-    epoch_source: int,
-    rank: int,
-    world_size: int,
-) -> None:
-    """Rejects bad settings with a message naming the setting."""
-    if len(sizes) != len(schedules) or not sizes:
-        raise ValueError(
-            f"sizes and ratios must be non-empty and of equal length, got {len(sizes)} sizes "
-            f"and {len(schedules)} ratios"
-        )
-    for k, (size, schedule) in enumerate(zip(sizes, schedules)):
-        if int(size) != size or size < 0:
-            raise ValueError(f"sizes[{k}] must be a non-negative integer, got {size}")
-        low, high = schedule.extremes()
-        if not 0.0 <= low <= high <= 1.0:
-            raise ValueError(f"ratios[{k}] must be in [0, 1], got {schedule.describe()}")
-        if high > 0 and size == 0:
-            raise ValueError(
-                f"source {k} has ratio {schedule.describe()} > 0 but no items (sizes[{k}] = 0)"
-            )
-    if all(s.is_constant for s in schedules):
-        total = math.fsum(s.value(0) for s in schedules)
-        if abs(total - 1.0) > _RATIO_TOLERANCE:
-            raise ValueError(f"ratios must sum to 1 (tolerance 1e-6), got sum {total:.9g}")
-    elif max(s.last_change_step for s in schedules) >= _MAX_SCHEDULE_STEPS:
-        raise ValueError(
-            f"ratio schedules must stop changing before step {_MAX_SCHEDULE_STEPS}, got "
-            f"{max(s.last_change_step for s in schedules)}"
-        )
-    positive = sum(1 for s in schedules if s.extremes()[1] > 0)
-    if int(batch_size) != batch_size or batch_size < positive:
-        raise ValueError(
-            f"batch_size must be an integer >= the number of sources with a positive ratio "
-            f"({positive}), got {batch_size}"
-        )
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(
-            f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}"
-        )
-    if num_batches is not None and num_batches < 1:
-        raise ValueError(f"num_batches must be >= 1 or None, got {num_batches}")
-    if not 0 <= epoch_source < len(sizes):
-        raise ValueError(f"epoch_source must be in [0, {len(sizes)}), got {epoch_source}")
+def _source_streams(
+    sizes: Sequence[int], schedules: Sequence[StepSchedule], seed: int, replacement: bool
+) -> list[KeyedStream | None]:
+    """Every source's infinite stream of items (None for a source never drawn from)."""
+    return [
+        KeyedStream(size, seed=seed, stream_id=k, replacement=replacement)
+        if schedule.extremes()[1] > 0
+        else None
+        for k, (size, schedule) in enumerate(zip(sizes, schedules))
+    ]

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch import nn
@@ -16,26 +14,16 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from realsynth.config import ConfigError
-from realsynth.config.schema import (
-    BackboneNorm,
+from realsynth.config.choices import (
     LrSchedule,
-    One2ManyScheme,
-    PredicateClassWeights,
 )
 from realsynth.data.collate import collate_relations
-from realsynth.data.stats import combine_statistics, compute_statistics, frequency_class_weights
 from realsynth.evaluation.recall import SceneGraphEvaluator
 from realsynth.mixing.adaptive import AdaptiveMixer
 from realsynth.mixing.mixed_dataset import Source, build_mixed_loader
 from realsynth.mixing.step_schedule import StepSchedule
-from realsynth.modeling.criterion import RelationCriterion
-from realsynth.modeling.heads import loss_coefficients
-from realsynth.modeling.matcher import HungarianMatcher
-from realsynth.modeling.model import PRESETS, build_model
-from realsynth.modeling.one_to_many import QualityAwareMatcher
-from realsynth.modeling.predicate_groups import GroupingError, predicate_groups
+from realsynth.training.components import LoopSettings
 from realsynth.training.data_setup import RunData, build_data, run_sources
-from realsynth.training.loop import LoopSettings
 from realsynth.utils.distributed import (
     get_rank,
     get_world_size,
@@ -46,7 +34,6 @@ from realsynth.utils.distributed import (
 __all__ = [
     "build_data",
     "build_device",
-    "build_model_and_criterion",
     "build_optimizer",
     "build_scheduler",
     "build_train_loader",
@@ -64,133 +51,6 @@ def build_device(cfg: DictConfig) -> torch.device:
         return resolve_device(cfg.MODEL.DEVICE)
     except ValueError as exc:
         raise ConfigError(f"MODEL.DEVICE: {exc}", "MODEL.DEVICE") from None
-
-
-def build_model_and_criterion(
-    cfg: DictConfig, data: RunData, device: torch.device
-) -> tuple[nn.Module, RelationCriterion]:
-    """The relation transformer (``MODEL.PRESET`` + overrides) and its weighted set criterion."""
-    overrides = {
-        key.lower(): cfg.MODEL[key]
-        for key in ("NUM_QUERIES", "D_MODEL", "ENC_LAYERS", "DEC_LAYERS", "DIM_FEEDFORWARD")
-        if cfg.MODEL[key] is not None
-    }
-    preset = cfg.MODEL.PRESET.value
-    queries = overrides.get("num_queries", PRESETS[preset]["num_queries"])
-    overrides["num_queries"] = queries * cfg.MODEL.SPEAQ.MULTIPLY_QUERY
-    if cfg.MODEL.BACKBONE_CHANNELS:
-        overrides["backbone_channels"] = tuple(cfg.MODEL.BACKBONE_CHANNELS)
-    if cfg.MODEL.BACKBONE_NORM is not BackboneNorm.default:
-        overrides["backbone_norm"] = cfg.MODEL.BACKBONE_NORM.value
-    model = build_model(preset, len(data.classes), len(data.predicates), **overrides)
-    crit = cfg.MODEL.CRITERION
-    criterion = RelationCriterion(
-        len(data.classes),
-        len(data.predicates),
-        predicate_class_weights=predicate_class_weights(cfg, data),
-        matcher=build_matcher(cfg, data, overrides["num_queries"]),
-        match_independent=cfg.MODEL.SPEAQ.MATCH_INDEPENDENT,
-        no_object_class_weight=crit.NO_OBJECT_CLASS_WEIGHT,
-        no_relation_class_weight=crit.NO_RELATION_CLASS_WEIGHT,
-        loss_coefficients=loss_coefficients(
-            crit.CLASS_COEFFICIENT, crit.L1_COEFFICIENT, crit.GIOU_COEFFICIENT
-        ),
-        ce_scope=crit.CE_SCOPE.value,
-        normalization=crit.NORMALIZATION.value,
-        on_invalid_weight=crit.ON_INVALID_WEIGHT.value,
-        source_names=data.names,
-    )
-    return model.to(device), criterion.to(device)
-
-
-def build_matcher(cfg: DictConfig, data: RunData, num_queries: int) -> HungarianMatcher:
-    """DETR's one-to-one matcher, or SpeaQ's (``MODEL.SPEAQ``: copies and the group mask, whose
-    predicate frequencies are those of ``PREDICATE_FREQUENCY_SOURCE``)."""
-    crit, speaq = cfg.MODEL.CRITERION, cfg.MODEL.SPEAQ
-    costs = {
-        "cost_class": crit.COST_CLASS,
-        "cost_bbox": crit.COST_BBOX,
-        "cost_giou": crit.COST_GIOU,
-    }
-    if speaq.ONE2MANY_SCHEME is One2ManyScheme.none and not speaq.USE_GROUP_MASK:
-        return HungarianMatcher(**costs)
-    groups = None
-    if speaq.USE_GROUP_MASK:
-        try:
-            groups = predicate_groups(predicate_counts(cfg, data), speaq.NUM_GROUPS, num_queries)
-        except GroupingError as exc:
-            # num_queries is NUM_QUERIES (or the preset's) x MULTIPLY_QUERY.
-            queries = (
-                f"MODEL.NUM_QUERIES x MODEL.SPEAQ.MULTIPLY_QUERY = "
-                f"{num_queries // speaq.MULTIPLY_QUERY} x {speaq.MULTIPLY_QUERY} = {num_queries}"
-            )
-            more = (
-                f", or raise the relation queries ({queries}) to at least {exc.min_queries}"
-                if exc.min_queries is not None
-                else f" (with {queries} relation queries)"
-            )
-            raise ConfigError(
-                f"MODEL.SPEAQ.USE_GROUP_MASK: {exc.reason}; lower MODEL.SPEAQ.NUM_GROUPS="
-                f"{speaq.NUM_GROUPS} to at most {exc.max_groups}{more}",
-                ("MODEL.SPEAQ.NUM_GROUPS", "MODEL.SPEAQ.MULTIPLY_QUERY", "MODEL.NUM_QUERIES"),
-            ) from None
-        except ValueError as exc:
-            raise ConfigError(f"MODEL.SPEAQ.USE_GROUP_MASK: {exc}", "MODEL.SPEAQ") from None
-    return QualityAwareMatcher(
-        scheme=speaq.ONE2MANY_SCHEME.value,
-        top_k=speaq.ONE2MANY_K,
-        combine=speaq.ONE2MANY_DYNAMIC_SCHEME.value,
-        predicate_weight=speaq.ONE2MANY_PREDICATE_WEIGHT
-        if speaq.ONE2MANY_PREDICATE_SCORE
-        else None,
-        groups=groups,
-        **costs,
-    )
-
-
-def predicate_counts(cfg: DictConfig, data: RunData) -> np.ndarray:
-    """Predicate counts [R] of ``MODEL.CRITERION.PREDICATE_FREQUENCY_SOURCE``: the real training
-    sources by default (never synthetic statistics unless asked for), ``all``, or one source.
-
-    Raises:
-        ConfigError: the named source is not a training source, or it has no relation.
-    """
-    chosen = cfg.MODEL.CRITERION.PREDICATE_FREQUENCY_SOURCE
-    if chosen == "real":
-        names = [n for n in data.names if data.kinds[n] == "real"]
-    elif chosen == "all":
-        names = list(data.names)
-    elif chosen in data.names:
-        names = [chosen]
-    else:
-        raise ConfigError(
-            f"MODEL.CRITERION.PREDICATE_FREQUENCY_SOURCE={chosen!r}: expected real, all or one "
-            f"of the training sources {data.names}"
-        )
-    # Named by the run's source names, whatever a dataset calls itself.
-    stats = [
-        dataclasses.replace(compute_statistics(ds), source=name)
-        for ds, name in zip(data.train, data.names)
-    ]
-    _, predicates = combine_statistics(stats, weights={n: float(n in names) for n in data.names})
-    if predicates.sum() <= 0:
-        raise ConfigError(
-            f"MODEL.CRITERION.PREDICATE_FREQUENCY_SOURCE={chosen!r}: sources {names} hold no "
-            "relation"
-        )
-    return predicates
-
-
-def predicate_class_weights(cfg: DictConfig, data: RunData) -> torch.Tensor | None:
-    """``MODEL.CRITERION.PREDICATE_CLASS_WEIGHTS``: None (all ones), or SpeaQ's frequency weights
-    from :func:`predicate_counts`."""
-    crit = cfg.MODEL.CRITERION
-    if crit.PREDICATE_CLASS_WEIGHTS is PredicateClassWeights.none:
-        return None
-    values = frequency_class_weights(
-        predicate_counts(cfg, data), alpha=crit.OVERSAMPLE_PARAM, beta=crit.UNDERSAMPLE_PARAM
-    )
-    return torch.as_tensor(values, dtype=torch.float32)
 
 
 def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:

@@ -1,9 +1,9 @@
-"""Config -> datasets: every source's train and validation set, the demo cache, label spaces."""
+"""Config -> datasets: every source's train, validation and test sets, with one label space
+(the demo cache: :mod:`realsynth.training.demo_cache`; the start-up checks of the sources:
+:mod:`realsynth.training.source_checks`)."""
 
 from __future__ import annotations
 
-import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,25 +15,23 @@ from torch.utils.data import DataLoader, Dataset
 
 from realsynth.config import ConfigError
 from realsynth.config.checks import holdout_source_error
-from realsynth.config.schema import SourceConfig
 from realsynth.config.source_mix import SourceMix, resolve_mix
 from realsynth.data.collate import collate_relations
-from realsynth.data.demo import (
-    demo_is_complete,
-    demo_predicate_flip_map,
-    demo_settings,
-    generate_demo,
-    is_demo_folder,
-    recorded_demo_settings,
-)
 from realsynth.data.formats.relcoco import RelCocoDataset
 from realsynth.data.formats.vg150 import vg150_from_folder
-from realsynth.data.paths import is_utf8, shown
 from realsynth.data.transforms import build_transforms, predicate_flip_indices
 from realsynth.data.zero_shot import load_zero_shot_triplets
 from realsynth.mixing.holdout import Holdout, carve_holdout, whole_source_holdout
 from realsynth.mixing.mixed_dataset import ignore_interrupts
-from realsynth.utils.distributed import barrier, get_rank, get_world_size
+from realsynth.training.demo_cache import demo_sources
+from realsynth.training.source_checks import (
+    existing_path,
+    require_relationships,
+    require_utf8_paths,
+    shared_labels,
+    warn_without_relationships,
+)
+from realsynth.utils.distributed import get_rank, get_world_size
 
 
 @dataclass
@@ -109,14 +107,14 @@ def build_data(cfg: DictConfig) -> RunData:
     Raises:
         ConfigError: a path does not exist, or the sources disagree on class / predicate names.
     """
-    _require_utf8_paths(cfg)
+    require_utf8_paths(cfg)
     sources = run_sources(cfg)
     train, val = [], {}
     for src in sources:
         train.append(_dataset(cfg, src, "train"))
         if src.FORMAT == "vg150" or src.VAL_PATH:
             val[src.NAME] = _dataset(cfg, src, "val")
-    classes, predicates = _shared_labels(sources, train)
+    classes, predicates = shared_labels(sources, train)
     # Counted before adaptive mixing carves its holdout (the rest is a plain subset).
     without_relationships = {
         src.NAME: len(dataset)
@@ -136,7 +134,7 @@ def build_data(cfg: DictConfig) -> RunData:
     active = [k for k, m in enumerate(mix) if m.max_ratio > 0]
     for k in active:
         if sources[k].NAME in without_relationships:
-            _warn_without_relationships(sources[k], without_relationships[sources[k].NAME])
+            warn_without_relationships(sources[k], without_relationships[sources[k].NAME])
     skipped = {
         f"source '{name}' ({split})": list(dataset.skipped)
         for name, split, dataset in [
@@ -156,23 +154,6 @@ def build_data(cfg: DictConfig) -> RunData:
         zero_shot=_zero_shot_triplets(cfg, classes, predicates),
         holdout=holdout,
     )
-
-
-_PATH_KEYS = ("PATH", "VAL_PATH", "TEST_PATH", "IMAGE_ROOT", "VAL_IMAGE_ROOT", "TEST_IMAGE_ROOT")
-
-
-def _require_utf8_paths(cfg: DictConfig) -> None:
-    """A source path that is not valid UTF-8 (bytes a file name may hold) opens, but the run's
-    config.yaml, written in UTF-8, cannot record it: refuse it now, naming it."""
-    for src in cfg.DATASETS.SOURCES:
-        for key in _PATH_KEYS:
-            if src[key] and not is_utf8(src[key]):
-                raise ConfigError(
-                    f"DATASETS.SOURCES {src.NAME}.{key}: {shown(src[key])} is not valid UTF-8, "
-                    "which a run's config.yaml cannot record; rename it, or link it from a "
-                    "UTF-8 path",
-                    f"DATASETS.SOURCES.{src.NAME}.{key}",
-                )
 
 
 def _holdout(
@@ -227,7 +208,7 @@ def _zero_shot_triplets(
 
 def run_sources(cfg: DictConfig) -> list[Any]:
     """The run's ``SourceConfig`` nodes: ``DATASETS.SOURCES``, or the demo's two."""
-    return list(cfg.DATASETS.SOURCES) or _demo_sources(cfg)
+    return list(cfg.DATASETS.SOURCES) or demo_sources(cfg)
 
 
 def build_test_sets(cfg: DictConfig) -> dict[str, Dataset]:
@@ -251,7 +232,7 @@ def _dataset(cfg: DictConfig, src: Any, split: str) -> Dataset:
         "skip_bad_samples": cfg.DATALOADER.SKIP_BAD_SAMPLES,
     }
     if src.FORMAT == "vg150":
-        folder = _existing(src.PATH, f"{src.NAME}.PATH")
+        folder = existing_path(src.PATH, f"{src.NAME}.PATH")
         dataset = vg150_from_folder(
             folder,
             split=src.VAL_SPLIT if split == "val" else split,
@@ -263,59 +244,16 @@ def _dataset(cfg: DictConfig, src: Any, split: str) -> Dataset:
         )
     else:
         prefix = "" if train else f"{split.upper()}_"  # PATH / VAL_PATH / TEST_PATH, ...
-        ann = _existing(src[f"{prefix}PATH"], f"{src.NAME}.{prefix}PATH")
+        ann = existing_path(src[f"{prefix}PATH"], f"{src.NAME}.{prefix}PATH")
         root = src[f"{prefix}IMAGE_ROOT"] or src.IMAGE_ROOT
         root = Path(root) if root else ann.parent / "images"
         dataset = RelCocoDataset(ann, root, **common)
     if not train:
         dataset.skip_bad_samples = False
-        _require_relationships(src, split, dataset)
+        require_relationships(src, split, dataset)
     # The flip map is given by predicate name: translate it with the dataset's own names.
     dataset.transforms = _transforms(cfg, dict(src.PREDICATE_FLIP_MAP), dataset.predicates, train)
     return dataset
-
-
-def _source_file(src: Any, split: str) -> str:
-    """The annotation file behind a source's split, as its config names it."""
-    if src.FORMAT == "vg150":
-        return f"{shown(src.PATH)} (split {src.VAL_SPLIT if split == 'val' else split})"
-    return shown(src[f"{'' if split == 'train' else split.upper() + '_'}PATH"])
-
-
-def _require_relationships(src: Any, split: str, dataset: Dataset) -> None:
-    """A validation or test set without a relationship cannot be scored: refuse it now rather
-    than at the first evaluation."""
-    if dataset.label_counts()[1].sum():
-        return
-    key = f"{src.NAME}.{'PATH' if src.FORMAT == 'vg150' else split.upper() + '_PATH'}"
-    what = "validation" if split == "val" else "test"
-    raise ConfigError(
-        f"{what} source '{src.NAME}': {_source_file(src, split)} has no relationships in its "
-        f"{len(dataset)} image(s), so Recall@K cannot be computed on it (DATASETS.SOURCES "
-        f"{key}); give it a file with relationships (`realsynth data check` says what was "
-        "left out)",
-        f"DATASETS.SOURCES.{key}",
-    )
-
-
-#: (source, file) pairs already warned about in this process: one warning each.
-_WARNED_WITHOUT_RELATIONSHIPS: set[tuple[str, str]] = set()
-
-
-def _warn_without_relationships(src: Any, images: int) -> None:
-    """A training source without a relationship trains, but teaches only "no relation": say so
-    once (rank 0)."""
-    where = (str(src.NAME), _source_file(src, "train"))
-    if where in _WARNED_WITHOUT_RELATIONSHIPS:
-        return
-    _WARNED_WITHOUT_RELATIONSHIPS.add(where)
-    if get_rank() == 0:
-        print(
-            f"realsynth: warning: training source '{where[0]}': {where[1]} has no "
-            f"relationships in its {images} image(s); its share of every batch teaches "
-            "only boxes and 'no relation'",
-            file=sys.stderr,
-        )
 
 
 def eval_transforms(cfg: DictConfig) -> Any:
@@ -349,117 +287,3 @@ def _transforms(
         predicate_flip_map=predicate_flip_indices(flip_names, predicates) if flip_names else None,
         normalize=inp.NORMALIZE,
     )
-
-
-def _existing(path: str, key: str) -> Path:
-    if not path or not Path(path).exists():
-        raise ConfigError(f"DATASETS.SOURCES {key}: {path!r} does not exist")
-    return Path(path)
-
-
-def _shared_labels(sources: list[Any], datasets: list[Dataset]) -> tuple[list[str], list[str]]:
-    classes, predicates = list(datasets[0].classes), list(datasets[0].predicates)
-    for src, dataset in zip(sources[1:], datasets[1:]):
-        for what, ours in (("classes", classes), ("predicates", predicates)):
-            theirs = list(getattr(dataset, what))
-            if theirs != ours:
-                raise ConfigError(
-                    f"source {src.NAME!r} has different {what} from {sources[0].NAME!r} "
-                    f"({len(theirs)} vs {len(ours)}; first difference at index "
-                    f"{next((i for i, (a, b) in enumerate(zip(theirs, ours)) if a != b), None)}): "
-                    "map both to one label space before mixing them"
-                )
-    return classes, predicates
-
-
-def demo_root(cfg: DictConfig) -> Path:
-    """Folder holding the demo data for ``cfg.DATASETS.DEMO`` (one folder per setting)."""
-    demo = cfg.DATASETS.DEMO
-    if demo.ROOT:
-        return Path(demo.ROOT)
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "realsynth"
-    tag = (
-        f"seed{demo.SEED}-r{demo.REAL_TRAIN}-{demo.REAL_VAL}-{demo.REAL_TEST}-"
-        f"s{demo.SYNTHETIC_TRAIN}-{demo.SYNTHETIC_VAL}-n{demo.LABEL_NOISE:g}"
-    )
-    return cache / "demo" / tag
-
-
-#: DATASETS.DEMO keys by the name ``generate_demo`` records their setting under.
-_DEMO_KEYS = {
-    "seed": "SEED",
-    "real_train": "REAL_TRAIN",
-    "real_val": "REAL_VAL",
-    "synthetic_train": "SYNTHETIC_TRAIN",
-    "synthetic_val": "SYNTHETIC_VAL",
-    "real_test": "REAL_TEST",
-    "label_noise": "LABEL_NOISE",
-}
-
-
-def ensure_demo_data(cfg: DictConfig) -> Path:
-    """Generate the demo data on first use (rank 0; other ranks wait) and return its folder.
-
-    The folder is a cache: a demo that realsynth made with other settings than
-    ``DATASETS.DEMO``'s (the ``.realsynth-demo`` marker records them) is generated again, and
-    says so; a non-empty folder that realsynth did not make is refused.
-
-    Raises:
-        ConfigError: ``DATASETS.DEMO.ROOT`` is a non-empty folder that realsynth did not make.
-    """
-    root, demo = demo_root(cfg), cfg.DATASETS.DEMO
-    options = {key.lower(): demo[key] for key in _DEMO_KEYS.values()}
-    if get_rank() == 0:
-        wanted = demo_settings(**options)
-        recorded = recorded_demo_settings(root)
-        if not demo_is_complete(root) or recorded != wanted:
-            if root.is_dir() and any(root.iterdir()) and not is_demo_folder(root):
-                raise ConfigError(
-                    f"DATASETS.DEMO.ROOT={shown(root)} is not empty and was not made by "
-                    "realsynth; choose a new or empty folder (the demo data is generated there)",
-                    "DATASETS.DEMO.ROOT",
-                )
-            if demo_is_complete(root):
-                print(f"realsynth: {_demo_difference(root, recorded, wanted)}")
-            else:
-                print(f"Generating the demo data into {shown(root)} ...")
-            generate_demo(root, **options)
-    barrier()
-    return root
-
-
-def _demo_difference(root: Path, recorded: dict | None, wanted: dict) -> str:
-    """One line: how the demo in ``root`` differs from the config's, and what happens now."""
-    if recorded is None:
-        return (
-            f"the demo data in {shown(root)} records no settings (an older realsynth made it): "
-            "generating it again for DATASETS.DEMO"
-        )
-    named = {**{k: k for k in wanted}, **_DEMO_KEYS}
-    changed = [
-        f"{named[k]}={recorded.get(k, 0)}, not {wanted.get(k, 0)}"
-        for k in named
-        if recorded.get(k, 0) != wanted.get(k, 0)
-    ]
-    return (
-        f"the demo data in {shown(root)} was made with {'; '.join(changed)}: generating it again "
-        "(it is a cache of DATASETS.DEMO)"
-    )
-
-
-def _demo_sources(cfg: DictConfig) -> list[Any]:
-    root = ensure_demo_data(cfg)
-    sources = []
-    for kind in ("real", "synthetic"):
-        test = root / kind / "test" / "annotations.json"
-        settings = {
-            "NAME": kind,
-            "TYPE": kind,
-            "FORMAT": "relcoco",
-            "PATH": str(root / kind / "train" / "annotations.json"),
-            "VAL_PATH": str(root / kind / "val" / "annotations.json"),
-            "TEST_PATH": str(test) if test.is_file() else "",
-            "PREDICATE_FLIP_MAP": demo_predicate_flip_map(),
-        }
-        sources.append(OmegaConf.merge(OmegaConf.structured(SourceConfig), settings))
-    return sources

@@ -9,94 +9,29 @@ boundary, so a resumed run reproduces the uninterrupted one bit for bit.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from realsynth.data.collate import target_to_device
 from realsynth.evaluation.evaluate import evaluate_sources, summaries
-from realsynth.evaluation.recall import SceneGraphEvaluator
 from realsynth.evaluation.records import EVAL_RECORDS, save_records
-from realsynth.mixing.adaptive import AdaptiveMixer
 from realsynth.mixing.adaptive_step import adapt_after_step
-from realsynth.modeling.criterion import RelationCriterion
 from realsynth.training.checkpoint import (
     CheckpointContents,
     TrainingObjects,
     checkpoint_contents,
     rng_states,
 )
-from realsynth.training.data_setup import RunData
+from realsynth.training.components import Components, StepResult
 from realsynth.training.interrupt import StepInterrupt
 from realsynth.training.records import loss_values, mix_targets, progress_postfix, reduce_records
 from realsynth.training.run_folder import RunFolder
 from realsynth.training.run_log import MetricsLog
 from realsynth.training.run_state import RunState
 from realsynth.utils.distributed import all_ranks_agree, all_reduce_sum, get_rank, get_world_size
-
-
-class TrainingCallback(Protocol):
-    """Called by the loop (every method optional). An exception raised here stops the run like
-    any other error: the checkpoint of the last complete step is kept."""
-
-    def on_step_start(self, step: int) -> None:
-        """Before step ``step`` (1-based) begins; its batch is already loaded."""
-
-    def on_step_end(self, step: int, record: dict[str, float]) -> None:
-        """After step ``step`` completed, with its logged record (delivered every
-        log period, in order)."""
-
-    def on_evaluate(self, step: int, results: dict[str, dict[str, float]], final: bool) -> None:
-        """After an evaluation at ``step`` (``final``: the one after the last step)."""
-
-
-@dataclass
-class StepResult:
-    """What one optimizer step logs (still on the device) and which bad samples it left out."""
-
-    keys: tuple[str, ...]
-    values: torch.Tensor
-    lr: float
-    num_skipped: int
-    skipped: list[str] = field(default_factory=list)
-    # Host-side per-source targets of the step the batch was drawn for (target_share/, weight/).
-    targets: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class LoopSettings:
-    """The plain values the loop runs by (translated from the config by the builder)."""
-
-    max_iter: int
-    log_period: int  # steps whose records are fetched from the device in one transfer
-    eval_period: int  # 0: evaluate only after the last step
-    checkpoint_period: int
-    clip_grad_norm: float  # 0: no clipping
-    amp: bool  # bf16 autocast on CUDA
-    top_k: int  # predicted triplets kept per image in evaluation
-    holdout_batch: int  # holdout images per adaptive-mixing decision
-
-
-@dataclass
-class Components:
-    """Everything one run trains with (built by ``realsynth.training.build``)."""
-
-    settings: LoopSettings
-    config_yaml: str  # saved in every checkpoint
-    new_evaluator: Callable[[], SceneGraphEvaluator]
-    val_loaders: Callable[[], dict[str, DataLoader]]
-    data: RunData
-    model: torch.nn.Module
-    criterion: RelationCriterion
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    loader: DataLoader
-    device: torch.device
-    adaptive: AdaptiveMixer | None = None
 
 
 class TrainingLoop:

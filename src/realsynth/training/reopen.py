@@ -18,8 +18,8 @@ from realsynth.evaluation.records import save_records
 from realsynth.training.build import (
     build_device,
     build_evaluator_factory,
-    build_model_and_criterion,
 )
+from realsynth.training.build_model import build_model_and_criterion
 from realsynth.training.checkpoint import MODEL_KEYS, load_checkpoint, load_model_weights
 from realsynth.training.data_setup import RunData, build_data, build_test_sets, evaluation_loaders
 from realsynth.utils.atomic import atomic_write_json

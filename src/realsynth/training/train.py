@@ -21,11 +21,12 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from realsynth.config import to_yaml
-from realsynth.training import build
+from realsynth.training import build, build_model
 from realsynth.training.checkpoint import CheckpointWriteError, TrainingObjects
+from realsynth.training.components import Components
 from realsynth.training.data_setup import RunData
 from realsynth.training.interrupt import StepInterrupt
-from realsynth.training.loop import Components, TrainingLoop
+from realsynth.training.loop import TrainingLoop
 from realsynth.training.resume import restore_checkpoint
 from realsynth.training.run_folder import RunFolder, RunFolderError
 from realsynth.training.run_log import MetricsLog
@@ -126,7 +127,10 @@ def _train(
     """Build the run, restore it when resuming, train it and write its final outputs."""
     is_main = get_rank() == 0
     data = build.build_data(cfg)
-    model, criterion = build.build_model_and_criterion(cfg, data, device)
+    model, criterion = build_model.build_model_and_criterion(cfg, data, device)
+    build_model.check_model_outputs(cfg, data, model, device)
+    if not resume:  # a resumed run restores its own checkpoint instead
+        build_model.load_initial_weights(cfg, model, folder.path if is_main else None)
     optimizer = build.build_optimizer(cfg, model)
     scheduler = build.build_scheduler(cfg, optimizer)
     adaptive = build.build_adaptive(cfg, data)

@@ -20,6 +20,8 @@ HERE = Path(__file__).resolve().parent
 FIXTURE = HERE / "fixtures" / "golden_losses.json"
 SPEAQ_DEMO = HERE.parent / "configs" / "speaq_demo.yaml"
 
+# A frozen copy of the tiny settings, not tiny_runs.TINY: the fixture was recorded with exactly
+# these, and must not follow later edits of the shared helpers.
 SIZES = (
     "DATASETS.DEMO.REAL_TRAIN=24",
     "DATASETS.DEMO.REAL_VAL=6",

@@ -252,8 +252,8 @@ def test_eval_period_zero_is_allowed_and_negative_is_not():
         ),
         ("TEST.PROTOCOL=null", "TEST.PROTOCOL must be one of sgb, continuous, got None"),
         (
-            "MODEL.BACKBONE_NORM=layer",
-            "MODEL.BACKBONE_NORM must be one of default, batch, group ('' = default), got 'layer'",
+            "MODEL.BACKBONE.NORM=layer",
+            "MODEL.BACKBONE.NORM must be one of default, batch, group ('' = default), got 'layer'",
         ),
         ("COMPARE.SPLIT=''", "COMPARE.SPLIT must be one of val, test, got ''"),
     ],
@@ -286,24 +286,38 @@ def test_fixed_values_read_as_strings_and_the_yaml_loads_again():
     assert type(scheme.value) is str and {"dynamic": 1}[scheme] == 1
     text = to_yaml(cfg)
     assert "ONE2MANY_SCHEME: dynamic" in text and "SAMPLER: grid" in text
-    assert "BACKBONE_NORM: default" in text
+    assert "NORM: default" in text
     again = load_config(None, base_yaml=text)
     assert again == cfg and to_yaml(again) == text
 
 
 def test_a_yaml_of_the_previous_version_loads_and_an_empty_norm_is_the_presets(tmp_path):
-    # Before the enums every fixed-value key was a plain string, BACKBONE_NORM "" the default.
+    # Before the enums every fixed-value key was a plain string, BACKBONE.NORM "" the default.
     old = (
-        "MODEL:\n  PRESET: base\n  BACKBONE_NORM: ''\n  SPEAQ:\n    ONE2MANY_SCHEME: static\n"
+        "MODEL:\n  PRESET: base\n  BACKBONE:\n    NORM: ''\n  SPEAQ:\n    ONE2MANY_SCHEME: static\n"
         "SOLVER:\n  LR_SCHEDULE: constant\nTEST:\n  PROTOCOL: continuous\n"
     )
     cfg = load_config(None, base_yaml=old)
-    assert (cfg.MODEL.PRESET, cfg.MODEL.BACKBONE_NORM) == ("base", "default")
+    assert (cfg.MODEL.PRESET, cfg.MODEL.BACKBONE.NORM) == ("base", "default")
     assert cfg.MODEL.SPEAQ.ONE2MANY_SCHEME == "static" and cfg.TEST.PROTOCOL == "continuous"
     assert cfg.SOLVER.LR_SCHEDULE == "constant"
     assert load_config(write(tmp_path, old)) == cfg
-    assert load_config(None, ["MODEL.BACKBONE_NORM=''"]).MODEL.BACKBONE_NORM == "default"
-    assert load_config(None, ["MODEL.BACKBONE_NORM=group"]).MODEL.BACKBONE_NORM == "group"
+    assert load_config(None, ["MODEL.BACKBONE.NORM=''"]).MODEL.BACKBONE.NORM == "default"
+    assert load_config(None, ["MODEL.BACKBONE.NORM=group"]).MODEL.BACKBONE.NORM == "group"
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [("BACKBONE_CHANNELS", "CHANNELS"), ("BACKBONE_NORM", "NORM")],
+)
+def test_the_old_backbone_keys_name_their_new_place(tmp_path, old, new):
+    value = "[8,16]" if new == "CHANNELS" else "group"
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [f"MODEL.{old}={value}"])
+    assert f"renamed to MODEL.BACKBONE.{new}" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, f"MODEL:\n  {old}: {value}\n"))
+    assert f"renamed to MODEL.BACKBONE.{new}" in str(info.value)
 
 
 @pytest.mark.parametrize(

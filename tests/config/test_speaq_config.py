@@ -15,7 +15,7 @@ from realsynth.training.data_setup import build_data
 
 SPEAQ_DEMO = Path(__file__).resolve().parents[2] / "configs" / "speaq_demo.yaml"
 DEMO = SPEAQ_DEMO.with_name("demo.yaml")
-TINY_MODEL = ("MODEL.NUM_QUERIES=12", "MODEL.D_MODEL=32", "MODEL.BACKBONE_CHANNELS=[8,16,32]")
+TINY_MODEL = ("MODEL.NUM_QUERIES=12", "MODEL.D_MODEL=32", "MODEL.BACKBONE.CHANNELS=[8,16,32]")
 
 
 def _speaq_demo(tmp_path, demo_root, *overrides):

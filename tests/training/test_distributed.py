@@ -16,7 +16,7 @@ from realsynth.training.train import train
 
 def test_two_processes_take_the_same_step_as_one_process_on_the_whole_batch(tmp_path, demo_root):
     # GroupNorm: no batch statistics, so a rank's half batch computes what one process does.
-    config = to_yaml(tiny_config(tmp_path, "MODEL.BACKBONE_NORM=group", demo_root=demo_root))
+    config = to_yaml(tiny_config(tmp_path, "MODEL.BACKBONE.NORM=group", demo_root=demo_root))
     out = tmp_path / "ddp.pt"
     spawn(case_worker, 2, "one_step", config, str(out))
     distributed = torch.load(out)
@@ -87,7 +87,7 @@ def test_a_scheduled_run_resumed_on_fewer_processes_keeps_its_schedule(tmp_path,
 
 
 ADAPTIVE = (
-    "MODEL.BACKBONE_NORM=group",
+    "MODEL.BACKBONE.NORM=group",
     "DATASETS.MULTI_DATASET.ADAPTIVE.ENABLED=true",
     "DATASETS.MULTI_DATASET.ADAPTIVE.INTERVAL=2",
     "DATASETS.MULTI_DATASET.ADAPTIVE.HOLDOUT_IMAGES=5",

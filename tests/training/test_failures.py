@@ -108,7 +108,7 @@ def _flat_overrides(cfg):
     from omegaconf import OmegaConf
 
     return [(k, OmegaConf.select(cfg, k)) for k in keys] + [
-        ("MODEL.BACKBONE_CHANNELS", "[8,16,32]")
+        ("MODEL.BACKBONE.CHANNELS", "[8,16,32]")
     ]
 
 

@@ -7,9 +7,10 @@ import re
 
 from omegaconf import DictConfig, OmegaConf
 
-from realsynth.config.choices import One2ManyScheme
+from realsynth.config.model_checks import validate_architecture, validate_speaq
 from realsynth.config.schedules import REAL_RATIO_SCHEDULE, schedule_or_constant
 from realsynth.config.schema import ConfigError
+from realsynth.config.value_checks import check_metric, check_positive, check_ratio, check_weight
 
 MD = "DATASETS.MULTI_DATASET"
 ADAPTIVE = f"{MD}.ADAPTIVE"
@@ -26,31 +27,31 @@ def validate(cfg: DictConfig) -> None:
         if OmegaConf.select(cfg, key) < 0:
             raise ConfigError(f"{key} must be >= 0, got {OmegaConf.select(cfg, key)}", key)
     _validate_model(cfg)
-    _check_ratio(cfg.INPUT.FLIP_PROB, "INPUT.FLIP_PROB")
+    check_ratio(cfg.INPUT.FLIP_PROB, "INPUT.FLIP_PROB")
     _validate_studies(cfg)
-    _check_ratio(cfg.DATASETS.DEMO.LABEL_NOISE, "DATASETS.DEMO.LABEL_NOISE")
+    check_ratio(cfg.DATASETS.DEMO.LABEL_NOISE, "DATASETS.DEMO.LABEL_NOISE")
     _validate_sources(cfg)
     _validate_schedules(cfg)
     _validate_adaptive(cfg)
-    _validate_speaq(cfg)
+    validate_speaq(cfg)
     _validate_gap_report(cfg)
-    _validate_architecture(cfg)
+    validate_architecture(cfg)
 
 
 def _validate_multi_dataset(cfg: DictConfig) -> None:
     md = cfg.DATASETS.MULTI_DATASET
-    _check_ratio(md.REAL_SAMPLING_RATIO, "DATASETS.MULTI_DATASET.REAL_SAMPLING_RATIO")
+    check_ratio(md.REAL_SAMPLING_RATIO, "DATASETS.MULTI_DATASET.REAL_SAMPLING_RATIO")
     for name in ("REAL_LOSS_WEIGHT", "SYNTHETIC_LOSS_WEIGHT", "SYNTHETIC_BACKGROUND_WEIGHT"):
-        _check_weight(md[name], f"DATASETS.MULTI_DATASET.{name}")
+        check_weight(md[name], f"DATASETS.MULTI_DATASET.{name}")
 
 
 def _validate_solver(cfg: DictConfig) -> None:
     """The solver's counts and periods (its rates: ``_validate_optimizer``)."""
-    _check_positive(cfg.SOLVER.IMS_PER_BATCH, "SOLVER.IMS_PER_BATCH")
-    _check_positive(cfg.SOLVER.MAX_ITER, "SOLVER.MAX_ITER")
-    _check_positive(cfg.SOLVER.CHECKPOINT_PERIOD, "SOLVER.CHECKPOINT_PERIOD")
-    _check_positive(cfg.SOLVER.KEEP_CHECKPOINTS, "SOLVER.KEEP_CHECKPOINTS")
-    _check_positive(cfg.SOLVER.LOG_PERIOD, "SOLVER.LOG_PERIOD")
+    check_positive(cfg.SOLVER.IMS_PER_BATCH, "SOLVER.IMS_PER_BATCH")
+    check_positive(cfg.SOLVER.MAX_ITER, "SOLVER.MAX_ITER")
+    check_positive(cfg.SOLVER.CHECKPOINT_PERIOD, "SOLVER.CHECKPOINT_PERIOD")
+    check_positive(cfg.SOLVER.KEEP_CHECKPOINTS, "SOLVER.KEEP_CHECKPOINTS")
+    check_positive(cfg.SOLVER.LOG_PERIOD, "SOLVER.LOG_PERIOD")
 
 
 def _validate_test(cfg: DictConfig) -> None:
@@ -60,7 +61,7 @@ def _validate_test(cfg: DictConfig) -> None:
             f"{cfg.TEST.EVAL_PERIOD}",
             "TEST.EVAL_PERIOD",
         )
-    _check_positive(cfg.TEST.IMS_PER_BATCH, "TEST.IMS_PER_BATCH")
+    check_positive(cfg.TEST.IMS_PER_BATCH, "TEST.IMS_PER_BATCH")
     if cfg.TEST.TOP_K < 100:
         raise ConfigError(
             f"TEST.TOP_K must be >= 100 (Recall@100 needs 100 triplets), got {cfg.TEST.TOP_K}",
@@ -81,7 +82,7 @@ def _validate_optimizer(cfg: DictConfig) -> None:
 def _validate_model(cfg: DictConfig) -> None:
     for key in ("NUM_QUERIES", "D_MODEL", "ENC_LAYERS", "DEC_LAYERS", "DIM_FEEDFORWARD"):
         if cfg.MODEL[key] is not None:
-            _check_positive(cfg.MODEL[key], f"MODEL.{key}")
+            check_positive(cfg.MODEL[key], f"MODEL.{key}")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.MODEL.DEVICE):
         raise ConfigError(
             f"MODEL.DEVICE must be auto, cpu, cuda or cuda:N, got {cfg.MODEL.DEVICE!r}",
@@ -99,31 +100,14 @@ def _validate_model(cfg: DictConfig) -> None:
 def _validate_studies(cfg: DictConfig) -> None:
     """``compare`` and ``sweep``, and the metrics they (and ``TEST.BEST_METRIC``) select by."""
     for key in ("COMPARE.SEEDS", "COMPARE.BOOTSTRAP", "SWEEP.TRIALS", "SWEEP.GRID_POINTS"):
-        _check_positive(OmegaConf.select(cfg, key), key)
+        check_positive(OmegaConf.select(cfg, key), key)
     if cfg.SWEEP.CONFIRM_SEEDS < 0:
         raise ConfigError(
             f"SWEEP.CONFIRM_SEEDS must be >= 0 (0: no confirmation), got {cfg.SWEEP.CONFIRM_SEEDS}",
             "SWEEP.CONFIRM_SEEDS",
         )
     for key in ("COMPARE.METRIC", "SWEEP.METRIC", "TEST.BEST_METRIC"):
-        _check_metric(OmegaConf.select(cfg, key), key)
-
-
-def _validate_architecture(cfg: DictConfig) -> None:
-    """realsynth's relation transformer, or an import path to the user's factory."""
-    name = cfg.MODEL.ARCHITECTURE
-    if name != "relation_transformer" and not re.fullmatch(r"[\w.]+:[\w.]+", name):
-        raise ConfigError(
-            f"MODEL.ARCHITECTURE={name!r} must be relation_transformer or an import path "
-            "package.module:callable to your model's factory",
-            "MODEL.ARCHITECTURE",
-        )
-    if cfg.MODEL.ARCHITECTURE_KWARGS and name == "relation_transformer":
-        raise ConfigError(
-            "MODEL.ARCHITECTURE_KWARGS is for a factory given by import path; the relation "
-            "transformer takes MODEL.D_MODEL, MODEL.ENC_LAYERS, ...",
-            "MODEL.ARCHITECTURE_KWARGS",
-        )
+        check_metric(OmegaConf.select(cfg, key), key)
 
 
 def _validate_gap_report(cfg: DictConfig) -> None:
@@ -138,31 +122,6 @@ def _validate_gap_report(cfg: DictConfig) -> None:
             "TEST.GAP_REPORT=true needs a synthetic source beside the real one, and this run "
             "trains on real data only; set TEST.GAP_REPORT=false",
             "TEST.GAP_REPORT",
-        )
-
-
-def _validate_speaq(cfg: DictConfig) -> None:
-    speaq = cfg.MODEL.SPEAQ
-    for name in ("ONE2MANY_K", "MULTIPLY_QUERY", "NUM_GROUPS"):
-        _check_positive(speaq[name], f"MODEL.SPEAQ.{name}")
-    if not math.isfinite(speaq.ONE2MANY_PREDICATE_WEIGHT):
-        raise ConfigError(
-            "MODEL.SPEAQ.ONE2MANY_PREDICATE_WEIGHT must be finite, got "
-            f"{speaq.ONE2MANY_PREDICATE_WEIGHT}",
-            "MODEL.SPEAQ.ONE2MANY_PREDICATE_WEIGHT",
-        )
-    if speaq.ONLY_PREDICATE_MULTIPLY:
-        raise ConfigError(
-            "MODEL.SPEAQ.ONLY_PREDICATE_MULTIPLY is not supported: realsynth's relation queries "
-            "predict their own subject and object (no separate entity queries to share); "
-            "MULTIPLY_QUERY multiplies the whole triplet queries (docs/speaq.md)",
-            "MODEL.SPEAQ.ONLY_PREDICATE_MULTIPLY",
-        )
-    if speaq.ONE2MANY_SCHEME is One2ManyScheme.dynamic and not speaq.MATCH_INDEPENDENT:
-        raise ConfigError(
-            "MODEL.SPEAQ.ONE2MANY_SCHEME=dynamic needs MATCH_INDEPENDENT=true (the quality is "
-            "measured on each layer's own predictions; SpeaQ has no shared dynamic matching)",
-            ("MODEL.SPEAQ.ONE2MANY_SCHEME", "MODEL.SPEAQ.MATCH_INDEPENDENT"),
         )
 
 
@@ -181,7 +140,7 @@ def _validate_adaptive_settings(cfg: DictConfig) -> None:
     adaptive = cfg.DATASETS.MULTI_DATASET.ADAPTIVE
     key = ADAPTIVE
     for name in ("INTERVAL", "HOLDOUT_IMAGES", "HOLDOUT_BATCH"):
-        _check_positive(adaptive[name], f"{key}.{name}")
+        check_positive(adaptive[name], f"{key}.{name}")
     if not (math.isfinite(adaptive.STEP_SIZE) and adaptive.STEP_SIZE > 0):
         raise ConfigError(
             f"{key}.STEP_SIZE must be > 0, got {adaptive.STEP_SIZE}", f"{key}.STEP_SIZE"
@@ -329,11 +288,11 @@ def _validate_sources(cfg: DictConfig) -> None:
                 (f"{key}.VAL_SPLIT", f"{key}.FORMAT"),
             )
         if src.RATIO is not None:
-            _check_ratio(src.RATIO, f"{key}.RATIO")
+            check_ratio(src.RATIO, f"{key}.RATIO")
         if src.LOSS_WEIGHT is not None:
-            _check_weight(src.LOSS_WEIGHT, f"{key}.LOSS_WEIGHT")
+            check_weight(src.LOSS_WEIGHT, f"{key}.LOSS_WEIGHT")
         if src.BACKGROUND_WEIGHT is not None:
-            _check_weight(src.BACKGROUND_WEIGHT, f"{key}.BACKGROUND_WEIGHT")
+            check_weight(src.BACKGROUND_WEIGHT, f"{key}.BACKGROUND_WEIGHT")
     explicit = [s.RATIO for s in cfg.DATASETS.SOURCES if s.RATIO is not None]
     if len(explicit) == len(cfg.DATASETS.SOURCES) and explicit and abs(sum(explicit) - 1) > 1e-6:
         raise ConfigError(
@@ -341,26 +300,3 @@ def _validate_sources(cfg: DictConfig) -> None:
             f"({', '.join(f'{s.NAME}={s.RATIO}' for s in cfg.DATASETS.SOURCES)})",
             tuple(f"DATASETS.SOURCES[{i}].RATIO" for i in range(len(cfg.DATASETS.SOURCES))),
         )
-
-
-def _check_metric(value: str, key: str) -> None:
-    if not re.fullmatch(r"(R|ngR|mR|zsR)@(20|50|100)", value):
-        raise ConfigError(
-            f"{key} must be one of R@K, ngR@K, mR@K, zsR@K with K in 20, 50, 100, got {value!r}",
-            key,
-        )
-
-
-def _check_ratio(value: float, key: str) -> None:
-    if not (0.0 <= value <= 1.0):
-        raise ConfigError(f"{key} must be in [0, 1], got {value}", key)
-
-
-def _check_weight(value: float, key: str) -> None:
-    if not math.isfinite(value) or value < 0:
-        raise ConfigError(f"{key} must be a finite number >= 0, got {value}", key)
-
-
-def _check_positive(value: int, key: str) -> None:
-    if value <= 0:
-        raise ConfigError(f"{key} must be > 0, got {value}", key)

@@ -15,22 +15,14 @@ from typing import Any
 
 from realsynth.config.choices import (
     AdaptiveMethod,
-    BackboneNorm,
-    CeScope,
     CompareSplit,
     EvalProtocol,
     LrSchedule,
-    Normalization,
-    One2ManyDynamicScheme,
-    One2ManyScheme,
-    OnInvalidWeight,
-    PredicateClassWeights,
-    Preset,
     Pruner,
     Sampler,
 )
+from realsynth.config.model_schema import ModelConfig
 from realsynth.data.demo_settings import DEMO_LABEL_NOISE, DEMO_SIZES
-from realsynth.modeling import heads
 
 
 class ConfigError(ValueError):
@@ -174,78 +166,6 @@ class DatasetsConfig:
 
 
 @dataclass
-class CriterionConfig:
-    CE_SCOPE: CeScope = CeScope.all  # all | matched
-    NORMALIZATION: Normalization = Normalization.count  # count | weight
-    ON_INVALID_WEIGHT: OnInvalidWeight = OnInvalidWeight.error  # error | fallback
-    # Predicate CE class weights: none (all 1) or frequency (SpeaQ's formula with OVERSAMPLE_PARAM
-    # alpha and UNDERSAMPLE_PARAM beta) from the predicate counts of PREDICATE_FREQUENCY_SOURCE:
-    # real (the real training sources), all, or one source's NAME.
-    PREDICATE_CLASS_WEIGHTS: PredicateClassWeights = PredicateClassWeights.none
-    PREDICATE_FREQUENCY_SOURCE: str = "real"
-    OVERSAMPLE_PARAM: float = 0.07
-    UNDERSAMPLE_PARAM: float = 1.0
-    NO_OBJECT_CLASS_WEIGHT: float = 0.1
-    NO_RELATION_CLASS_WEIGHT: float = 0.1
-    # Loss coefficients (every term of every layer) and Hungarian matching costs: DETR's.
-    CLASS_COEFFICIENT: float = heads.CLASS_COEFFICIENT
-    L1_COEFFICIENT: float = heads.BBOX_COEFFICIENT
-    GIOU_COEFFICIENT: float = heads.GIOU_COEFFICIENT
-    COST_CLASS: float = heads.CLASS_COEFFICIENT
-    COST_BBOX: float = heads.BBOX_COEFFICIENT
-    COST_GIOU: float = heads.GIOU_COEFFICIENT
-
-
-@dataclass
-class SpeaQConfig:
-    """SpeaQ's matching (CVPR 2024; mlvlab/SpeaQ ``configs/defaults.py``), under its key names;
-    docs/speaq.md maps them. Defaults are SpeaQ's, except ONE2MANY_SCHEME (none = one-to-one, what
-    SpeaQ's static with K 1 does) and MATCH_INDEPENDENT (true: realsynth matches every decoder
-    layer on its own predictions, as SpeaQ's recipe does)."""
-
-    # none | static (K copies each) | dynamic (quality-aware)
-    ONE2MANY_SCHEME: One2ManyScheme = One2ManyScheme.none
-    # IoU combination: min | max | gm | am
-    ONE2MANY_DYNAMIC_SCHEME: One2ManyDynamicScheme = One2ManyDynamicScheme.min
-    ONE2MANY_K: int = 1
-    MATCH_INDEPENDENT: bool = True  # false: one matching from the costs summed over layers
-    ONE2MANY_PREDICATE_SCORE: bool = False  # add the predicate probability term to the quality
-    ONE2MANY_PREDICATE_WEIGHT: float = 1.0
-    MULTIPLY_QUERY: int = 1  # relation queries = NUM_QUERIES (or the preset's) x this
-    ONLY_PREDICATE_MULTIPLY: bool = False  # not supported (docs/speaq.md)
-    USE_GROUP_MASK: bool = False
-    NUM_GROUPS: int = 5
-
-
-@dataclass
-class ModelConfig:
-    # relation_transformer (realsynth's), or a factory by import path "package.module:callable"
-    # called as factory(num_classes=C, num_predicates=R, num_queries=Q, **ARCHITECTURE_KWARGS).
-    ARCHITECTURE: str = "relation_transformer"
-    ARCHITECTURE_KWARGS: dict[str, Any] = field(default_factory=dict)
-    # Initial weights: a run folder or checkpoint, a state dict (.pt, .safetensors) or a
-    # checkpoint directory; tensors matched by name, then by dotted suffix; other shapes stay
-    # freshly initialized and are listed (weights.md in the run folder). Not read on --resume.
-    WEIGHTS: str = ""
-    WEIGHTS_STRICT: bool = False  # anything but a full match is an error
-    PRESET: Preset = Preset.tiny  # tiny | base
-    DEVICE: str = "auto"  # auto | cpu | cuda | cuda:N
-    NUM_QUERIES: int | None = None
-    D_MODEL: int | None = None
-    ENC_LAYERS: int | None = None
-    DEC_LAYERS: int | None = None
-    DIM_FEEDFORWARD: int | None = None
-    # Stage widths of the default CNN backbone; empty = the preset's.
-    BACKBONE_CHANNELS: list[int] = field(default_factory=list)
-    # batch | group | default (the preset's: batch; "" means default too). group makes every image
-    # independent of its batch (exact DDP equivalence on CPUs); batch learns much faster from
-    # scratch.
-    BACKBONE_NORM: BackboneNorm = BackboneNorm.default
-    CRITERION: CriterionConfig = field(default_factory=CriterionConfig)
-    SPEAQ: SpeaQConfig = field(default_factory=SpeaQConfig)
-
-
-@dataclass
 class SolverConfig:
     BASE_LR: float = 1e-3
     WEIGHT_DECAY: float = 1e-4
@@ -291,6 +211,10 @@ class InputConfig:
     MAX_SIZE_TEST: int = 1333
     FLIP_PROB: float = 0.5
     NORMALIZE: bool = True
+    # The normalization's mean and std (RGB, images in [0, 1]); empty = the backbone's: its
+    # preprocessor_config.json (hf:) or ImageNet's. A run records the values in its config.yaml.
+    PIXEL_MEAN: list[float] = field(default_factory=list)
+    PIXEL_STD: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -368,4 +292,6 @@ RENAMED_KEYS = {
     "MODEL.CRITERION.GIOU_WEIGHT": "MODEL.CRITERION.GIOU_COEFFICIENT",
     "MODEL.CRITERION.EMPTY_WEIGHT": "MODEL.CRITERION.NO_OBJECT_CLASS_WEIGHT",
     "MODEL.CRITERION.EMPTY_REL_WEIGHT": "MODEL.CRITERION.NO_RELATION_CLASS_WEIGHT",
+    "MODEL.BACKBONE_CHANNELS": "MODEL.BACKBONE.CHANNELS",
+    "MODEL.BACKBONE_NORM": "MODEL.BACKBONE.NORM",
 }

@@ -1,14 +1,17 @@
 """Config -> the model, its matcher and its weighted criterion; the model's initial weights.
 
-``MODEL.ARCHITECTURE`` picks realsynth's relation transformer or a user's factory reached by an
-import path (``package.module:callable``); ``MODEL.WEIGHTS`` initializes the model from any
-checkpoint, with a report of what loaded.
+``MODEL.ARCHITECTURE`` picks realsynth's relation transformer, an HF DETR-family body with
+realsynth's heads (``hf_detr``) or a user's factory reached by an import path
+(``package.module:callable``); ``MODEL.WEIGHTS`` initializes the model from any checkpoint, with
+a report of what loaded.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,6 +22,8 @@ from realsynth.config import ConfigError
 from realsynth.config.choices import BackboneNorm, One2ManyScheme, PredicateClassWeights
 from realsynth.data.collate import collate_relations
 from realsynth.data.stats import combine_statistics, compute_statistics, frequency_class_weights
+from realsynth.modeling import backbones
+from realsynth.modeling.backbones import SMALL_CNN
 from realsynth.modeling.criterion import RelationCriterion
 from realsynth.modeling.heads import loss_coefficients
 from realsynth.modeling.matcher import HungarianMatcher
@@ -27,12 +32,15 @@ from realsynth.modeling.one_to_many import QualityAwareMatcher
 from realsynth.modeling.output_contract import check_outputs
 from realsynth.modeling.predicate_groups import GroupingError, predicate_groups
 from realsynth.modeling.weights import WeightsMatch, format_weights_report, load_weights
+from realsynth.training import data_setup
 from realsynth.training.data_setup import RunData
 from realsynth.utils.atomic import atomic_write_json, atomic_write_text
 from realsynth.utils.import_path import load_callable
 
 #: ``MODEL.ARCHITECTURE`` of realsynth's own relation transformer.
 RELATION_TRANSFORMER = "relation_transformer"
+#: ``MODEL.ARCHITECTURE`` of an HF DETR-family body with realsynth's heads (``MODEL.HF_DETR``).
+HF_DETR = "hf_detr"
 #: What a run folder keeps of ``MODEL.WEIGHTS``: the report table and every tensor's fate.
 WEIGHTS_REPORT, WEIGHTS_JSON = "weights.md", "weights.json"
 
@@ -45,6 +53,8 @@ def build_model_and_criterion(
     num_queries = relation_queries(cfg)
     if cfg.MODEL.ARCHITECTURE == RELATION_TRANSFORMER:
         model = _relation_transformer(cfg, data, num_queries)
+    elif cfg.MODEL.ARCHITECTURE == HF_DETR:
+        model = _hf_detr(cfg, data, num_queries)
     else:
         model = _user_model(cfg, data, num_queries)
     crit = cfg.MODEL.CRITERION
@@ -170,14 +180,93 @@ def _relation_transformer(cfg: DictConfig, data: RunData, num_queries: int) -> n
         for key in ("D_MODEL", "ENC_LAYERS", "DEC_LAYERS", "DIM_FEEDFORWARD")
         if cfg.MODEL[key] is not None
     }
-    if cfg.MODEL.BACKBONE_CHANNELS:
-        overrides["backbone_channels"] = tuple(cfg.MODEL.BACKBONE_CHANNELS)
-    if cfg.MODEL.BACKBONE_NORM is not BackboneNorm.default:
-        overrides["backbone_norm"] = cfg.MODEL.BACKBONE_NORM.value
+    bb = cfg.MODEL.BACKBONE
     preset = cfg.MODEL.PRESET.value
-    return build_model(
+    if bb.NAME == SMALL_CNN:
+        # The preset's own construction (the default run's random stream stays as it was).
+        if bb.CHANNELS:
+            overrides["backbone_channels"] = tuple(bb.CHANNELS)
+        if bb.NORM is not BackboneNorm.default:
+            overrides["backbone_norm"] = bb.NORM.value
+    else:
+        overrides["backbone"] = _backbone("NAME", bb.NAME, backbones.build_backbone, bb.NAME)
+    model = build_model(
         preset, len(data.classes), len(data.predicates), num_queries=num_queries, **overrides
     )
+    backbone = model.backbone
+    if bb.WEIGHTS and bb.WEIGHTS != backbones.PRETRAINED:
+        _backbone("WEIGHTS", bb.WEIGHTS, backbones.load_backbone_weights, backbone, bb.WEIGHTS)
+    frozen_bn = bb.FROZEN_BN
+    if frozen_bn is None:  # frozen when pretrained
+        frozen_bn = bool(bb.WEIGHTS) or bb.NAME.startswith("hf:")
+    if frozen_bn:
+        backbones.freeze_batch_norm(backbone)
+    if bb.FREEZE_AT:
+        _backbone("FREEZE_AT", bb.FREEZE_AT, backbones.freeze_stages, backbone, bb.FREEZE_AT)
+    return model
+
+
+def _backbone(key: str, value: Any, function: Callable[..., Any], *args: Any) -> Any:
+    """``function(*args)``, its ``ValueError`` re-raised as a ConfigError naming
+    ``MODEL.BACKBONE.<key>``."""
+    try:
+        return function(*args)
+    except ValueError as exc:
+        raise ConfigError(f"MODEL.BACKBONE.{key}={value}: {exc}", f"MODEL.BACKBONE.{key}") from None
+
+
+def pixel_stats(cfg: DictConfig) -> tuple[list[float], list[float]]:
+    """``INPUT.PIXEL_MEAN`` / ``PIXEL_STD``, or when they are empty the backbone's (see
+    :func:`realsynth.modeling.backbones.backbone_pixel_stats`), else ImageNet's."""
+    return data_setup.pixel_stats(cfg)
+
+
+def fill_pixel_stats(cfg: DictConfig) -> None:
+    """Write the backbone's mean and std into an empty ``INPUT.PIXEL_MEAN`` / ``PIXEL_STD`` (in
+    place), so that the run's config.yaml records them for eval, data filter and gap; the
+    default small_cnn keeps them empty (the transforms' ImageNet default)."""
+    if cfg.INPUT.PIXEL_MEAN and cfg.INPUT.PIXEL_STD:
+        return
+    if cfg.MODEL.ARCHITECTURE != RELATION_TRANSFORMER or cfg.MODEL.BACKBONE.NAME == SMALL_CNN:
+        return
+    mean, std = pixel_stats(cfg)
+    readonly = OmegaConf.is_readonly(cfg)
+    OmegaConf.set_readonly(cfg, False)
+    cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD = list(mean), list(std)
+    OmegaConf.set_readonly(cfg, readonly)
+
+
+def _hf_detr(cfg: DictConfig, data: RunData, num_queries: int) -> nn.Module:
+    """An HF DETR / Deformable DETR body (``MODEL.HF_DETR.PATH``, or a fresh one of ``KIND``
+    sized by ``MODEL.HF_DETR``) with realsynth's triplet heads."""
+    hf = cfg.MODEL.HF_DETR
+    sizes = (len(data.classes), len(data.predicates), num_queries)
+    try:
+        from realsynth.modeling.hf_detr import HfDetrRelationModel, tiny_config
+
+        if hf.PATH:
+            return HfDetrRelationModel(*sizes, path=hf.PATH)
+        config = tiny_config(
+            hf.KIND,
+            d_model=hf.D_MODEL,
+            enc_layers=hf.ENC_LAYERS,
+            dec_layers=hf.DEC_LAYERS,
+            heads=hf.HEADS,
+            ffn=hf.FFN,
+            backbone_depths=tuple(hf.BACKBONE_DEPTHS),
+            backbone_widths=tuple(hf.BACKBONE_WIDTHS),
+            num_queries=num_queries,
+        )
+        return HfDetrRelationModel(*sizes, config=config)
+    except ModuleNotFoundError as exc:
+        raise ConfigError(
+            f"MODEL.ARCHITECTURE=hf_detr needs HF transformers ({exc}); "
+            "pip install 'realsynth[hf]'",
+            "MODEL.ARCHITECTURE",
+        ) from None
+    except ValueError as exc:
+        key = "MODEL.HF_DETR.PATH" if hf.PATH else "MODEL.HF_DETR"
+        raise ConfigError(f"{key}: {exc}", key) from None
 
 
 def _user_model(cfg: DictConfig, data: RunData, num_queries: int) -> nn.Module:

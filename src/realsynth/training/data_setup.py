@@ -19,10 +19,16 @@ from realsynth.config.source_mix import SourceMix, resolve_mix
 from realsynth.data.collate import collate_relations
 from realsynth.data.formats.relcoco import RelCocoDataset
 from realsynth.data.formats.vg150 import vg150_from_folder
-from realsynth.data.transforms import build_transforms, predicate_flip_indices
+from realsynth.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    build_transforms,
+    predicate_flip_indices,
+)
 from realsynth.data.zero_shot import load_zero_shot_triplets
 from realsynth.mixing.holdout import Holdout, carve_holdout, whole_source_holdout
 from realsynth.mixing.mixed_dataset import ignore_interrupts
+from realsynth.modeling.backbones import backbone_pixel_stats
 from realsynth.training.demo_cache import demo_sources
 from realsynth.training.source_checks import (
     existing_path,
@@ -286,4 +292,33 @@ def _transforms(
         flip_prob=inp.FLIP_PROB if flip_names else 0.0,
         predicate_flip_map=predicate_flip_indices(flip_names, predicates) if flip_names else None,
         normalize=inp.NORMALIZE,
+        **_normalization(cfg),
     )
+
+
+def pixel_stats(cfg: DictConfig) -> tuple[list[float], list[float]]:
+    """The images' normalization: ``INPUT.PIXEL_MEAN`` / ``PIXEL_STD``, or when they are empty
+    the backbone's (``hf:DIR``'s preprocessor_config.json, ImageNet's for the other pretrained
+    kinds), else ImageNet's (the transforms' default, small_cnn's)."""
+    inp = cfg.INPUT
+    if inp.PIXEL_MEAN and inp.PIXEL_STD:
+        return list(inp.PIXEL_MEAN), list(inp.PIXEL_STD)
+    found = None
+    if cfg.MODEL.ARCHITECTURE == "relation_transformer":
+        try:
+            found = backbone_pixel_stats(cfg.MODEL.BACKBONE.NAME)
+        except ValueError as exc:
+            raise ConfigError(f"MODEL.BACKBONE.NAME: {exc}", "MODEL.BACKBONE.NAME") from None
+    mean, std = found or (IMAGENET_MEAN, IMAGENET_STD)
+    return list(inp.PIXEL_MEAN or mean), list(inp.PIXEL_STD or std)
+
+
+def _normalization(cfg: DictConfig) -> dict[str, Any]:
+    """``build_transforms``' mean and std when they are not its default (the default stream
+    stays as it was)."""
+    if not cfg.INPUT.NORMALIZE:
+        return {}
+    mean, std = pixel_stats(cfg)
+    if (tuple(mean), tuple(std)) == (IMAGENET_MEAN, IMAGENET_STD):
+        return {}
+    return {"mean": mean, "std": std}

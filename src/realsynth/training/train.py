@@ -126,6 +126,7 @@ def _train(
 ) -> dict[str, dict[str, float]]:
     """Build the run, restore it when resuming, train it and write its final outputs."""
     is_main = get_rank() == 0
+    build_model.fill_pixel_stats(cfg)  # the backbone's normalization, recorded in config.yaml
     data = build.build_data(cfg)
     model, criterion = build_model.build_model_and_criterion(cfg, data, device)
     build_model.check_model_outputs(cfg, data, model, device)

@@ -3,6 +3,7 @@ heads, built from tiny random configs or loaded offline from a saved directory."
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 
@@ -149,6 +150,17 @@ def test_train_and_eval_an_hf_detr_run_from_a_saved_body(tmp_path, demo_root):
     assert (run / "checkpoints" / "last.pt").is_file()
     assert main(["eval", str(run)]) == 0
     assert (run / "eval_last.json").is_file()
+    # The gap report's appearance section from the body's pooled backbone features.
+    assert main(["gap", str(run), "--feature-images", "6"]) == 0
+    report = json.loads((run / "gap.json").read_text())
+    assert "appearance" not in report and "domain_classifier" in report["sources"]["synthetic"]
+    # MODEL.WEIGHTS from that run into a body with twice the queries: all but the queries load.
+    again = tmp_path / "again"
+    more = (*hf, f"MODEL.WEIGHTS={run}", f"MODEL.NUM_QUERIES={2 * Q}")
+    assert main(["train", *_args(demo_root, again, *more)]) == 0
+    loaded = json.loads((again / "weights.json").read_text())
+    assert [m["tensor"] for m in loaded["mismatched"]] == ["body.query_position_embeddings.weight"]
+    assert not loaded["missing"] and not loaded["unexpected"]
 
 
 @pytest.mark.parametrize(

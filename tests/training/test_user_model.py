@@ -173,3 +173,19 @@ def test_missing_weights_are_one_line(tmp_path, demo_root, capsys):
     assert main(["train", *_args(demo_root, tmp_path / "run", "MODEL.WEIGHTS=/no/such.pt")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "MODEL.WEIGHTS" in err[0] and "/no/such.pt" in err[0]
+
+
+def test_compare_and_data_filter_work_with_a_user_model(tmp_path, demo_root, user_package):
+    arch = "MODEL.ARCHITECTURE=mymodels:tiny"
+    out = tmp_path / "compare"
+    study = ("COMPARE.SEEDS=1", "COMPARE.BUILTIN=[real_only,mix]", "COMPARE.REFERENCE=mix")
+    assert main(["compare", *_args(demo_root, out, arch, *study)]) == 0
+    report = json.loads((out / "compare.json").read_text())
+    assert set(report["budgets"]) == {"real_only", "mix"}
+    filtered = tmp_path / "filtered.json"
+    source = demo_root / "synthetic" / "train" / "annotations.json"
+    run = out / "mix" / "seed0"
+    status = main(
+        ["data", "filter", "--run", str(run), "--source", str(source), "--out", str(filtered)]
+    )
+    assert status == 0 and json.loads(filtered.read_text())["images"]

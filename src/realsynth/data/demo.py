@@ -207,17 +207,25 @@ def demo_settings(
 ) -> dict[str, Any]:
     """The settings :func:`generate_demo` records in its marker for these arguments (compare
     them with :func:`recorded_demo_settings` to tell whether a folder holds this demo)."""
-    counts = {
-        "real_train": real_train,
-        "real_val": real_val,
-        "synthetic_train": synthetic_train,
-        "synthetic_val": synthetic_val,
-    }
-    if real_test:
-        counts["real_test"] = real_test
-    settings: dict[str, Any] = {key: int(n) for key, n in counts.items()}
+    counts = _split_counts(real_train, real_val, synthetic_train, synthetic_val, real_test)
+    settings: dict[str, Any] = {f"{d}_{s}": int(n) for (d, s), n in counts.items()}
     settings.update(seed=seed, label_noise=label_noise, image_size=image_size)
     return settings
+
+
+def _split_counts(
+    real_train: int, real_val: int, synthetic_train: int, synthetic_val: int, real_test: int
+) -> dict[tuple[str, str], int]:
+    """Images per (domain, split); the real test split only when asked for."""
+    counts = {
+        ("real", "train"): real_train,
+        ("real", "val"): real_val,
+        ("synthetic", "train"): synthetic_train,
+        ("synthetic", "val"): synthetic_val,
+    }
+    if real_test:
+        counts[("real", "test")] = real_test
+    return counts
 
 
 def is_demo_folder(out: str | Path) -> bool:
@@ -316,14 +324,7 @@ def generate_demo(
         ``{"real/train": path to annotations.json, "real/val": ..., "synthetic/train": ...,
         "synthetic/val": ..., "real/test": ...}`` (``real/test`` only when ``real_test > 0``).
     """
-    counts = {
-        ("real", "train"): real_train,
-        ("real", "val"): real_val,
-        ("synthetic", "train"): synthetic_train,
-        ("synthetic", "val"): synthetic_val,
-    }
-    if real_test:
-        counts[("real", "test")] = real_test
+    counts = _split_counts(real_train, real_val, synthetic_train, synthetic_val, real_test)
     for (domain, split), n in counts.items():
         if int(n) < 0:
             raise ValueError(f"{domain}_{split} must be >= 0, got {n}")

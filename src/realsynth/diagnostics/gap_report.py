@@ -27,7 +27,7 @@ from realsynth.data.collate import collate_relations
 from realsynth.diagnostics.domain_gap import domain_classifier_auc, frechet_distance, js_divergence
 from realsynth.diagnostics.gap_plots import format_gap_markdown, plot_gap
 from realsynth.evaluation.records import EVAL_RECORDS
-from realsynth.modeling.backbone import downsample_mask
+from realsynth.modeling.backbone import downsample_mask, masked_mean
 from realsynth.training.reopen import RunModel, load_run_model
 from realsynth.utils.atomic import atomic_write_json, atomic_write_text
 
@@ -93,9 +93,7 @@ def _pool(model: torch.nn.Module, images: torch.Tensor, mask: torch.Tensor) -> t
     if hasattr(model, "pooled_features"):
         return model.pooled_features(images, mask)
     features = model.backbone(images)
-    valid = ~downsample_mask(mask, features.shape[-2:])
-    weights = valid[:, None].to(features.dtype)
-    return (features * weights).sum(dim=(2, 3)) / weights.sum(dim=(2, 3)).clamp(min=1)
+    return masked_mean(features, ~downsample_mask(mask, features.shape[-2:]))
 
 
 @torch.no_grad()

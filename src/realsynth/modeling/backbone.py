@@ -92,6 +92,33 @@ def _groups(channels: int) -> int:
     return next(g for g in range(min(8, channels), 0, -1) if channels % g == 0)
 
 
+def padding_mask(images: torch.Tensor, pixel_mask: torch.Tensor | None) -> torch.Tensor:
+    """The checked padding mask of a batch: bool[B, H, W], True on padding (all False when
+    ``pixel_mask`` is None).
+
+    Raises:
+        ValueError: ``images`` is not [B, 3, H, W], or ``pixel_mask`` not [B, H, W].
+    """
+    if images.dim() != 4:
+        raise ValueError(f"images must be float[B, 3, H, W], got shape {tuple(images.shape)}")
+    batch, _, height, width = images.shape
+    if pixel_mask is None:
+        return torch.zeros(batch, height, width, dtype=torch.bool, device=images.device)
+    if pixel_mask.shape != (batch, height, width):
+        raise ValueError(
+            f"pixel_mask must be bool[{batch}, {height}, {width}] like images, "
+            f"got shape {tuple(pixel_mask.shape)}"
+        )
+    return pixel_mask.bool()
+
+
+def masked_mean(features: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """float[B, C]: a feature map [B, C, h, w] averaged over each image's valid positions
+    (``valid`` bool [B, h, w])."""
+    weights = valid[:, None].to(features.dtype)
+    return (features * weights).sum(dim=(2, 3)) / weights.sum(dim=(2, 3)).clamp(min=1)
+
+
 def downsample_mask(pixel_mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Resize a padding mask to a feature map's size (nearest, as DETR does).
 

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from realsynth.modeling.backbone import masked_mean, padding_mask
 from realsynth.modeling.heads import (
     AUX_OUTPUTS,
     OBJECT_BOXES,
@@ -228,15 +229,7 @@ class HfDetrRelationModel(nn.Module):
     @staticmethod
     def _hf_mask(images: torch.Tensor, pixel_mask: torch.Tensor | None) -> torch.Tensor:
         """realsynth's mask (True on padding) -> HF's (1 on valid pixels, long)."""
-        batch, _, height, width = images.shape
-        if pixel_mask is None:
-            return torch.ones(batch, height, width, dtype=torch.long, device=images.device)
-        if pixel_mask.shape != (batch, height, width):
-            raise ValueError(
-                f"pixel_mask must be bool[{batch}, {height}, {width}] like images, "
-                f"got shape {tuple(pixel_mask.shape)}"
-            )
-        return (~pixel_mask.bool()).long()
+        return (~padding_mask(images, pixel_mask)).long()
 
     def forward(
         self, images: torch.Tensor, pixel_mask: torch.Tensor | None = None
@@ -251,8 +244,6 @@ class HfDetrRelationModel(nn.Module):
             the relation outputs of ``realsynth.modeling.output_contract`` and ``aux_outputs``,
             one dict per earlier decoder layer.
         """
-        if images.dim() != 4:
-            raise ValueError(f"images must be float[B, 3, H, W], got shape {tuple(images.shape)}")
         mask = self._hf_mask(images, pixel_mask)
         out = self.body(pixel_values=images, pixel_mask=mask, return_dict=True)
         if self.kind == "detr":
@@ -293,5 +284,4 @@ class HfDetrRelationModel(nn.Module):
         positions (the domain-gap report's image features)."""
         mask = self._hf_mask(images, pixel_mask)
         features, valid = self.body.backbone(images, mask)[-1]
-        weights = valid[:, None].to(features.dtype)
-        return (features * weights).sum(dim=(2, 3)) / weights.sum(dim=(2, 3)).clamp(min=1)
+        return masked_mean(features, valid.bool())

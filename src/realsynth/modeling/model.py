@@ -13,7 +13,12 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from realsynth.modeling.backbone import SmallConvBackbone, downsample_mask, sine_position_encoding
+from realsynth.modeling.backbone import (
+    SmallConvBackbone,
+    downsample_mask,
+    padding_mask,
+    sine_position_encoding,
+)
 from realsynth.modeling.heads import (
     AUX_OUTPUTS,
     OBJECT_BOXES,
@@ -184,16 +189,7 @@ class RelationTransformer(nn.Module):
             normalized to [0, 1] of the unpadded image), and ``aux_outputs``: a list of
             ``dec_layers - 1`` dicts with the same five keys for the earlier decoder layers.
         """
-        if images.dim() != 4:
-            raise ValueError(f"images must be float[B, 3, H, W], got shape {tuple(images.shape)}")
-        batch, _, height, width = images.shape
-        if pixel_mask is None:
-            pixel_mask = torch.zeros(batch, height, width, dtype=torch.bool, device=images.device)
-        elif pixel_mask.shape != (batch, height, width):
-            raise ValueError(
-                f"pixel_mask must be bool[{batch}, {height}, {width}] like images, "
-                f"got shape {tuple(pixel_mask.shape)}"
-            )
+        pixel_mask = padding_mask(images, pixel_mask)
         features = self.backbone(images)
         mask = downsample_mask(pixel_mask, features.shape[-2:])
         pos = sine_position_encoding(mask, self.d_model).to(features.dtype)

@@ -15,6 +15,7 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 
 from realsynth.config import ConfigError, to_yaml
+from realsynth.config.keys import flat_keys
 from realsynth.studies.sweep_space import Parameter
 from realsynth.studies.sweep_trials import StorageError, TrialSeededSampler, open_storage
 
@@ -101,8 +102,8 @@ def _check_same_settings(
     if recorded is None:
         return
     free = {*FREE_SETTINGS, *(p.key for p in space)}
-    before = _flat(OmegaConf.to_container(OmegaConf.create(recorded)))
-    now = _flat(OmegaConf.to_container(OmegaConf.create(to_yaml(cfg))))
+    before = flat_keys(OmegaConf.to_container(OmegaConf.create(recorded)))
+    now = flat_keys(OmegaConf.to_container(OmegaConf.create(to_yaml(cfg))))
     changed = sorted(
         key
         for key in before.keys() | now.keys()
@@ -121,13 +122,3 @@ def _check_same_settings(
 
 def _within(key: str, prefix: str) -> bool:
     return key == prefix or key.startswith(prefix + ".")
-
-
-def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"A.B.C": value}`` of a nested config container (lists stay values)."""
-    if not isinstance(node, dict):
-        return {prefix: node}
-    flat: dict[str, Any] = {}
-    for key, value in node.items():
-        flat.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
-    return flat

@@ -10,6 +10,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from realsynth.config import ConfigError
+from realsynth.config.keys import flat_keys
 from realsynth.training.checkpoint import (
     BEST_NAME,
     LAST_NAME,
@@ -170,7 +171,7 @@ def check_resume_config(run_dir: Path, saved: DictConfig, cfg: DictConfig) -> No
     Raises:
         ConfigError: the keys that changed and may not, in one line.
     """
-    before, after = _flat(OmegaConf.to_container(saved)), _flat(OmegaConf.to_container(cfg))
+    before, after = flat_keys(OmegaConf.to_container(saved)), flat_keys(OmegaConf.to_container(cfg))
     changed = [
         key
         for key in dict.fromkeys([*before, *after])
@@ -194,21 +195,6 @@ def _may_change(key: str) -> bool:
         or key.startswith(_MAY_CHANGE_UNDER)
         or (key.startswith("DATASETS.SOURCES[") and key.endswith(_MAY_CHANGE_IN_A_SOURCE))
     )
-
-
-def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"SOLVER.BASE_LR": 0.001, "DATASETS.SOURCES[0].PATH": ..., ...}``; a list of plain
-    values is one value."""
-    if isinstance(node, dict):
-        items = [(f"{prefix}.{k}" if prefix else str(k), v) for k, v in node.items()]
-    elif isinstance(node, list) and any(isinstance(v, dict | list) for v in node):
-        items = [(f"{prefix}[{i}]", v) for i, v in enumerate(node)]
-    else:
-        return {prefix: node}
-    flat: dict[str, Any] = {}
-    for key, value in items:
-        flat.update(_flat(value, key))
-    return flat
 
 
 def _shown(values: dict[str, Any], key: str) -> str:

@@ -186,3 +186,42 @@ def test_missing_transformers_is_one_line_naming_the_extra(
     status = main(["train", *_args(demo_root, tmp_path / "run", "MODEL.ARCHITECTURE=hf_detr")])
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(err) == 1 and "pip install 'realsynth[hf]'" in err[0], err
+
+
+def test_the_backbone_learning_rate_reaches_the_backbone_inside_the_detr_body():
+    from realsynth.config import load_config
+    from realsynth.training.build import build_optimizer
+
+    model = HfDetrRelationModel(3, 5, 10, config=tiny_config("detr"))
+    cfg = load_config(None, ["SOLVER.BASE_LR=0.001", "SOLVER.BACKBONE_LR_MULTIPLIER=0.1"])
+    rest, backbone = build_optimizer(cfg, model).param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    backbone_names = {names[id(p)] for p in backbone["params"]}
+    expected = {n for n, p in model.named_parameters() if n.startswith("body.backbone.")}
+    assert backbone_names == expected and expected
+    assert backbone["lr"] == pytest.approx(1e-4) and rest["lr"] == pytest.approx(1e-3)
+    assert len(rest["params"]) + len(backbone["params"]) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize("kind", ["detr", "deformable_detr"])
+def test_freeze_at_freezes_exactly_the_stem_and_first_stage_and_the_rest_trains(kind):
+    """HF's own name rule (timm's ``layer2``..., ``stage.1``...) would freeze the whole HF
+    ResNet; the model freezes by structure instead, and its BatchNorm statistics stay put."""
+    model = HfDetrRelationModel(3, 5, 10, config=tiny_config(kind), freeze_at=2)
+    backbone = {n: p for n, p in model.named_parameters() if ".backbone." in f".{n}"}
+    frozen = {n for n, p in backbone.items() if not p.requires_grad}
+    stem_and_first = {n for n in backbone if ".embedder." in n or ".encoder.stages.0." in n}
+    assert frozen == stem_and_first and len(frozen) < len(backbone)
+    assert all(p.requires_grad for n, p in model.named_parameters() if n not in frozen)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    buffers = {n: b.clone() for n, b in model.named_buffers() if ".backbone." in f".{n}"}
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    out = model(_images())
+    loss = sum(v.sum() for k, v in out.items() if k != "aux_outputs")
+    loss.backward()
+    optimizer.step()
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert not moved & frozen
+    assert moved & (set(backbone) - frozen)  # the later stages learn
+    assert all(torch.equal(b, buffers[n]) for n, b in model.named_buffers() if n in buffers)
+    assert HfDetrRelationModel(3, 5, 10, config=tiny_config(kind)).frozen == []

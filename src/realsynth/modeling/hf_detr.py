@@ -17,6 +17,12 @@ object class; background last) and 3-layer MLP box heads (subject and object box
   ``inverse_sigmoid``, as Deformable DETR's heads do. The bare body does no iterative box
   refinement (its reference points stay fixed over layers); two-stage bodies are refused.
 
+- Freezing: HF's DETR encoders freeze backbone parameters by a name rule written for timm's
+  ResNet names, which on HF's own ResNet (``encoder.stages.N``) freezes the whole backbone.
+  The model undoes that and applies detectron2's ``FREEZE_AT`` by module structure instead
+  (``freeze_at``: 0 nothing, 1 the stem, 2 the stem and the first stage, ...). The body's
+  BatchNorm stays HF's frozen copy (fixed statistics and affine parameters).
+
 ``transformers`` is imported lazily, so ``import realsynth`` works without it.
 """
 
@@ -30,6 +36,7 @@ import torch
 from torch import nn
 
 from realsynth.modeling.backbone import masked_mean, padding_mask
+from realsynth.modeling.backbones import freeze_stages
 from realsynth.modeling.heads import (
     AUX_OUTPUTS,
     OBJECT_BOXES,
@@ -154,6 +161,22 @@ def _prepare(config: Any) -> None:
         backbone.use_pretrained_backbone = False  # never download timm weights
 
 
+def refreeze_backbone(body: nn.Module, freeze_at: int) -> list[str]:
+    """Make every backbone parameter of ``body`` trainable, then freeze its first ``freeze_at``
+    units (stem, stages) by module structure.
+
+    Returns: the names (relative to the backbone's inner model) of the parameters frozen.
+
+    Raises:
+        ValueError: ``freeze_at`` is negative or larger than the backbone's stem and stages.
+    """
+    encoder = getattr(body.backbone, "conv_encoder", body.backbone)
+    inner = encoder.model
+    for param in inner.parameters():
+        param.requires_grad_(True)
+    return freeze_stages(inner, freeze_at)
+
+
 class HfDetrRelationModel(nn.Module):
     """An HF DETR / Deformable DETR body with realsynth's triplet heads.
 
@@ -165,6 +188,7 @@ class HfDetrRelationModel(nn.Module):
             or None with ``path``.
         path: a local checkpoint directory (``from_pretrained``, offline), or None with
             ``config``.
+        freeze_at: backbone units frozen, detectron2's ``FREEZE_AT`` (see the module docstring).
     """
 
     def __init__(
@@ -175,6 +199,7 @@ class HfDetrRelationModel(nn.Module):
         *,
         config: Any = None,
         path: str | Path | None = None,
+        freeze_at: int = 0,
     ) -> None:
         super().__init__()
         if (config is None) == (path is None):
@@ -199,6 +224,7 @@ class HfDetrRelationModel(nn.Module):
             body = (DetrModel if config.model_type == "detr" else DeformableDetrModel)(config)
         self.body = body
         self.kind = body.config.model_type
+        self.frozen = refreeze_backbone(body, freeze_at)
         self._resize_queries(num_queries, path)
         self.num_queries = num_queries
         d_model = body.config.d_model

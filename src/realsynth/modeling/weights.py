@@ -2,10 +2,10 @@
 
 :func:`read_state_dict` reads a realsynth run or checkpoint, a plain state dict (``.pt``,
 ``.pth``, ``.bin``), a ``.safetensors`` file or an HF ``save_pretrained`` folder;
-:func:`match_state_dict` pairs its tensors with the model's by name, else by the longest shared
-dotted suffix (detectron2's rule); :func:`load_weights` copies the pairs whose shapes agree and
-leaves every other tensor at its fresh initialization; :func:`format_weights_report` says what
-loaded and what did not.
+:func:`match_state_dict` pairs its tensors with the model's by name, else where one name is a
+dotted suffix of the other (detectron2's rule); :func:`load_weights` copies the pairs whose
+shapes agree and leaves every other tensor at its fresh initialization;
+:func:`format_weights_report` says what loaded and what did not.
 """
 
 from __future__ import annotations
@@ -205,14 +205,15 @@ def _first_line(exc: BaseException) -> str:
 def match_state_dict(
     model_keys_shapes: Mapping[str, torch.Size], source: Mapping[str, Tensor]
 ) -> WeightsMatch:
-    """Pair model tensors with source tensors, by name, else by longest shared dotted suffix.
+    """Pair model tensors with source tensors, by name, else where one name ends the other.
 
-    A model key takes the source key of the same name. The others are matched by suffix, longest
-    first: a model key takes the one source key, among those not yet taken, that shares the
-    longest dotted suffix with it (``body.backbone.conv1.weight`` and
-    ``detr.backbone.conv1.weight`` share ``backbone.conv1.weight``). A suffix counts when it has
-    two or more parts or is a whole key: ``weight`` alone pairs nothing. Pairs whose shapes differ
-    are listed as mismatched, not loaded.
+    A model key takes the source key of the same name. The others are matched by dotted suffix,
+    detectron2's rule, longest match first: a source key serves a model key that ends with it
+    (``conv1.weight`` serves ``backbone.conv1.weight``) or that it ends with
+    (``detr.backbone.conv1.weight`` serves ``backbone.conv1.weight``). Names that merely share a
+    tail do not pair: a detector's ``bbox_embed.layers.0.weight`` never serves a relation head's
+    ``subject_box.layers.0.weight``. Pairs whose shapes differ are listed as mismatched, not
+    loaded.
 
     Raises:
         ValueError: an ambiguous match: two source keys share the longest suffix with one model
@@ -245,7 +246,7 @@ def match_state_dict(
 
 
 def _match_by_suffix(models: list[str], sources: list[str], pairs: dict[str, str]) -> None:
-    """Add to ``pairs`` each model key's unique source key of longest shared suffix."""
+    """Add to ``pairs`` each model key's unique source key, longest match first."""
     by_suffix: dict[str, list[str]] = {}
     for source in sources:
         parts = source.split(".")
@@ -278,10 +279,10 @@ def _match_by_suffix(models: list[str], sources: list[str], pairs: dict[str, str
 def _candidates(
     key: str, suffix: str, by_suffix: dict[str, list[str]], free: set[str]
 ) -> list[str]:
-    """The free source keys ending with ``suffix``; a one-part suffix only where it is a whole key
-    (``weight`` alone pairs nothing)."""
-    if "." in suffix or suffix == key:
-        return [source for source in by_suffix.get(suffix, []) if source in free]
+    """The free source keys that pair with model ``key`` over ``suffix`` (its last parts): those
+    that end with the whole key, or the one that is exactly ``suffix``."""
+    if suffix == key:
+        return [source for source in by_suffix.get(key, []) if source in free]
     return [suffix] if suffix in free else []
 
 

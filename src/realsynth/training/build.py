@@ -54,11 +54,15 @@ def build_device(cfg: DictConfig) -> torch.device:
 
 
 def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """AdamW; backbone parameters get ``BASE_LR * BACKBONE_LR_MULTIPLIER``."""
+    """AdamW; backbone parameters get ``BASE_LR * BACKBONE_LR_MULTIPLIER``.
+
+    A backbone parameter is one under a submodule named ``backbone`` at any depth (realsynth's
+    ``backbone.*``, an HF DETR body's ``body.backbone.*``, a user model's ``net.backbone.*``).
+    """
     backbone, rest = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (backbone if name.startswith("backbone.") else rest).append(param)
+            (backbone if "backbone" in name.split(".")[:-1] else rest).append(param)
     solver = cfg.SOLVER
     groups = [{"params": rest, "lr": solver.BASE_LR}]
     if backbone:

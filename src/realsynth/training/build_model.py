@@ -241,11 +241,12 @@ def _hf_detr(cfg: DictConfig, data: RunData, num_queries: int) -> nn.Module:
     sized by ``MODEL.HF_DETR``) with realsynth's triplet heads."""
     hf = cfg.MODEL.HF_DETR
     sizes = (len(data.classes), len(data.predicates), num_queries)
+    freeze_at = cfg.MODEL.BACKBONE.FREEZE_AT
     try:
         from realsynth.modeling.hf_detr import HfDetrRelationModel, tiny_config
 
         if hf.PATH:
-            return HfDetrRelationModel(*sizes, path=hf.PATH)
+            return HfDetrRelationModel(*sizes, path=hf.PATH, freeze_at=freeze_at)
         config = tiny_config(
             hf.KIND,
             d_model=hf.D_MODEL,
@@ -257,7 +258,7 @@ def _hf_detr(cfg: DictConfig, data: RunData, num_queries: int) -> nn.Module:
             backbone_widths=tuple(hf.BACKBONE_WIDTHS),
             num_queries=num_queries,
         )
-        return HfDetrRelationModel(*sizes, config=config)
+        return HfDetrRelationModel(*sizes, config=config, freeze_at=freeze_at)
     except ModuleNotFoundError as exc:
         raise ConfigError(
             f"MODEL.ARCHITECTURE=hf_detr needs HF transformers ({exc}); "

@@ -231,6 +231,25 @@ def test_relative_paths_follow_the_config_file_and_the_command_line_the_cwd(
     assert f"IMAGE_ROOT: {folder / 'imgs'}" in shown
 
 
+def test_model_paths_follow_the_config_file_and_the_command_line_the_cwd(tmp_path, monkeypatch):
+    folder = tmp_path / "project" / "configs"
+    folder.mkdir(parents=True)
+    path = folder / "run.yaml"
+    path.write_text(
+        "MODEL:\n  WEIGHTS: ../weights/start.pt\n  HF_DETR: {PATH: ../models/detr}\n"
+        "  BACKBONE: {WEIGHTS: pretrained}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(path)
+    assert cfg.MODEL.WEIGHTS == str(tmp_path / "project" / "weights" / "start.pt")
+    assert cfg.MODEL.HF_DETR.PATH == str(tmp_path / "project" / "models" / "detr")
+    assert cfg.MODEL.BACKBONE.WEIGHTS == "pretrained"  # the package's own weights, not a file
+    cfg = load_config(path, ["MODEL.BACKBONE.WEIGHTS=r50.pt", "MODEL.WEIGHTS=w.pt"])
+    assert cfg.MODEL.BACKBONE.WEIGHTS == str(tmp_path / "r50.pt")
+    assert cfg.MODEL.WEIGHTS == str(tmp_path / "w.pt")
+    assert load_config(None).MODEL.WEIGHTS == ""  # unset stays unset
+
+
 def test_eval_period_zero_is_allowed_and_negative_is_not():
     assert load_config(None, ["TEST.EVAL_PERIOD=0"]).TEST.EVAL_PERIOD == 0
     with pytest.raises(ConfigError, match="TEST.EVAL_PERIOD must be >= 0"):

@@ -18,6 +18,7 @@ from realsynth.modeling.backbones import (
     FrozenBatchNorm2d,
     backbone_pixel_stats,
     build_backbone,
+    freeze_stages,
 )
 
 MEAN, STD = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
@@ -132,6 +133,31 @@ def test_an_import_path_and_small_cnn_freeze_by_stage():
         build_backbone("small_cnn", channels=(4, 8, 8), freeze_at=4)
     with pytest.raises(ValueError, match="unknown backbone"):
         build_backbone("resnet50")
+
+
+class ResNetNamed(nn.Module):
+    """The module names of a timm / torchvision ResNet (a timm-backed HF DETR's backbone)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+        self.layer1, self.layer2 = nn.Conv2d(4, 4, 1), nn.Conv2d(4, 8, 1)
+        self.fc = nn.Linear(8, 2)
+
+
+def test_a_resnet_named_like_timm_and_torchvision_freezes_by_stage():
+    net = ResNetNamed()
+    assert freeze_stages(net, 2) == [
+        "conv1.weight",
+        "conv1.bias",
+        "bn1.weight",
+        "bn1.bias",
+        "layer1.weight",
+        "layer1.bias",
+    ]
+    assert all(p.requires_grad for n, p in net.named_parameters() if n.startswith(("layer2", "fc")))
+    with pytest.raises(ValueError, match="freeze_at=4, but the backbone has 3 units"):
+        freeze_stages(ResNetNamed(), 4)
 
 
 def test_pixel_stats_follow_the_backbone(hf_dir):

@@ -9,6 +9,7 @@ import time
 
 import pytest
 import torch
+import yaml
 from tiny_runs import TINY
 
 from realsynth.cli import main
@@ -142,12 +143,17 @@ def _args(demo_root, out, *more):
 
 def test_train_and_eval_an_hf_detr_run_from_a_saved_body(tmp_path, demo_root):
     transformers.DetrModel(tiny_config("detr", num_queries=Q)).save_pretrained(tmp_path / "ckpt")
+    stats = {"image_mean": [0.5, 0.4, 0.3], "image_std": [0.2, 0.25, 0.3]}
+    (tmp_path / "ckpt" / "preprocessor_config.json").write_text(json.dumps(stats))
     run = tmp_path / "run"
     hf = ["MODEL.ARCHITECTURE=hf_detr", f"MODEL.HF_DETR.PATH={tmp_path / 'ckpt'}"]
     start = time.perf_counter()
     assert main(["train", *_args(demo_root, run, *hf)]) == 0
     print(f"hf_detr train, 3 steps: {time.perf_counter() - start:.1f} s")
     assert (run / "checkpoints" / "last.pt").is_file()
+    # The checkpoint's normalization is the run's, recorded for eval, data filter and gap.
+    saved = yaml.safe_load((run / "config.yaml").read_text())["INPUT"]
+    assert (saved["PIXEL_MEAN"], saved["PIXEL_STD"]) == (stats["image_mean"], stats["image_std"])
     assert main(["eval", str(run)]) == 0
     assert (run / "eval_last.json").is_file()
     # The gap report's appearance section from the body's pooled backbone features.

@@ -7,6 +7,7 @@ import re
 
 from omegaconf import DictConfig, OmegaConf
 
+from realsynth.config.choices import LrSchedule
 from realsynth.config.model_checks import validate_architecture, validate_speaq
 from realsynth.config.schedules import REAL_RATIO_SCHEDULE, schedule_or_constant
 from realsynth.config.schema import ConfigError
@@ -52,6 +53,27 @@ def _validate_solver(cfg: DictConfig) -> None:
     check_positive(cfg.SOLVER.CHECKPOINT_PERIOD, "SOLVER.CHECKPOINT_PERIOD")
     check_positive(cfg.SOLVER.KEEP_CHECKPOINTS, "SOLVER.KEEP_CHECKPOINTS")
     check_positive(cfg.SOLVER.LOG_PERIOD, "SOLVER.LOG_PERIOD")
+    _validate_lr_steps(cfg)
+
+
+def _validate_lr_steps(cfg: DictConfig) -> None:
+    """``SOLVER.STEPS``: increasing steps within the run, given exactly for the step schedule."""
+    solver = cfg.SOLVER
+    steps = list(solver.STEPS)
+    if (solver.LR_SCHEDULE is LrSchedule.step) != bool(steps):
+        raise ConfigError(
+            f"SOLVER.STEPS={steps} goes with SOLVER.LR_SCHEDULE=step (the steps where the rate "
+            f"drops by GAMMA), and only with it; LR_SCHEDULE is {solver.LR_SCHEDULE.value}",
+            "SOLVER.STEPS",
+        )
+    if steps != sorted(set(steps)) or (steps and not 0 < steps[0] <= steps[-1] <= solver.MAX_ITER):
+        raise ConfigError(
+            f"SOLVER.STEPS={steps} must increase strictly, within 1 .. SOLVER.MAX_ITER="
+            f"{solver.MAX_ITER}",
+            "SOLVER.STEPS",
+        )
+    if not 0 < solver.GAMMA <= 1:
+        raise ConfigError(f"SOLVER.GAMMA must be in (0, 1], got {solver.GAMMA}", "SOLVER.GAMMA")
 
 
 def _validate_test(cfg: DictConfig) -> None:

@@ -93,6 +93,7 @@ class BackboneNorm(Choice):
 class LrSchedule(Choice):
     cosine = "cosine"
     constant = "constant"
+    step = "step"
 
 
 class EvalProtocol(Choice):

@@ -9,7 +9,8 @@ Overrides use dotted keys with YAML values; list items are addressed as
 ``DATASETS.SOURCES[1].LOSS_WEIGHT=0.2`` or ``DATASETS.SOURCES.1.LOSS_WEIGHT=0.2``.
 
 Paths (a source's ``PATH``, ``VAL_PATH``, ``TEST_PATH``, ``IMAGE_ROOT``, ``VAL_IMAGE_ROOT``,
-``TEST_IMAGE_ROOT``, ``DATASETS.DEMO.ROOT`` and ``TEST.ZERO_SHOT_TRIPLETS``): written in a
+``TEST_IMAGE_ROOT``, ``DATASETS.DEMO.ROOT``, ``TEST.ZERO_SHOT_TRIPLETS``, ``MODEL.WEIGHTS``,
+``MODEL.HF_DETR.PATH`` and a file in ``MODEL.BACKBONE.WEIGHTS``): written in a
 config file, a relative path is relative to that file's folder, so a config can ship beside its
 data; given on the command line, it is relative to the working directory. Both become absolute
 when the config is loaded (``config show`` prints them, a run folder keeps them). ``OUTPUT_DIR``
@@ -123,6 +124,7 @@ def _absolute_paths(node: Any, folder: Path) -> None:
     test = node.get("TEST")
     if isinstance(test, DictConfig) and "ZERO_SHOT_TRIPLETS" in test:
         test.ZERO_SHOT_TRIPLETS = _absolute(test.ZERO_SHOT_TRIPLETS, folder)
+    _absolute_model_paths(node.get("MODEL"), folder)
     datasets = node.get("DATASETS")
     if not isinstance(datasets, DictConfig):
         return
@@ -134,6 +136,19 @@ def _absolute_paths(node: Any, folder: Path) -> None:
     demo = datasets.get("DEMO")
     if isinstance(demo, DictConfig) and "ROOT" in demo:
         demo.ROOT = _absolute(demo.ROOT, folder)
+
+
+def _absolute_model_paths(model: Any, folder: Path) -> None:
+    """``MODEL.WEIGHTS``, ``MODEL.HF_DETR.PATH`` and ``MODEL.BACKBONE.WEIGHTS`` (unless it is
+    ``pretrained``, the package's own weights) against ``folder``."""
+    if not isinstance(model, DictConfig):
+        return
+    if "WEIGHTS" in model:
+        model.WEIGHTS = _absolute(model.WEIGHTS, folder)
+    for section, key in (("HF_DETR", "PATH"), ("BACKBONE", "WEIGHTS")):
+        node = model.get(section)
+        if isinstance(node, DictConfig) and key in node and node[key] != "pretrained":
+            node[key] = _absolute(node[key], folder)
 
 
 def _absolute(value: Any, folder: Path) -> Any:

@@ -173,7 +173,10 @@ class SolverConfig:
     MAX_ITER: int = 2000
     IMS_PER_BATCH: int = 16
     WARMUP_ITERS: int = 100
-    LR_SCHEDULE: LrSchedule = LrSchedule.cosine  # cosine | constant
+    LR_SCHEDULE: LrSchedule = LrSchedule.cosine  # cosine | constant | step
+    # step: the rate is multiplied by GAMMA at each of STEPS (detectron2's WarmupMultiStepLR).
+    STEPS: list[int] = field(default_factory=list)
+    GAMMA: float = 0.1
     CLIP_GRAD_NORM: float = 0.1
     CHECKPOINT_PERIOD: int = 500
     KEEP_CHECKPOINTS: int = 2  # step checkpoints kept (the newest), besides best.pt

@@ -106,7 +106,8 @@ def backbone_units(backbone: nn.Module) -> list[nn.Module]:
 
     small_cnn: its first stage is the stem. Hugging Face ResNet-style backbones: ``embedder``,
     then ``encoder.stages.N``. timm / torchvision wrappers: ``stem`` then ``stages`` when they
-    have them.
+    have them. A timm or torchvision ResNet itself (a timm-backed HF DETR's): ``conv1`` and
+    ``bn1``, then ``layer1``, ``layer2``, ...
 
     Raises:
         ValueError: the module structure is not one of these.
@@ -121,9 +122,15 @@ def backbone_units(backbone: nn.Module) -> list[nn.Module]:
     stem, stages = getattr(inner, "stem", None), getattr(inner, "stages", None)
     if isinstance(stem, nn.Module) and isinstance(stages, nn.ModuleList | nn.Sequential):
         return [stem, *stages]
+    if all(isinstance(getattr(inner, n, None), nn.Module) for n in ("conv1", "bn1", "layer1")):
+        layers = []
+        while isinstance(getattr(inner, f"layer{len(layers) + 1}", None), nn.Module):
+            layers.append(getattr(inner, f"layer{len(layers) + 1}"))
+        return [nn.ModuleList([inner.conv1, inner.bn1]), *layers]
     raise ValueError(
         f"cannot freeze stages of {type(inner).__name__}: expected a stem and stages "
-        "(small_cnn's stages, or Hugging Face's embedder and encoder.stages)"
+        "(small_cnn's stages, Hugging Face's embedder and encoder.stages, or a ResNet's conv1, "
+        "bn1 and layer1, layer2, ...)"
     )
 
 

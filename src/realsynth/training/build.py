@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import functools
 import math
 from collections.abc import Callable
@@ -75,16 +76,18 @@ def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
 
 
 def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer) -> Any:
-    """Linear warmup over ``WARMUP_ITERS``, then cosine decay to 0 at ``MAX_ITER`` (or constant)."""
+    """Linear warmup over ``WARMUP_ITERS``, then cosine decay to 0 at ``MAX_ITER``, constant, or
+    multiplied by ``GAMMA`` at each of ``STEPS`` (step schedule)."""
     solver = cfg.SOLVER
     warmup, total = solver.WARMUP_ITERS, solver.MAX_ITER
     cosine = solver.LR_SCHEDULE is LrSchedule.cosine
+    drops, gamma = list(solver.STEPS), solver.GAMMA
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
         if not cosine:
-            return 1.0
+            return gamma ** bisect.bisect_right(drops, step)
         progress = min(1.0, (step - warmup) / max(1, total - warmup))
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 

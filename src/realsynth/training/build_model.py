@@ -224,10 +224,13 @@ def pixel_stats(cfg: DictConfig) -> tuple[list[float], list[float]]:
 def fill_pixel_stats(cfg: DictConfig) -> None:
     """Write the backbone's mean and std into an empty ``INPUT.PIXEL_MEAN`` / ``PIXEL_STD`` (in
     place), so that the run's config.yaml records them for eval, data filter and gap; the
-    default small_cnn keeps them empty (the transforms' ImageNet default)."""
+    default small_cnn, a fresh hf_detr body and a user's model keep them empty (the transforms'
+    ImageNet default)."""
     if cfg.INPUT.PIXEL_MEAN and cfg.INPUT.PIXEL_STD:
         return
-    if cfg.MODEL.ARCHITECTURE != RELATION_TRANSFORMER or cfg.MODEL.BACKBONE.NAME == SMALL_CNN:
+    pretrained_detr = cfg.MODEL.ARCHITECTURE == "hf_detr" and bool(cfg.MODEL.HF_DETR.PATH)
+    own_backbone = cfg.MODEL.ARCHITECTURE == RELATION_TRANSFORMER
+    if not pretrained_detr and not (own_backbone and cfg.MODEL.BACKBONE.NAME != SMALL_CNN):
         return
     mean, std = pixel_stats(cfg)
     readonly = OmegaConf.is_readonly(cfg)

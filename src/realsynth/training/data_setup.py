@@ -299,16 +299,22 @@ def _transforms(
 def pixel_stats(cfg: DictConfig) -> tuple[list[float], list[float]]:
     """The images' normalization: ``INPUT.PIXEL_MEAN`` / ``PIXEL_STD``, or when they are empty
     the backbone's (``hf:DIR``'s preprocessor_config.json, ImageNet's for the other pretrained
-    kinds), else ImageNet's (the transforms' default, small_cnn's)."""
+    kinds; an ``hf_detr`` checkpoint folder's preprocessor_config.json), else ImageNet's (the
+    transforms' default, small_cnn's)."""
     inp = cfg.INPUT
     if inp.PIXEL_MEAN and inp.PIXEL_STD:
         return list(inp.PIXEL_MEAN), list(inp.PIXEL_STD)
-    found = None
+    found, key = None, "MODEL.BACKBONE.NAME"
     if cfg.MODEL.ARCHITECTURE == "relation_transformer":
-        try:
-            found = backbone_pixel_stats(cfg.MODEL.BACKBONE.NAME)
-        except ValueError as exc:
-            raise ConfigError(f"MODEL.BACKBONE.NAME: {exc}", "MODEL.BACKBONE.NAME") from None
+        spec = cfg.MODEL.BACKBONE.NAME
+    elif cfg.MODEL.ARCHITECTURE == "hf_detr" and cfg.MODEL.HF_DETR.PATH:
+        spec, key = f"hf:{cfg.MODEL.HF_DETR.PATH}", "MODEL.HF_DETR.PATH"
+    else:
+        spec = ""
+    try:
+        found = backbone_pixel_stats(spec) if spec else None
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {exc}", key) from None
     mean, std = found or (IMAGENET_MEAN, IMAGENET_STD)
     return list(inp.PIXEL_MEAN or mean), list(inp.PIXEL_STD or std)
 

@@ -1,0 +1,139 @@
+"""``realsynth data``: check, demo and filter datasets.
+
+Heavy modules are imported inside each handler so that ``realsynth --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from realsynth.data.demo_settings import DEMO_LABEL_NOISE, DEMO_SIZES
+
+
+def add_data_commands(commands: Any) -> None:
+    """Add ``data`` and its sub-commands to ``commands`` (argparse sub-parsers)."""
+    data = commands.add_parser("data", help="dataset tools")
+    data_cmds = data.add_subparsers(dest="data_command", required=True)
+    _add_data_check(data_cmds)
+    _add_data_demo(data_cmds)
+    _add_data_filter(data_cmds)
+
+
+def _add_data_check(data_cmds: Any) -> None:
+    check = data_cmds.add_parser(
+        "check",
+        help="validate a dataset and summarize it",
+        description="Apply the rules training applies to a dataset and list every problem. "
+        "Exit status: 0 clean (warnings allowed), 1 problems found, 2 cannot run (no such path, "
+        "a format it cannot tell, bad arguments).",
+    )
+    check.add_argument("path", type=Path)
+    check.add_argument("--format", choices=("relcoco", "vg150"), default=None)
+    check.add_argument("--image-root", type=Path, default=None)
+    check.add_argument("--json", type=Path, default=None, metavar="REPORT")
+    check.add_argument(
+        "--no-image-content",
+        action="store_true",
+        help="only check that image files exist (fast on huge datasets)",
+    )
+    check.set_defaults(handler=_data_check)
+
+
+def _add_data_demo(data_cmds: Any) -> None:
+    demo = data_cmds.add_parser("demo", help="write the procedural demo dataset")
+    demo.add_argument("out", type=Path)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--force",
+        action="store_true",
+        help="write into a non-empty OUT that an earlier `data demo` did not make",
+    )
+    for name, default in DEMO_SIZES.items():
+        demo.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=int,
+            default=default,
+            help=f"images (default {default}{'; 0: no test split' if name == 'real_test' else ''})",
+        )
+    demo.add_argument("--label-noise", type=float, default=DEMO_LABEL_NOISE)
+    demo.set_defaults(handler=_data_demo)
+
+
+def _add_data_filter(data_cmds: Any) -> None:
+    flt = data_cmds.add_parser(
+        "filter",
+        help="mark, reweight or drop synthetic annotations a real-data model does not confirm",
+        description="Score every box and relationship of a relcoco file with the model of a "
+        "finished run; write a new file where doubtful instances get ignore, a lower "
+        "loss_weight, or are dropped (the input is never modified), and a report beside it.",
+    )
+    flt.add_argument("--run", type=Path, required=True, help="run folder or checkpoint")
+    flt.add_argument("--source", type=Path, required=True, help="relcoco annotation file")
+    flt.add_argument("--out", type=Path, required=True, help="the filtered annotation file")
+    flt.add_argument("--image-root", type=Path, default=None, help="default: images/ beside")
+    flt.add_argument("--mode", choices=("ignore", "reweight", "drop"), default="ignore")
+    flt.add_argument("--iou", type=float, default=0.3, help="least IoU of a confirming box")
+    flt.add_argument("--score", type=float, default=0.1, help="doubtful below this score")
+    flt.add_argument("--weight", type=float, default=0.5, help="reweight: loss_weight factor")
+    flt.set_defaults(handler=_data_filter)
+
+
+def _data_filter(args: argparse.Namespace) -> int:
+    from realsynth.data.paths import printable, shown
+    from realsynth.diagnostics.synthetic_filter import filter_with_run, format_filter_report
+
+    report = filter_with_run(
+        args.run,
+        args.source,
+        args.out,
+        image_root=args.image_root,
+        mode=args.mode,
+        iou=args.iou,
+        score=args.score,
+        weight=args.weight,
+    )
+    print(printable(format_filter_report(report)))
+    print(
+        f"Wrote {shown(args.out)} and {shown(args.out.with_name(args.out.stem + '.report.json'))}"
+    )
+    root = Path(report["image_root"])
+    if root.resolve() != (args.out.parent / "images").resolve():
+        # A relcoco file's images default to images/ beside it; IMAGE_ROOT then serves every
+        # split unless VAL_IMAGE_ROOT / TEST_IMAGE_ROOT says otherwise.
+        print(
+            f"Its images are in {shown(root)}: train with the source's PATH={shown(args.out)} and "
+            f"IMAGE_ROOT={shown(root)} (and VAL_IMAGE_ROOT for a VAL_PATH whose images are not "
+            "there)"
+        )
+    return 0
+
+
+def _data_demo(args: argparse.Namespace) -> int:
+    from realsynth.data.demo import generate_demo
+    from realsynth.data.paths import shown
+
+    settings = (*DEMO_SIZES, "label_noise")  # every size, the real test split's included
+    paths = generate_demo(
+        args.out, seed=args.seed, force=args.force, **{k: getattr(args, k) for k in settings}
+    )
+    for name, path in paths.items():
+        print(f"{name}: {shown(path)}")
+    return 0
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    from realsynth.data.check import check_dataset
+    from realsynth.utils.atomic import atomic_write_json
+
+    report = check_dataset(
+        args.path,
+        format=args.format,
+        image_root=args.image_root,
+        check_image_content=not args.no_image_content,
+    )
+    print(report.format_text())
+    if args.json is not None:
+        atomic_write_json(args.json, report.to_dict())
+    return report.exit_code

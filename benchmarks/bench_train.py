@@ -137,6 +137,37 @@ def row(name: str, totals: dict[str, float], steps: int) -> str:
     )
 
 
+def model_rows(steps: int, warmup: int) -> list[str]:
+    """Bare-loop steps/s of each model on the CPU against today's (the tiny relation
+    transformer), alternating runs, medians of ``REPEATS``."""
+    from hf_models import save_detr_r50, save_resnet50
+
+    with tempfile.TemporaryDirectory() as tmp:
+        models = {
+            "relation transformer, small CNN (today's tiny preset)": [],
+            "relation transformer, HF ResNet-50 backbone": [
+                f"MODEL.BACKBONE.NAME=hf:{save_resnet50(Path(tmp) / 'r50')}"
+            ],
+            "hf_detr, small body (MODEL.HF_DETR defaults)": ["MODEL.ARCHITECTURE=hf_detr"],
+            "hf_detr, DETR-R50 body": [
+                "MODEL.ARCHITECTURE=hf_detr",
+                f"MODEL.HF_DETR.PATH={save_detr_r50(Path(tmp) / 'detr')}",
+            ],
+        }
+        base = ["MODEL.DEVICE=cpu", "MODEL.PRESET=tiny"]
+        rates: dict[str, list[float]] = {name: [] for name in models}
+        for _ in range(REPEATS):
+            for name, overrides in models.items():
+                totals = measure([*base, *overrides], steps, warmup)
+                rates[name].append(steps / sum(totals[p] for p in PHASES))
+    median = {name: sorted(values)[REPEATS // 2] for name, values in rates.items()}
+    reference = median[next(iter(models))]
+    return [
+        f"| {name} | {rate:.2f} | {16 * rate:.1f} | {rate / reference:.3f}x |"
+        for name, rate in median.items()
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps")
@@ -199,6 +230,17 @@ def main(argv: list[str] | None = None) -> int:
         "| run | interval | fixed mix steps/s | adaptive steps/s | extra time | ms per decision |",
         "|---|---:|---:|---:|---:|---:|",
         *adaptive_rows,
+    ]
+    model_steps, model_warmup = (3, 1) if args.quick else (20, 3)
+    lines += [
+        "",
+        f"Models on the CPU (demo images, batch 16, one-to-one matching, bare loop, "
+        f"{model_steps} timed steps after {model_warmup} warm-up, medians of {REPEATS} "
+        "alternating runs; random weights of the real architectures):",
+        "",
+        "| model | steps/s | images/s | vs today's |",
+        "|---|---:|---:|---:|",
+        *model_rows(model_steps, model_warmup),
     ]
     if not torch.cuda.is_available():
         lines += ["", "No CUDA device here: the base preset on a GPU was not measured."]

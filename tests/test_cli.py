@@ -21,6 +21,18 @@ def test_config_show_prints_the_resolved_config(capsys):
     assert "SYNTHETIC_LOSS_WEIGHT: 0.5" in out
 
 
+def test_overrides_may_follow_options_and_other_stray_arguments_are_refused(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("SOLVER:\n  MAX_ITER: 7\n")
+    argv = ["config", "show", "SEED=3", "--config-file", str(config), "SOLVER.BASE_LR=0.5"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "SEED: 3" in out and "BASE_LR: 0.5" in out and "MAX_ITER: 7" in out
+    with pytest.raises(SystemExit) as exc:
+        main(["config", "show", "SEED=3", "--config-file", str(config), "--fast"])
+    assert exc.value.code == 2 and "unrecognized arguments: --fast" in capsys.readouterr().err
+
+
 def test_bad_setting_is_a_clear_error_with_exit_status_2(capsys):
     assert main(["config", "show", "SOLVER.BASE_LRR=0.1"]) == 2
     err = capsys.readouterr().err

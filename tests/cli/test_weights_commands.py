@@ -66,6 +66,14 @@ def save_checkpoint(path, reference, style="detectron2"):
     return path
 
 
+def last_hidden_state(body) -> torch.Tensor:
+    """``body``'s decoder output for one fixed random image, without padding."""
+    torch.manual_seed(1)
+    image, mask = torch.randn(1, 3, 64, 64), torch.ones(1, 64, 64, dtype=torch.long)
+    with torch.no_grad():
+        return body(pixel_values=image, pixel_mask=mask).last_hidden_state
+
+
 def leftovers(folder) -> list[str]:
     return sorted(path.name for path in folder.iterdir())
 
@@ -91,18 +99,20 @@ def test_convert_gives_a_folder_hf_detr_loads_with_the_same_body(
     assert lines[2].startswith(f"Not used: {unused} checkpoint tensors (")
     assert lines[3] == f"Use it with: MODEL.ARCHITECTURE=hf_detr MODEL.HF_DETR.PATH={out}"
 
-    model = HfDetrRelationModel(3, 5, Q, path=out)
+    model = HfDetrRelationModel(3, 5, Q, path=out).eval()
     loaded = model.body.state_dict()
     assert loaded.keys() == body_tensors.keys()
     for key, value in body_tensors.items():
         assert torch.equal(loaded[key], value), key
-    model.eval()
-    torch.manual_seed(1)
-    image, mask = torch.randn(1, 3, 64, 64), torch.ones(1, 64, 64, dtype=torch.long)
-    with torch.no_grad():
-        ours = model.body(pixel_values=image, pixel_mask=mask).last_hidden_state
-        theirs = reference.model(pixel_values=image, pixel_mask=mask).last_hidden_state
-    assert torch.equal(ours, theirs)
+    # The folder as a plain DetrModel computes what the reference's body computes.
+    plain = pytest.importorskip("transformers").DetrModel.from_pretrained(out).eval()
+    assert torch.equal(last_hidden_state(plain), last_hidden_state(reference.model))
+    # hf_detr runs the body as DETR does (HF's auxiliary_loss would change transformers 5's
+    # decoder): the same final state, and its last layer's normalized output is that state.
+    assert not model.body.config.auxiliary_loss
+    assert torch.equal(last_hidden_state(model.body), last_hidden_state(reference.model))
+    states = model._decoder_states()
+    assert states.shape[0] == 2 and torch.equal(states[-1], last_hidden_state(reference.model))
 
 
 def test_inferred_config_is_the_models(reference):
@@ -182,6 +192,9 @@ def test_an_existing_non_empty_out_is_refused(tmp_path, capsys, reference):
     err = _error(capsys, ["weights", "convert", str(src), str(out), "--heads", "2"])
     assert str(out) in err and "--overwrite" in err
     assert leftovers(out) == ["keep.txt"] and leftovers(tmp_path) == ["out", "vg.pth"]
+    err = _error(capsys, ["weights", "convert", str(src), str(out / "keep.txt"), "--overwrite"])
+    assert f"{out / 'keep.txt'}: exists and is not a folder" in err
+    assert leftovers(out) == ["keep.txt"]
 
 
 def test_a_missing_src_is_named(tmp_path, capsys):

@@ -231,3 +231,47 @@ def test_freeze_at_freezes_exactly_the_stem_and_first_stage_and_the_rest_trains(
     assert moved & (set(backbone) - frozen)  # the later stages learn
     assert all(torch.equal(b, buffers[n]) for n, b in model.named_buffers() if n in buffers)
     assert HfDetrRelationModel(3, 5, 10, config=tiny_config(kind)).frozen == []
+
+
+def test_a_fresh_body_can_learn_its_batch_norm_and_a_pretrained_one_keeps_it_frozen():
+    frozen = HfDetrRelationModel(3, 5, 10, config=tiny_config("detr"))
+    fresh = HfDetrRelationModel(3, 5, 10, config=tiny_config("detr"), frozen_bn=False)
+    names = [type(m).__name__ for m in frozen.body.backbone.modules()]
+    assert "BatchNorm2d" not in names and "DetrFrozenBatchNorm2d" in names
+    norms = [m for m in fresh.body.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) == names.count("DetrFrozenBatchNorm2d")
+    assert all(m.weight.requires_grad for m in norms)
+    fresh.train()
+    fresh(_images())
+    assert any(not torch.equal(m.running_mean, torch.zeros_like(m.running_mean)) for m in norms)
+    # the values are kept: in eval mode both compute the same features
+    fresh.body.backbone.load_state_dict(frozen.body.backbone.state_dict(), strict=False)
+    frozen.eval(), fresh.eval()
+    images = _images()
+    assert torch.allclose(
+        frozen.pooled_features(images, torch.zeros(2, 64, 96, dtype=torch.bool)),
+        fresh.pooled_features(images, torch.zeros(2, 64, 96, dtype=torch.bool)),
+        atol=1e-5,
+    )
+
+
+def test_each_detr_layer_state_is_what_the_decoder_cut_after_that_layer_returns():
+    """DETR's intermediate outputs: layer k's state is the normalized output of the first k
+    layers run unnormalized in between (transformers 5's auxiliary_loss normalizes in
+    between, which a pretrained DETR never did)."""
+    torch.manual_seed(0)
+    model = HfDetrRelationModel(3, 5, 10, config=tiny_config("detr", dec_layers=3)).eval()
+    images = _images()
+    mask = model._hf_mask(images, None)
+    with torch.no_grad():
+        model(images)
+        out = model.body(pixel_values=images, pixel_mask=mask)
+        states = model._decoder_states()
+        assert states.shape[0] == 3 and torch.equal(states[-1], out.last_hidden_state)
+        layers = model.body.decoder.layers
+        for k in (1, 2):
+            model.body.decoder.layers = layers[:k]
+            cut = model.body(pixel_values=images, pixel_mask=mask).last_hidden_state
+            model._layer_states = []
+            assert torch.allclose(states[k - 1], cut, atol=1e-6), k
+        model.body.decoder.layers = layers

@@ -189,3 +189,25 @@ def test_compare_and_data_filter_work_with_a_user_model(tmp_path, demo_root, use
         ["data", "filter", "--run", str(run), "--source", str(source), "--out", str(filtered)]
     )
     assert status == 0 and json.loads(filtered.read_text())["images"]
+
+
+def test_sweep_and_adaptive_mixing_work_with_a_user_model(tmp_path, demo_root, user_package):
+    """Two sweep trials of the user's model (the space reaches the trials), and an adaptive run
+    whose alignment measurement takes the user model's gradients."""
+    arch = "MODEL.ARCHITECTURE=mymodels:pooled"
+    out = tmp_path / "sweep"
+    sweep = ("SWEEP.TRIALS=2", "SWEEP.CONFIRM_SEEDS=0", "SOLVER.MAX_ITER=2")
+    assert main(["sweep", *_args(demo_root, out, arch, *sweep)]) == 0
+    report = json.loads((out / "sweep.json").read_text())
+    assert [t["state"] for t in report["trials"]] == ["complete", "complete"]
+    ratios = {t["params"]["DATASETS.MULTI_DATASET.REAL_SAMPLING_RATIO"] for t in report["trials"]}
+    assert len(ratios) == 2
+    adaptive = ("DATASETS.MULTI_DATASET.ADAPTIVE.ENABLED=true", "SOLVER.MAX_ITER=4")
+    adaptive += ("DATASETS.MULTI_DATASET.ADAPTIVE.INTERVAL=2",)
+    run = tmp_path / "adaptive"
+    assert main(["train", *_args(demo_root, run, arch, *adaptive)]) == 0
+    from realsynth.training.run_log import read_metrics
+
+    decisions = [r for r in read_metrics(run) if r["kind"] == "adaptive"]
+    assert [d["step"] for d in decisions] == [2, 4]
+    assert all(isinstance(d["alignment/synthetic"], float) for d in decisions)

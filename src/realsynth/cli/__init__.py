@@ -28,6 +28,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; ``KEY=VALUE`` overrides may also follow options (``train --overwrite
+    SOLVER.MAX_ITER=5``), which argparse alone refuses once the positionals were taken."""
+    args, extra = parser.parse_known_args(argv)
+    overrides = getattr(args, "overrides", None)
+    if extra and overrides is not None and all("=" in a and not a.startswith("-") for a in extra):
+        args.overrides = [*overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``realsynth`` console script; returns the exit status.
 
@@ -36,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint that does not fit), or an error the user must fix first (a full disk); 130
     Ctrl-C; 141 the output pipe was closed (``realsynth eval RUN | head -1``); 143 SIGTERM.
     """
-    args = _parser().parse_args(argv)
+    args = _parse(_parser(), argv)
     # A file name that is not UTF-8 prints as \xNN instead of ending the command in a traceback.
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):

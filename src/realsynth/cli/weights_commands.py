@@ -44,7 +44,7 @@ def _add_weights_convert(weights_cmds: Any) -> None:
 
 def _weights_convert(args: argparse.Namespace) -> int:
     from realsynth.data.paths import shown
-    from realsynth.modeling.detr_checkpoint import save_detr_checkpoint
+    from realsynth.modeling.detr_checkpoint import check_out_dir, save_detr_checkpoint
     from realsynth.modeling.weights import read_state_dict
     from realsynth.modeling.weights_convert import convert_detr_state_dict
 
@@ -56,13 +56,16 @@ def _weights_convert(args: argparse.Namespace) -> int:
         ) from None
     if args.heads < 1:
         raise ValueError(f"--heads {args.heads}: must be >= 1")
-    state = convert_detr_state_dict(read_state_dict(args.src))
     try:
+        check_out_dir(args.out, args.overwrite)  # before reading a large SRC
+        state = convert_detr_state_dict(read_state_dict(args.src))
         summary = save_detr_checkpoint(state, args.out, heads=args.heads, overwrite=args.overwrite)
     except FileExistsError as exc:
-        raise ValueError(f"{exc}; --overwrite replaces it") from None
+        hint = "; --overwrite replaces it" if args.out.is_dir() else ""
+        raise ValueError(f"{exc}{hint}") from None
     except ValueError as exc:
-        raise ValueError(f"{shown(args.src)}: {exc}") from None
+        name = shown(args.src)
+        raise ValueError(str(exc) if str(exc).startswith(name) else f"{name}: {exc}") from None
     config, unused = summary["config"], summary["unused"]
     ffn = config["ffn"]
     if config["decoder_ffn"] != ffn:

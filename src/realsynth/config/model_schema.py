@@ -100,7 +100,7 @@ class BackboneConfig:
     # detectron2's FREEZE_AT: 0 nothing frozen, 1 the stem, 2 the stem and the first stage, ...
     FREEZE_AT: int = 0
     # BatchNorm with fixed statistics and affine parameters; unset = for a pretrained backbone
-    # (WEIGHTS set, or hf:).
+    # (WEIGHTS set, or hf:; for hf_detr: a body from MODEL.HF_DETR.PATH).
     FROZEN_BN: bool | None = None
 
 

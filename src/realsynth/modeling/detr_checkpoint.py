@@ -135,8 +135,12 @@ def summarize_config(config: Any) -> dict[str, Any]:
     }
 
 
-def _check_out(out_dir: Path, overwrite: bool) -> None:
-    """Refuse an ``out_dir`` that is a file, or a non-empty folder unless ``overwrite``."""
+def check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuse an ``out_dir`` that is a file, or a non-empty folder unless ``overwrite``.
+
+    Raises:
+        FileExistsError: one line naming ``out_dir``.
+    """
     if out_dir.is_dir() and not overwrite and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir}: exists and is not empty")
     if out_dir.exists() and not out_dir.is_dir():
@@ -175,7 +179,7 @@ def save_detr_checkpoint(
     from transformers import DetrModel
 
     out_dir = Path(out_dir)
-    _check_out(out_dir, overwrite)
+    check_out_dir(out_dir, overwrite)
     config = infer_detr_config(state, heads=heads)
     model = DetrModel(config)
     body = model.state_dict()
@@ -209,7 +213,7 @@ def _write(model: Any, out_dir: Path, overwrite: bool) -> None:
     moved = False
     try:
         model.save_pretrained(tmp)
-        _check_out(out_dir, overwrite)  # nothing appeared meanwhile
+        check_out_dir(out_dir, overwrite)  # nothing appeared meanwhile
         if out_dir.is_dir() and any(out_dir.iterdir()):
             os.replace(out_dir, old)  # a folder cannot be renamed onto a non-empty one
             moved = True

@@ -9,8 +9,12 @@ object class; background last) and 3-layer MLP box heads (subject and object box
 - Queries: the body's query embeddings are resized to ``num_queries``. A pretrained body with
   another number of queries gets freshly initialized query embeddings (a warning says so); its
   other weights are kept.
-- DETR: hidden states of every decoder layer, each through the decoder's layernorm (as
-  ``DetrForObjectDetection`` does with ``auxiliary_loss``); boxes are ``sigmoid(MLP(h))``.
+- DETR: hidden states of every decoder layer, each through the decoder's layernorm, as DETR's
+  ``return_intermediate`` does: the layer's output goes on to the next layer unnormalized.
+  They are taken by forward hooks on the decoder layers, not through HF's ``auxiliary_loss``,
+  which in transformers 5 feeds each layer the previous layer's *normalized* state and
+  normalizes the last one twice (a pretrained DETR would compute something else). Boxes are
+  ``sigmoid(MLP(h))``.
 - Deformable DETR: ``intermediate_hidden_states``; each layer's boxes are predicted relative to
   the reference point that layer attended around (``init_reference_points`` for the first,
   ``intermediate_reference_points`` of the layer before for later ones) through
@@ -20,8 +24,11 @@ object class; background last) and 3-layer MLP box heads (subject and object box
 - Freezing: HF's DETR encoders freeze backbone parameters by a name rule written for timm's
   ResNet names, which on HF's own ResNet (``encoder.stages.N``) freezes the whole backbone.
   The model undoes that and applies detectron2's ``FREEZE_AT`` by module structure instead
-  (``freeze_at``: 0 nothing, 1 the stem, 2 the stem and the first stage, ...). The body's
-  BatchNorm stays HF's frozen copy (fixed statistics and affine parameters).
+  (``freeze_at``: 0 nothing, 1 the stem, 2 the stem and the first stage, ...). HF always puts
+  a frozen BatchNorm (fixed statistics and affine parameters) in the backbone, right for a
+  pretrained body; ``frozen_bn=False`` turns it back into a trainable ``nn.BatchNorm2d`` (same
+  values), which a body trained from scratch needs: frozen at its initialization, it would
+  normalize nothing.
 
 ``transformers`` is imported lazily, so ``import realsynth`` works without it.
 """
@@ -147,10 +154,10 @@ def load_body(path: str | Path) -> nn.Module:
 
 
 def _prepare(config: Any) -> None:
-    """Settings the relation model needs of every body: per-layer decoder states, local
+    """Settings the relation model needs of every body: DETR's own decoder computation, local
     weights only."""
     if config.model_type == "detr":
-        config.auxiliary_loss = True  # the decoder then returns every layer's normalized states
+        config.auxiliary_loss = False  # see the module docstring: hooks collect the layers
     elif getattr(config, "two_stage", False):
         raise ValueError(
             "two-stage Deformable DETR bodies are not supported (their queries come from the "
@@ -159,6 +166,23 @@ def _prepare(config: Any) -> None:
     backbone = getattr(config, "backbone_config", None)
     if backbone is not None and hasattr(backbone, "use_pretrained_backbone"):
         backbone.use_pretrained_backbone = False  # never download timm weights
+
+
+def thaw_batch_norm(module: nn.Module) -> int:
+    """Replace every HF ``*FrozenBatchNorm2d`` under ``module`` by an ``nn.BatchNorm2d`` with
+    the same affine parameters and running statistics, in place; returns how many."""
+    replaced = 0
+    for name, child in module.named_children():
+        if type(child).__name__.endswith("FrozenBatchNorm2d"):
+            norm = nn.BatchNorm2d(child.weight.numel()).to(child.weight.device)
+            with torch.no_grad():
+                for key in ("weight", "bias", "running_mean", "running_var"):
+                    getattr(norm, key).copy_(getattr(child, key))
+            setattr(module, name, norm)
+            replaced += 1
+        else:
+            replaced += thaw_batch_norm(child)
+    return replaced
 
 
 def refreeze_backbone(body: nn.Module, freeze_at: int) -> list[str]:
@@ -189,6 +213,7 @@ class HfDetrRelationModel(nn.Module):
         path: a local checkpoint directory (``from_pretrained``, offline), or None with
             ``config``.
         freeze_at: backbone units frozen, detectron2's ``FREEZE_AT`` (see the module docstring).
+        frozen_bn: keep HF's frozen BatchNorm in the backbone (default), or make it trainable.
     """
 
     def __init__(
@@ -200,6 +225,7 @@ class HfDetrRelationModel(nn.Module):
         config: Any = None,
         path: str | Path | None = None,
         freeze_at: int = 0,
+        frozen_bn: bool = True,
     ) -> None:
         super().__init__()
         if (config is None) == (path is None):
@@ -224,6 +250,12 @@ class HfDetrRelationModel(nn.Module):
             body = (DetrModel if config.model_type == "detr" else DeformableDetrModel)(config)
         self.body = body
         self.kind = body.config.model_type
+        self._layer_states: list[torch.Tensor] = []
+        if self.kind == "detr":
+            for layer in body.decoder.layers:
+                layer.register_forward_hook(self._keep_layer_state)
+        if not frozen_bn:
+            thaw_batch_norm(body.backbone)
         self.frozen = refreeze_backbone(body, freeze_at)
         self._resize_queries(num_queries, path)
         self.num_queries = num_queries
@@ -252,6 +284,14 @@ class HfDetrRelationModel(nn.Module):
         self.body.query_position_embeddings = fresh.to(embed.weight.device, embed.weight.dtype)
         self.body.config.num_queries = num_queries
 
+    def _keep_layer_state(self, module: nn.Module, args: Any, output: Any) -> None:
+        self._layer_states.append(output[0] if isinstance(output, tuple) else output)
+
+    def _decoder_states(self) -> torch.Tensor:
+        """[L, B, Q, d]: every DETR decoder layer's output through the decoder's layernorm."""
+        states, self._layer_states = self._layer_states, []
+        return torch.stack([self.body.decoder.layernorm(state) for state in states])
+
     @staticmethod
     def _hf_mask(images: torch.Tensor, pixel_mask: torch.Tensor | None) -> torch.Tensor:
         """realsynth's mask (True on padding) -> HF's (1 on valid pixels, long)."""
@@ -271,9 +311,10 @@ class HfDetrRelationModel(nn.Module):
             one dict per earlier decoder layer.
         """
         mask = self._hf_mask(images, pixel_mask)
+        self._layer_states = []
         out = self.body(pixel_values=images, pixel_mask=mask, return_dict=True)
         if self.kind == "detr":
-            hidden = out.intermediate_hidden_states  # [L, B, Q, d], layernorm applied
+            hidden = self._decoder_states()  # [L, B, Q, d], layernorm applied
             subject = self.subject_box(hidden).sigmoid()
             obj = self.object_box(hidden).sigmoid()
         else:

@@ -244,12 +244,17 @@ def _hf_detr(cfg: DictConfig, data: RunData, num_queries: int) -> nn.Module:
     sized by ``MODEL.HF_DETR``) with realsynth's triplet heads."""
     hf = cfg.MODEL.HF_DETR
     sizes = (len(data.classes), len(data.predicates), num_queries)
-    freeze_at = cfg.MODEL.BACKBONE.FREEZE_AT
+    frozen_bn = cfg.MODEL.BACKBONE.FROZEN_BN
+    backbone = {
+        "freeze_at": cfg.MODEL.BACKBONE.FREEZE_AT,
+        # A pretrained body keeps HF's frozen BatchNorm; a fresh one learns its own.
+        "frozen_bn": bool(hf.PATH) if frozen_bn is None else frozen_bn,
+    }
     try:
         from realsynth.modeling.hf_detr import HfDetrRelationModel, tiny_config
 
         if hf.PATH:
-            return HfDetrRelationModel(*sizes, path=hf.PATH, freeze_at=freeze_at)
+            return HfDetrRelationModel(*sizes, path=hf.PATH, **backbone)
         config = tiny_config(
             hf.KIND,
             d_model=hf.D_MODEL,
@@ -261,7 +266,7 @@ def _hf_detr(cfg: DictConfig, data: RunData, num_queries: int) -> nn.Module:
             backbone_widths=tuple(hf.BACKBONE_WIDTHS),
             num_queries=num_queries,
         )
-        return HfDetrRelationModel(*sizes, config=config, freeze_at=freeze_at)
+        return HfDetrRelationModel(*sizes, config=config, **backbone)
     except ModuleNotFoundError as exc:
         raise ConfigError(
             f"MODEL.ARCHITECTURE=hf_detr needs HF transformers ({exc}); "

@@ -12,7 +12,7 @@ trained. This script reproduces that workflow at the demo's scale:
    (``MODEL.WEIGHTS``; the detector's own heads are listed as unexpected in ``weights.md``),
    same budget, 3 seeds, statistics on the real test split.
 
-    python benchmarks/pretrained_start.py [--detector-steps 2000] [--seeds 3]
+    python benchmarks/pretrained_start.py [--detector-steps 6000] [--seeds 3]
 """
 
 from __future__ import annotations
@@ -53,13 +53,15 @@ class HfDetrDetector(nn.Module):
             raise ValueError("this detector is written for DETR bodies (MODEL.HF_DETR.KIND detr)")
         self.body = relation_model.body  # the same keys as the relation model's body
         self._hf_mask = relation_model._hf_mask
+        # The relation model's hooks collect DETR's per-layer decoder states.
+        self._decoder_states = relation_model._decoder_states
         d_model = self.body.config.d_model
         self.class_embed = nn.Linear(d_model, num_classes + 1)
         self.bbox_embed = MLP(d_model, d_model, 4, 3)
 
     def forward(self, images: torch.Tensor, pixel_mask: torch.Tensor) -> dict[str, Any]:
-        out = self.body(pixel_values=images, pixel_mask=self._hf_mask(images, pixel_mask))
-        hidden = out.intermediate_hidden_states  # [L, B, Q, d]
+        self.body(pixel_values=images, pixel_mask=self._hf_mask(images, pixel_mask))
+        hidden = self._decoder_states()  # [L, B, Q, d], each through the decoder's layernorm
         logits, boxes = self.class_embed(hidden), self.bbox_embed(hidden).sigmoid()
         result: dict[str, Any] = {ENTITY_LOGITS: logits[-1], ENTITY_BOXES: boxes[-1]}
         result[AUX_OUTPUTS] = [
@@ -113,7 +115,7 @@ def pretrain_detector(steps: int, out: Path) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--detector-steps", type=int, default=2000)
+    parser.add_argument("--detector-steps", type=int, default=6000)
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args(argv)
     start = time.perf_counter()

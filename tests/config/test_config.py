@@ -241,12 +241,12 @@ def test_model_paths_follow_the_config_file_and_the_command_line_the_cwd(tmp_pat
     )
     monkeypatch.chdir(tmp_path)
     cfg = load_config(path)
-    assert cfg.MODEL.WEIGHTS == str(tmp_path / "project" / "weights" / "start.pt")
-    assert cfg.MODEL.HF_DETR.PATH == str(tmp_path / "project" / "models" / "detr")
+    assert str(tmp_path / "project" / "weights" / "start.pt") == cfg.MODEL.WEIGHTS
+    assert str(tmp_path / "project" / "models" / "detr") == cfg.MODEL.HF_DETR.PATH
     assert cfg.MODEL.BACKBONE.WEIGHTS == "pretrained"  # the package's own weights, not a file
     cfg = load_config(path, ["MODEL.BACKBONE.WEIGHTS=r50.pt", "MODEL.WEIGHTS=w.pt"])
-    assert cfg.MODEL.BACKBONE.WEIGHTS == str(tmp_path / "r50.pt")
-    assert cfg.MODEL.WEIGHTS == str(tmp_path / "w.pt")
+    assert str(tmp_path / "r50.pt") == cfg.MODEL.BACKBONE.WEIGHTS
+    assert str(tmp_path / "w.pt") == cfg.MODEL.WEIGHTS
     assert load_config(None).MODEL.WEIGHTS == ""  # unset stays unset
 
 

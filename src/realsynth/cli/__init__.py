@@ -1,7 +1,7 @@
 """The ``realsynth`` command: one sub-command per task, each module adding its own parsers.
 
 ``run_commands``: train, eval, compare, sweep, gap, config show; ``data_commands``: data check,
-demo, filter; ``weights_commands``: weights convert.
+demo, filter, convert; ``weights_commands``: weights convert.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from realsynth.cli.data_commands import add_data_commands
 from realsynth.cli.run_commands import add_run_commands
 from realsynth.cli.weights_commands import add_weights_commands
 from realsynth.config import ConfigError
+from realsynth.data.shards.locations import ShardLocationError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)  # the command's function (set_defaults in its sub-parser)
     except BrokenPipeError:
         return _closed_pipe()
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, FileNotFoundError, ValueError, ShardLocationError) as exc:
         if os.environ.get("REALSYNTH_DEBUG"):
             raise
         print(f"realsynth: error: {exc}", file=sys.stderr)

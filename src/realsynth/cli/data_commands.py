@@ -1,4 +1,4 @@
-"""``realsynth data``: check, demo and filter datasets.
+"""``realsynth data``: check, demo, filter and convert datasets.
 
 Heavy modules are imported inside each handler so that ``realsynth --help`` answers at once.
 """
@@ -6,6 +6,7 @@ Heavy modules are imported inside each handler so that ``realsynth --help`` answ
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ def add_data_commands(commands: Any) -> None:
     _add_data_check(data_cmds)
     _add_data_demo(data_cmds)
     _add_data_filter(data_cmds)
+    _add_data_convert(data_cmds)
 
 
 def _add_data_check(data_cmds: Any) -> None:
@@ -29,16 +31,43 @@ def _add_data_check(data_cmds: Any) -> None:
         "Exit status: 0 clean (warnings allowed), 1 problems found, 2 cannot run (no such path, "
         "a format it cannot tell, bad arguments).",
     )
-    check.add_argument("path", type=Path)
-    check.add_argument("--format", choices=("relcoco", "vg150"), default=None)
+    check.add_argument("path", help="a relcoco file, a VG150 folder, or a shard folder or URL")
+    check.add_argument("--format", choices=("relcoco", "vg150", "shards"), default=None)
     check.add_argument("--image-root", type=Path, default=None)
     check.add_argument("--json", type=Path, default=None, metavar="REPORT")
     check.add_argument(
         "--no-image-content",
         action="store_true",
-        help="only check that image files exist (fast on huge datasets)",
+        help="only check that image files exist (fast on huge datasets); shards: annotations only",
     )
+    check.add_argument(
+        "--fraction",
+        type=float,
+        default=1.0,
+        help="shards: check this share of the shards, drawn with --seed (default: all)",
+    )
+    check.add_argument("--seed", type=int, default=0, help="shards: the draw of --fraction")
     check.set_defaults(handler=_data_check)
+
+
+def _add_data_convert(data_cmds: Any) -> None:
+    convert = data_cmds.add_parser(
+        "convert",
+        help="write a relcoco file or a VG150 split as WebDataset tar shards",
+        description="Write SRC (a relcoco .json file or a VG150 folder) into OUT as tar shards "
+        "and OUT/index.json, which a source with FORMAT: shards and PATH: OUT (or a URL of it) "
+        "reads. Deterministic; resumes after a kill (run it again); exit status 2 on bad input.",
+    )
+    convert.add_argument("src", type=Path)
+    convert.add_argument("out", type=Path)
+    convert.add_argument("--format", choices=("relcoco", "vg150"), default=None)
+    convert.add_argument("--image-root", type=Path, default=None)
+    convert.add_argument(
+        "--split", choices=("train", "val", "test"), default="train", help="vg150: the split"
+    )
+    convert.add_argument("--samples-per-shard", type=int, default=1000)
+    convert.add_argument("--workers", type=int, default=1, help="processes writing shards")
+    convert.set_defaults(handler=_data_convert)
 
 
 def _add_data_demo(data_cmds: Any) -> None:
@@ -127,13 +156,77 @@ def _data_check(args: argparse.Namespace) -> int:
     from realsynth.data.check import check_dataset
     from realsynth.utils.atomic import atomic_write_json
 
-    report = check_dataset(
-        args.path,
-        format=args.format,
-        image_root=args.image_root,
-        check_image_content=not args.no_image_content,
-    )
+    if args.format == "shards" or _is_shards(args.path):
+        from realsynth.data.shards.check import check_shards
+
+        report = check_shards(
+            args.path, fraction=args.fraction, seed=args.seed, images=not args.no_image_content
+        )
+    else:
+        report = check_dataset(
+            Path(args.path),
+            format=args.format,
+            image_root=args.image_root,
+            check_image_content=not args.no_image_content,
+        )
     print(report.format_text())
     if args.json is not None:
         atomic_write_json(args.json, report.to_dict())
     return report.exit_code
+
+
+def _is_shards(path: str) -> bool:
+    """A URL, a shard folder (with index.json) or a shard index file."""
+    local = Path(path)
+    return (
+        "://" in path
+        or path.startswith("pipe:")
+        or (local / "index.json").is_file()
+        or (local.name == "index.json" and local.is_file())
+    )
+
+
+def _data_convert(args: argparse.Namespace) -> int:
+    from realsynth.data.check import detect_format
+    from realsynth.data.formats.relcoco import RelCocoDataset
+    from realsynth.data.formats.vg150 import vg150_from_folder
+    from realsynth.data.paths import shown
+    from realsynth.data.shards.convert import convert_to_shards
+
+    fmt = args.format or detect_format(args.src)
+    if fmt == "relcoco":
+        root = args.image_root or args.src.parent / "images"
+        dataset = RelCocoDataset(args.src, root)
+    else:
+        dataset = vg150_from_folder(args.src, split=args.split, image_root=args.image_root)
+
+    def progress(done: int, total: int) -> None:
+        print(f"\rshards: {done}/{total}", end="" if done < total else "\n", flush=True)
+
+    origin = {"path": str(args.src), "format": fmt}
+    if fmt == "vg150":
+        origin["split"] = args.split
+    try:
+        report = convert_to_shards(
+            dataset,
+            args.out,
+            samples_per_shard=args.samples_per_shard,
+            workers=args.workers,
+            converted_from=origin,
+            progress=progress,
+        )
+    except KeyboardInterrupt:
+        done = len(list(args.out.glob("shard-*.tar")))
+        print(
+            f"\nrealsynth: interrupted; {done} complete shards are in {shown(args.out)} and no "
+            "index.json yet: run the same command again to finish",
+            file=sys.stderr,
+        )
+        return 130
+    kept = report.shards - report.written
+    print(
+        f"{report.samples} images in {report.shards} shards ({report.written} written now"
+        + (f", {kept} already there" if kept else "")
+        + f"); index: {shown(report.index)}"
+    )
+    return 0

@@ -27,6 +27,12 @@ def validate(cfg: DictConfig) -> None:
     for key in ("SEED", "DATALOADER.NUM_WORKERS", "SOLVER.WARMUP_ITERS"):
         if OmegaConf.select(cfg, key) < 0:
             raise ConfigError(f"{key} must be >= 0, got {OmegaConf.select(cfg, key)}", key)
+    if cfg.DATALOADER.SHARD_WINDOW < 1:
+        raise ConfigError(
+            f"DATALOADER.SHARD_WINDOW must be >= 1 (shards shuffled together), got "
+            f"{cfg.DATALOADER.SHARD_WINDOW}",
+            "DATALOADER.SHARD_WINDOW",
+        )
     _validate_model(cfg)
     check_ratio(cfg.INPUT.FLIP_PROB, "INPUT.FLIP_PROB")
     _validate_studies(cfg)
@@ -300,9 +306,10 @@ def _validate_sources(cfg: DictConfig) -> None:
             raise ConfigError(
                 f"{key}.TYPE must be 'real' or 'synthetic', got {src.TYPE!r}", f"{key}.TYPE"
             )
-        if src.FORMAT not in ("relcoco", "vg150"):
+        if src.FORMAT not in ("relcoco", "vg150", "shards"):
             raise ConfigError(
-                f"{key}.FORMAT must be 'relcoco' or 'vg150', got {src.FORMAT!r}", f"{key}.FORMAT"
+                f"{key}.FORMAT must be 'relcoco', 'vg150' or 'shards', got {src.FORMAT!r}",
+                f"{key}.FORMAT",
             )
         if src.FORMAT == "vg150" and src.VAL_SPLIT not in ("val", "test"):
             raise ConfigError(

@@ -154,6 +154,8 @@ def _absolute_model_paths(model: Any, folder: Path) -> None:
 def _absolute(value: Any, folder: Path) -> Any:
     if not isinstance(value, str) or not value or os.path.isabs(value) or value == "???":
         return value
+    if "://" in value or value.startswith("pipe:"):  # a URL (FORMAT: shards) is no path
+        return value
     return os.path.abspath(os.path.join(folder, os.path.expanduser(value)))
 
 

@@ -110,8 +110,9 @@ class MultiDatasetConfig:
 class SourceConfig:
     NAME: str = "???"
     TYPE: str = "real"  # real | synthetic
-    FORMAT: str = "relcoco"  # relcoco | vg150
-    # relcoco: the train annotation JSON; vg150: the folder with the h5, dicts and image_data files.
+    FORMAT: str = "relcoco"  # relcoco | vg150 | shards
+    # relcoco: the train annotation JSON; vg150: the folder with the h5, dicts and image_data files;
+    # shards: the folder (or its index.json) written by `realsynth data convert`, a path or a URL.
     PATH: str = "???"
     # relcoco: the validation annotation JSON ("" = none); vg150: ignored, VAL_SPLIT is used.
     VAL_PATH: str = ""
@@ -225,6 +226,12 @@ class DataLoaderConfig:
     NUM_WORKERS: int = 0
     SKIP_BAD_SAMPLES: bool = False
     REPLACEMENT: bool = False
+    # Sources in shards (FORMAT: shards): each pass visits this many shards at a time, its
+    # items shuffled among them, so that a cache of that many remote shards keeps hitting.
+    SHARD_WINDOW: int = 8
+    # Where shards read from a URL are downloaded ("": $REALSYNTH_SHARD_CACHE or
+    # ~/.cache/realsynth/shards). Local shards are read in place.
+    SHARD_CACHE: str = ""
 
 
 @dataclass

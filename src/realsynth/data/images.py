@@ -18,7 +18,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -66,7 +66,11 @@ def load_image(path: str | Path, *, source: str, max_size: int | None = None) ->
 
 
 def decode_image(
-    path: str | Path, *, source: str, max_size: int | None = None
+    path: str | Path | BinaryIO,
+    *,
+    source: str,
+    max_size: int | None = None,
+    name: str | Path | None = None,
 ) -> tuple[Image.Image, tuple[int, int]]:
     """Decodes an image file as RGB, reduced while it is decoded when its longer side exceeds
     ``max_size``: a JPEG is decoded at 1/2, 1/4 or 1/8 scale (``Image.draft``), any other format
@@ -74,9 +78,10 @@ def decode_image(
     huge file never exists at full size in RGB floats (nor, for a JPEG, at all).
 
     Args:
-        path: the image file.
+        path: the image file, or a binary file object holding one (an image in a shard).
         source: the dataset's source name, for error messages.
         max_size: the longest side wanted, in pixels (None: the file's own size).
+        name: the image as error messages name it (default: ``path``).
 
     Returns:
         (the RGB image, its longer side at most ``max_size``; the file's (width, height)).
@@ -84,6 +89,7 @@ def decode_image(
     Raises:
         BadSampleError: the file is missing or cannot be decoded; names the file and source.
     """
+    name = path if name is None else name
     try:
         with Image.open(path) as image:
             size = image.size
@@ -92,9 +98,9 @@ def decode_image(
                 return image.convert("RGB"), size
             return _reduced(image, wanted), size
     except FileNotFoundError as exc:
-        raise BadSampleError(f"source '{source}': image file not found: {path}") from exc
+        raise BadSampleError(f"source '{source}': image file not found: {name}") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise BadSampleError(f"source '{source}': cannot read image {path}: {exc}") from exc
+        raise BadSampleError(f"source '{source}': cannot read image {name}: {exc}") from exc
 
 
 def _reduced(image: Image.Image, size: tuple[int, int]) -> Image.Image:
@@ -150,6 +156,11 @@ class RelationDataset(torch.utils.data.Dataset, abc.ABC):
     @abc.abstractmethod
     def image_path(self, index: int) -> Path:
         """Path of item ``index``'s image file."""
+
+    def image_file(self, index: int) -> Path | BinaryIO:
+        """What item ``index``'s pixels are decoded from: its file's path (a format that keeps
+        images inside bigger files returns a binary file object)."""
+        return self.image_path(index)
 
     @abc.abstractmethod
     def annotation(self, index: int) -> dict[str, Any]:
@@ -212,7 +223,9 @@ class RelationDataset(torch.utils.data.Dataset, abc.ABC):
         path = self.image_path(index)
         # Large files are reduced while decoded to the transforms' cap (INPUT.MAX_SIZE_*).
         max_size = getattr(self.transforms, "max_size", None)
-        image, (width, height) = decode_image(path, source=self.source, max_size=max_size)
+        image, (width, height) = decode_image(
+            self.image_file(index), source=self.source, max_size=max_size, name=path
+        )
         ann_h, ann_w = (int(v) for v in target["orig_size"])
         if (ann_h, ann_w) != (height, width):
             if not self.rescale_on_size_mismatch:

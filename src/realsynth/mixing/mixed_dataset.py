@@ -244,6 +244,7 @@ def build_mixed_loader(
     num_batches: int | None = None,
     pin_memory: bool = False,
     share_horizon: int | None = None,
+    shard_window: int = 8,
 ) -> DataLoader:
     """A DataLoader over :class:`MixedDataset` driven by :class:`MixedBatchSampler`.
 
@@ -269,6 +270,8 @@ def build_mixed_loader(
         pin_memory: page-locked batches for faster copies to a GPU.
         share_horizon: adaptive mixing: the first step whose shares and weights are not decided
             yet (see :meth:`MixedBatchSampler.change_mix`); None for fixed or scheduled ones.
+        shard_window: a source whose dataset has ``shard_sizes`` (read from shards) is visited
+            this many shards at a time (see :mod:`realsynth.mixing.shard_windows`).
 
     Returns:
         the DataLoader.
@@ -290,6 +293,8 @@ def build_mixed_loader(
         or any(is_scheduled(s.ratio) or is_scheduled(s.loss_weight) for s in sources),
         share_horizon=share_horizon,
         loss_weights=[s.loss_weight for s in sources],
+        shard_sizes=[getattr(s.dataset, "shard_sizes", None) for s in sources],
+        shard_window=shard_window,
     )
     return DataLoader(
         dataset,

@@ -48,6 +48,7 @@ from realsynth.mixing.sampler_settings import (
     validate_settings,
 )
 from realsynth.mixing.sampler_state import resume_point
+from realsynth.mixing.shard_windows import ShardWindowStream
 from realsynth.mixing.share_history import ShareHistory
 from realsynth.mixing.step_schedule import StepSchedule
 
@@ -82,6 +83,10 @@ class MixedBatchSampler(Sampler[list[int]]):
             :mod:`realsynth.mixing.share_history`). None: fixed or scheduled shares and weights.
         loss_weights: every source's per-sample loss weight, finite and >= 0, or a step
             schedule of it; default 1.0 each.
+        shard_sizes: per source, int [S] items per shard of a source read from shards (None
+            for the others): its passes visit ``shard_window`` shards at a time (see
+            :mod:`realsynth.mixing.shard_windows`); ignored with ``replacement``.
+        shard_window: shards whose items are shuffled together.
     """
 
     def __init__(
@@ -99,6 +104,8 @@ class MixedBatchSampler(Sampler[list[int]]):
         with_steps: bool = False,
         share_horizon: int | None = None,
         loss_weights: Sequence[float | StepSchedule] | None = None,
+        shard_sizes: Sequence[np.ndarray | None] | None = None,
+        shard_window: int = 8,
     ) -> None:
         schedules = as_schedules(ratios)
         validate_settings(sizes, schedules, batch_size, num_batches, epoch_source, rank, world_size)
@@ -118,7 +125,15 @@ class MixedBatchSampler(Sampler[list[int]]):
             schedules, self.batch_size, self.world_size, adaptive=self.share_horizon is not None
         )
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes[:-1])]).astype(np.int64)
-        self._streams = _source_streams(self.sizes, schedules, self.seed, self.replacement)
+        self.shard_window = int(shard_window)
+        self._streams = _source_streams(
+            self.sizes,
+            schedules,
+            self.seed,
+            self.replacement,
+            shard_sizes=shard_sizes,
+            shard_window=self.shard_window,
+        )
         if num_batches is None:
             num_batches = self._one_pass(epoch_source)
         self.num_batches = int(num_batches)
@@ -347,12 +362,24 @@ class MixedBatchSampler(Sampler[list[int]]):
 
 
 def _source_streams(
-    sizes: Sequence[int], schedules: Sequence[StepSchedule], seed: int, replacement: bool
-) -> list[KeyedStream | None]:
+    sizes: Sequence[int],
+    schedules: Sequence[StepSchedule],
+    seed: int,
+    replacement: bool,
+    *,
+    shard_sizes: Sequence[np.ndarray | None] | None,
+    shard_window: int,
+) -> list[KeyedStream | ShardWindowStream | None]:
     """Every source's infinite stream of items (None for a source never drawn from)."""
-    return [
-        KeyedStream(size, seed=seed, stream_id=k, replacement=replacement)
-        if schedule.extremes()[1] > 0
-        else None
-        for k, (size, schedule) in enumerate(zip(sizes, schedules))
-    ]
+    streams: list[KeyedStream | ShardWindowStream | None] = []
+    for k, (size, schedule) in enumerate(zip(sizes, schedules)):
+        shards = shard_sizes[k] if shard_sizes is not None else None
+        if schedule.extremes()[1] <= 0:
+            streams.append(None)
+        elif shards is not None and not replacement:
+            if int(np.sum(shards)) != size:
+                raise ValueError(f"source {k}: shard sizes sum to {np.sum(shards)}, not {size}")
+            streams.append(ShardWindowStream(shards, window=shard_window, seed=seed, stream_id=k))
+        else:
+            streams.append(KeyedStream(size, seed=seed, stream_id=k, replacement=replacement))
+    return streams

@@ -134,6 +134,7 @@ def build_train_loader(
         replacement=cfg.DATALOADER.REPLACEMENT,
         pin_memory=device is not None and device.type == "cuda",
         share_horizon=None if adaptive is None else adaptive.initial_horizon,
+        shard_window=cfg.DATALOADER.SHARD_WINDOW,
     )
 
 

@@ -248,6 +248,8 @@ def _dataset(cfg: DictConfig, src: Any, split: str) -> Dataset:
             filter_non_overlap=src.FILTER_NON_OVERLAP,
             **common,
         )
+    elif src.FORMAT == "shards":
+        dataset = _sharded_dataset(cfg, src, split, common)
     else:
         prefix = "" if train else f"{split.upper()}_"  # PATH / VAL_PATH / TEST_PATH, ...
         ann = existing_path(src[f"{prefix}PATH"], f"{src.NAME}.{prefix}PATH")
@@ -260,6 +262,33 @@ def _dataset(cfg: DictConfig, src: Any, split: str) -> Dataset:
     # The flip map is given by predicate name: translate it with the dataset's own names.
     dataset.transforms = _transforms(cfg, dict(src.PREDICATE_FLIP_MAP), dataset.predicates, train)
     return dataset
+
+
+def _sharded_dataset(cfg: DictConfig, src: Any, split: str, common: dict[str, Any]) -> Dataset:
+    """``FORMAT: shards``: the split's shard folder or URL (PATH / VAL_PATH / TEST_PATH)."""
+    key = f"{src.NAME}.{'' if split == 'train' else split.upper() + '_'}PATH"
+    try:
+        from realsynth.data.shards.dataset import ShardedDataset
+    except ImportError:
+        raise ConfigError(
+            f"{key}: FORMAT shards reads with wids, which is not installed "
+            "(pip install 'realsynth[shards]')",
+            key,
+        ) from None
+    location = src[key.rsplit(".", 1)[1]]
+    if "://" not in location and not location.startswith("pipe:"):
+        location = str(existing_path(location, key))
+    # A window's shards stay open (and cached) while the sampler visits them.
+    open_shards = 2 * cfg.DATALOADER.SHARD_WINDOW
+    try:
+        return ShardedDataset(
+            location,
+            cache_dir=cfg.DATALOADER.SHARD_CACHE or None,
+            open_shards=open_shards,
+            **common,
+        )
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{key}: {exc}", key) from None
 
 
 def eval_transforms(cfg: DictConfig) -> Any:

@@ -241,19 +241,27 @@ class VG150Dataset(RelationDataset):
 
     def sample_annotation(self, target: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         """Train only: one predicate per (subject, object), drawn uniformly among duplicates."""
-        if not self.filter_duplicate_rels or len(target["relations"]) == 0:
+        if not self.filter_duplicate_rels:
             return target
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, (s, o, _) in enumerate(target["relations"].tolist()):
-            groups.setdefault((s, o), []).append(i)
-        chosen = torch.tensor(
-            [rows[int(rng.integers(len(rows)))] for rows in groups.values()], dtype=torch.int64
-        )
-        out = {**target, "relations": target["relations"][chosen].reshape(-1, 3)}
-        for key in ("relation_weights", "relation_ignore"):  # the chosen relations' trust
-            if key in target:
-                out[key] = target[key][chosen]
-        return out
+        return one_predicate_per_pair(target, rng)
+
+
+def one_predicate_per_pair(target: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    """SGB's training filter: one relation per (subject, object) pair, drawn uniformly among the
+    pair's relations with ``rng`` (their trust fields follow them)."""
+    if len(target["relations"]) == 0:
+        return target
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, (s, o, _) in enumerate(target["relations"].tolist()):
+        groups.setdefault((s, o), []).append(i)
+    chosen = torch.tensor(
+        [rows[int(rng.integers(len(rows)))] for rows in groups.values()], dtype=torch.int64
+    )
+    out = {**target, "relations": target["relations"][chosen].reshape(-1, 3)}
+    for key in ("relation_weights", "relation_ignore"):  # the chosen relations' trust
+        if key in target:
+            out[key] = target[key][chosen]
+    return out
 
 
 def _image_trust(

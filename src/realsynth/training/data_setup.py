@@ -19,6 +19,7 @@ from realsynth.config.source_mix import SourceMix, resolve_mix
 from realsynth.data.collate import collate_relations
 from realsynth.data.formats.relcoco import RelCocoDataset
 from realsynth.data.formats.vg150 import vg150_from_folder
+from realsynth.data.shards.dataset import ShardedDataset
 from realsynth.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -267,14 +268,6 @@ def _dataset(cfg: DictConfig, src: Any, split: str) -> Dataset:
 def _sharded_dataset(cfg: DictConfig, src: Any, split: str, common: dict[str, Any]) -> Dataset:
     """``FORMAT: shards``: the split's shard folder or URL (PATH / VAL_PATH / TEST_PATH)."""
     key = f"{src.NAME}.{'' if split == 'train' else split.upper() + '_'}PATH"
-    try:
-        from realsynth.data.shards.dataset import ShardedDataset
-    except ImportError:
-        raise ConfigError(
-            f"{key}: FORMAT shards reads with wids, which is not installed "
-            "(pip install 'realsynth[shards]')",
-            key,
-        ) from None
     location = src[key.rsplit(".", 1)[1]]
     if "://" not in location and not location.startswith("pipe:"):
         location = str(existing_path(location, key))
@@ -287,7 +280,7 @@ def _sharded_dataset(cfg: DictConfig, src: Any, split: str, common: dict[str, An
             open_shards=open_shards,
             **common,
         )
-    except (OSError, ValueError) as exc:
+    except (ImportError, OSError, ValueError) as exc:
         raise ConfigError(f"{key}: {exc}", key) from None
 
 

@@ -18,9 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from wids.wids import IndexedTarSamples
-from wids.wids_dl import default_cmds, download_and_open
-from wids.wids_lru import LRUCache
 
 from realsynth.data.formats.vg150 import one_predicate_per_pair
 from realsynth.data.images import BadSampleError, RelationDataset
@@ -36,11 +33,20 @@ from realsynth.data.shards.sample import decode_annotation, image_entry, sample_
 from realsynth.data.shards.shard_index import ShardIndex, read_shard_index
 from realsynth.data.transforms import Transform
 
-#: wids' download commands, with ours for http(s) and object storage (atomic, clear errors).
-_HANDLERS = {
-    **default_cmds,
-    **{scheme: download for scheme in ("http", "https", "s3", "gs", "gcs", "az", "abfs")},
-}
+#: Schemes downloaded by :func:`~realsynth.data.shards.locations.download` (atomic, clear
+#: errors) rather than by wids' own commands (curl, gsutil, aws).
+_OUR_SCHEMES = ("http", "https", "s3", "gs", "gcs", "az", "abfs")
+
+
+def require_wids() -> None:
+    """Raises ImportError with the install command when wids (the ``shards`` extra) is absent."""
+    try:
+        import wids  # noqa: F401
+    except ImportError:
+        raise ImportError(
+            "sharded sources are read with wids, which is not installed: "
+            "pip install 'realsynth[shards]'"
+        ) from None
 
 
 class ShardedDataset(RelationDataset):
@@ -75,6 +81,7 @@ class ShardedDataset(RelationDataset):
         cache_dir: str | Path | None = None,
         open_shards: int = 16,
     ) -> None:
+        require_wids()
         index = read_shard_index(location)
         name = str(location).rstrip("/").rsplit("/", 1)[-1].removesuffix(".json") or "shards"
         super().__init__(
@@ -92,7 +99,7 @@ class ShardedDataset(RelationDataset):
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.open_shards = max(1, int(open_shards))
         self.accesses = self.misses = 0
-        self._open: LRUCache | None = None
+        self._open: Any = None  # wids' LRUCache of open shards, made in the process reading
         self._last: tuple[int, dict[str, Any] | None] = (-1, None)
 
     def __len__(self) -> int:
@@ -150,21 +157,28 @@ class ShardedDataset(RelationDataset):
         sample = self._last[1]
         return sample, f"{self.index.urls[shard]}#{sample['__key__']}"
 
-    def _shard(self, shard: int) -> IndexedTarSamples:
+    def _shard(self, shard: int) -> Any:
+        """Shard ``shard`` as wids' ``IndexedTarSamples`` (opened, or among the open ones)."""
         if self._open is None:
+            from wids.wids_lru import LRUCache
+
             self._open = LRUCache(self.open_shards, release_handler=lambda _k, v: v.close())
         if shard not in self._open:
             self._open[shard] = self._open_shard(shard)
             self.misses += 1
         return self._open[shard]
 
-    def _open_shard(self, shard: int) -> IndexedTarSamples:
+    def _open_shard(self, shard: int) -> Any:
+        from wids.wids import IndexedTarSamples
+        from wids.wids_dl import default_cmds, download_and_open
+
         url, expected = self.index.urls[shard], int(self.shard_sizes[shard])
         try:
             if is_remote(url):
                 self.cache_dir.mkdir(parents=True, exist_ok=True)
                 local = cache_name(self.cache_dir, url)
-                with download_and_open(url, local, handlers=_HANDLERS) as stream:
+                handlers = {**default_cmds, **dict.fromkeys(_OUR_SCHEMES, download)}
+                with download_and_open(url, local, handlers=handlers) as stream:
                     samples = IndexedTarSamples(path=local, stream=stream)
             else:
                 samples = IndexedTarSamples(path=str(local_path(url)))

@@ -84,7 +84,20 @@ def machine() -> dict[str, str]:
     if cpuinfo.exists():
         names = [line for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
         model = names[0].split(":", 1)[1].strip() if names else model
-    return {"torch": torch.__version__, "cpu": model}
+    # A virtual machine may name only the family ("AMD EPYC"): the vector extensions the kernels
+    # choose between tell two hosts of one name apart.
+    return {"torch": torch.__version__, "cpu": model, "isa": _vector_extensions(cpuinfo)}
+
+
+def _vector_extensions(cpuinfo: Path) -> str:
+    """The AVX / AMX extensions of the CPU, as torch's CPU dispatch sees them."""
+    wanted = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile", "fma")
+    text = cpuinfo.read_text() if cpuinfo.exists() else ""
+    flags = next(
+        (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")),
+        [],
+    )
+    return " ".join(f for f in wanted if f in flags)
 
 
 def run_scenario(name: str, tmp: Path, demo_root: Path) -> list[dict]:

@@ -202,8 +202,9 @@ def test_sweep_and_adaptive_mixing_work_with_a_user_model(tmp_path, demo_root, u
     assert [t["state"] for t in report["trials"]] == ["complete", "complete"]
     ratios = {t["params"]["DATASETS.MULTI_DATASET.REAL_SAMPLING_RATIO"] for t in report["trials"]}
     assert len(ratios) == 2
-    adaptive = ("DATASETS.MULTI_DATASET.ADAPTIVE.ENABLED=true", "SOLVER.MAX_ITER=4")
+    adaptive = ("DATASETS.MULTI_DATASET.ADAPTIVE.ENABLED=true", "SOLVER.MAX_ITER=5")
     adaptive += ("DATASETS.MULTI_DATASET.ADAPTIVE.INTERVAL=2",)
+    adaptive += ("DATASETS.MULTI_DATASET.ADAPTIVE.HOLDOUT_IMAGES=6",)  # of 24 real images
     run = tmp_path / "adaptive"
     assert main(["train", *_args(demo_root, run, arch, *adaptive)]) == 0
     from realsynth.training.run_log import read_metrics

@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from realsynth.data.batch_transport import TargetList
 from realsynth.data.images import SkippedSample
 
 
@@ -17,17 +18,20 @@ def collate_relations(items: list[dict[str, Any] | SkippedSample | None]) -> dic
     ``num_skipped`` and, when named, listed in ``skipped``.
 
     Args:
-        items: dicts with ``image`` float [3, H_i, W_i] and target keys (``boxes`` cxcywh
+        items: dicts with ``image`` float or uint8 [3, H_i, W_i] and target keys (``boxes`` cxcywh
             normalized, ``labels``, ``relations``, ``image_id``, ``orig_size``, ...); optional
             ``loss_weight`` (default 1.0), ``source_id`` (default 0), ``dataset_type`` (default
             "real") and ``source`` (default "").
 
     Returns:
-        ``images`` float [B, 3, H, W] zero-padded at the bottom/right to the largest item;
+        ``images`` [B, 3, H, W] of the items' dtype, zero-padded at the bottom/right to the
+        largest item (uint8 images: :func:`~realsynth.data.batch_transport.batch_images` makes
+        them the model's floats, with ``pixel_stats``, the items' shared normalization);
         ``pixel_mask`` bool [B, H, W], True on padding; ``targets`` list of B dicts holding every
         key but ``image`` (with the defaults above filled in); ``loss_weights`` float32 [B];
         ``source_ids`` int64 [B]; ``num_skipped`` int; ``skipped`` list of ``source/file_name``
-        of the named skipped items.
+        of the named skipped items. ``targets`` is a :class:`TargetList`: sent from a loader
+        worker, its tensors travel packed, one per field for the whole batch.
     """
     kept = [item for item in items if item is not None and not isinstance(item, SkippedSample)]
     skipped = [item.key for item in items if isinstance(item, SkippedSample)]
@@ -36,9 +40,10 @@ def collate_relations(items: list[dict[str, Any] | SkippedSample | None]) -> dic
         return _empty_batch(num_skipped, skipped)
     _check_images(kept)
     images, pixel_mask = _pad_images([item["image"] for item in kept])
-    targets = []
+    pixel_stats = _pixel_stats(kept)
+    targets = TargetList()
     for item in kept:
-        target = {k: v for k, v in item.items() if k != "image"}
+        target = {k: v for k, v in item.items() if k not in ("image", "pixel_stats")}
         target.setdefault("loss_weight", 1.0)
         target.setdefault("source_id", 0)
         target.setdefault("dataset_type", "real")
@@ -47,6 +52,7 @@ def collate_relations(items: list[dict[str, Any] | SkippedSample | None]) -> dic
     return {
         "images": images,
         "pixel_mask": pixel_mask,
+        "pixel_stats": pixel_stats,
         "targets": targets,
         "loss_weights": torch.tensor(
             [float(t["loss_weight"]) for t in targets], dtype=torch.float32
@@ -62,12 +68,23 @@ def _empty_batch(num_skipped: int, skipped: list[str]) -> dict[str, Any]:
     return {
         "images": torch.zeros(0, 3, 0, 0),
         "pixel_mask": torch.zeros(0, 0, 0, dtype=torch.bool),
-        "targets": [],
+        "pixel_stats": None,
+        "targets": TargetList(),
         "loss_weights": torch.zeros(0),
         "source_ids": torch.zeros(0, dtype=torch.int64),
         "num_skipped": num_skipped,
         "skipped": skipped,
     }
+
+
+def _pixel_stats(items: list[dict[str, Any]]) -> Any:
+    """The normalization every uint8 item leaves to the device (one for the whole batch)."""
+    found = {item.get("pixel_stats") for item in items}
+    if len(found) > 1:
+        raise ValueError(
+            f"collate_relations: items disagree on pixel_stats: {sorted(map(str, found))}"
+        )
+    return found.pop()
 
 
 def _check_images(items: list[dict[str, Any]]) -> None:
@@ -78,6 +95,11 @@ def _check_images(items: list[dict[str, Any]]) -> None:
             shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
             raise ValueError(
                 f"collate_relations: item {i} 'image' must be a [3, H, W] tensor, got {shape}"
+            )
+        if image.dtype != items[0]["image"].dtype:
+            raise ValueError(
+                f"collate_relations: item {i} 'image' is {image.dtype}, item 0's is "
+                f"{items[0]['image'].dtype}: one batch holds one pixel type"
             )
 
 

@@ -237,6 +237,29 @@ class ToTensor:
         return "ToTensor()"
 
 
+class ToUint8Tensor:
+    """PIL RGB image -> uint8 ``[3, H, W]``, its normalization left to the training device.
+
+    The target gets ``pixel_stats``: the (mean, std) that
+    :func:`~realsynth.data.batch_transport.batch_images` applies on the device after scaling to
+    [0, 1] (None: scaling only). A quarter of the bytes of float32 cross from a loader worker.
+    """
+
+    def __init__(self, pixel_stats: tuple[tuple[float, ...], tuple[float, ...]] | None) -> None:
+        self.pixel_stats = pixel_stats
+
+    def __call__(
+        self, image: ImageLike, target: dict[str, Any], rng: np.random.Generator
+    ) -> tuple[ImageLike, dict[str, Any]]:
+        if isinstance(image, torch.Tensor):
+            raise TypeError("ToUint8Tensor takes a PIL image; this pipeline already made a tensor")
+        array = np.array(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8)
+        return torch.from_numpy(array).permute(2, 0, 1), {**target, "pixel_stats": self.pixel_stats}
+
+    def __repr__(self) -> str:
+        return f"ToUint8Tensor(pixel_stats={self.pixel_stats})"
+
+
 class Normalize:
     """Standardizes a ``[3, H, W]`` tensor per channel: ``(x - mean) / std``."""
 
@@ -315,6 +338,7 @@ def build_transforms(
     normalize: bool = False,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    uint8: bool = False,
 ) -> Compose:
     """Standard pipeline: (train) flip + random resize; (eval) resize to ``min_sizes[-1]``.
 
@@ -330,6 +354,9 @@ def build_transforms(
         predicate_flip_map: 0-based predicate index map applied on flips
             (see :func:`predicate_flip_indices`).
         normalize: append :class:`Normalize`; without it images stay in [0, 1].
+        uint8: end with :class:`ToUint8Tensor` instead: uint8 images whose scaling and
+            normalization (``mean`` / ``std`` when ``normalize``) happen on the training device
+            (:func:`~realsynth.data.batch_transport.batch_images`), with the same result.
     """
     steps: list[Transform] = []
     sizes = list(min_sizes)
@@ -339,7 +366,10 @@ def build_transforms(
         steps.append(RandomResize(sizes if train else sizes[-1:], max_size))
     elif max_size is not None:
         steps.append(LimitSize(max_size))
-    steps.append(ToTensor())
-    if normalize:
-        steps.append(Normalize(mean, std))
+    if uint8:
+        steps.append(ToUint8Tensor((tuple(mean), tuple(std)) if normalize else None))
+    else:
+        steps.append(ToTensor())
+        if normalize:
+            steps.append(Normalize(mean, std))
     return Compose(steps)

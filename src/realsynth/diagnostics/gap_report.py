@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from realsynth.data.batch_transport import batch_images
 from realsynth.data.collate import collate_relations
 from realsynth.diagnostics.domain_gap import domain_classifier_auc, frechet_distance, js_divergence
 from realsynth.diagnostics.gap_plots import format_gap_markdown, plot_gap
@@ -108,7 +109,7 @@ def pooled_features(
     )
     out = []
     for batch in loader:
-        images, mask = batch["images"].to(run.device), batch["pixel_mask"].to(run.device)
+        images, mask = batch_images(batch, run.device), batch["pixel_mask"].to(run.device)
         out.append(_pool(run.model, images, mask).double().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0))
 

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from realsynth.data.batch_transport import batch_images
 from realsynth.data.collate import collate_relations
 from realsynth.data.formats.relcoco import RelCocoDataset, load_relcoco_json
 from realsynth.data.formats.relcoco_rules import index_relcoco
@@ -86,7 +87,7 @@ def score_file(
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_relations)
     scores = {}
     for batch in loader:
-        outputs = model(batch["images"].to(device), batch["pixel_mask"].to(device))
+        outputs = model(batch_images(batch, device), batch["pixel_mask"].to(device))
         for b, target in enumerate(batch["targets"]):
             single = {k: v[b].cpu() for k, v in outputs.items() if isinstance(v, Tensor)}
             scores[int(target["image_id"])] = instance_scores(single, target, iou=iou)

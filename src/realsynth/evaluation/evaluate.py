@@ -16,6 +16,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
+from realsynth.data.batch_transport import batch_images
 from realsynth.evaluation.recall import SceneGraphEvaluator
 from realsynth.modeling.postprocess import ground_truth_from_target, relation_predictions
 from realsynth.utils.distributed import get_world_size, is_dist_avail_and_initialized
@@ -58,7 +59,7 @@ def evaluate_sources(
         pixels = evaluator.protocol == "sgb"
         for batch in loader:
             with autocast or contextlib.nullcontext():
-                outputs = model(batch["images"].to(device), batch["pixel_mask"].to(device))
+                outputs = model(batch_images(batch, device), batch["pixel_mask"].to(device))
             outputs = {k: v.float() for k, v in outputs.items() if isinstance(v, torch.Tensor)}
             targets = batch["targets"]
             sizes = torch.stack([t["eval_size"] for t in targets]) if pixels and targets else None

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from realsynth.data.batch_transport import batch_images
 from realsynth.data.collate import target_to_device
 from realsynth.modeling.criterion import RelationCriterion
 from realsynth.utils.distributed import all_reduce_sum
@@ -82,7 +83,7 @@ def source_alignment(
 
 
 def _forward(model: nn.Module, batch: dict[str, Any], device: torch.device) -> Any:
-    images = batch["images"].to(device, non_blocking=True)
+    images = batch_images(batch, device)
     mask = batch["pixel_mask"].to(device, non_blocking=True)
     return model(images, mask)
 

@@ -20,6 +20,7 @@ from torch import nn
 
 from realsynth.config import ConfigError
 from realsynth.config.choices import BackboneNorm, One2ManyScheme, PredicateClassWeights
+from realsynth.data.batch_transport import batch_images
 from realsynth.data.collate import collate_relations
 from realsynth.data.stats import combine_statistics, compute_statistics, frequency_class_weights
 from realsynth.modeling import backbones
@@ -331,7 +332,7 @@ def check_model_outputs(
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        outputs = model(batch["images"].to(device), batch["pixel_mask"].to(device))
+        outputs = model(batch_images(batch, device), batch["pixel_mask"].to(device))
     model.train(was_training)
     try:
         check_outputs(

@@ -314,6 +314,8 @@ def _transforms(
         flip_prob=inp.FLIP_PROB if flip_names else 0.0,
         predicate_flip_map=predicate_flip_indices(flip_names, predicates) if flip_names else None,
         normalize=inp.NORMALIZE,
+        # Pixels cross from loader workers as uint8, normalized on the device (batch_images).
+        uint8=True,
         **_normalization(cfg),
     )
 

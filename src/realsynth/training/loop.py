@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from realsynth.data.batch_transport import batch_images
 from realsynth.data.collate import target_to_device
 from realsynth.evaluation.evaluate import evaluate_sources, summaries
 from realsynth.evaluation.records import EVAL_RECORDS, save_records
@@ -201,7 +202,7 @@ class TrainingLoop:
         parts.model.train()
         # The step the sampler drew the batch for (tagged under schedules), else this one.
         drawn_for = int(batch["targets"][0].get("step", parts.scheduler.last_epoch))
-        images = batch["images"].to(parts.device, non_blocking=True)
+        images = batch_images(batch, parts.device)
         mask = batch["pixel_mask"].to(parts.device, non_blocking=True)
         targets = [target_to_device(t, parts.device) for t in batch["targets"]]
         with self.autocast:

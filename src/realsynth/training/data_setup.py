@@ -18,6 +18,7 @@ from realsynth.config.checks import holdout_source_error
 from realsynth.config.source_mix import SourceMix, resolve_mix
 from realsynth.data.collate import collate_relations
 from realsynth.data.formats.relcoco import RelCocoDataset
+from realsynth.data.formats.relcoco_cache import default_index_cache
 from realsynth.data.formats.vg150 import vg150_from_folder
 from realsynth.data.shards.dataset import ShardedDataset
 from realsynth.data.transforms import (
@@ -256,7 +257,7 @@ def _dataset(cfg: DictConfig, src: Any, split: str) -> Dataset:
         ann = existing_path(src[f"{prefix}PATH"], f"{src.NAME}.{prefix}PATH")
         root = src[f"{prefix}IMAGE_ROOT"] or src.IMAGE_ROOT
         root = Path(root) if root else ann.parent / "images"
-        dataset = RelCocoDataset(ann, root, **common)
+        dataset = RelCocoDataset(ann, root, index_cache=default_index_cache(), **common)
     if not train:
         dataset.skip_bad_samples = False
         require_relationships(src, split, dataset)

@@ -22,13 +22,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from realsynth.data.formats.relcoco_cache import load_cached_index, save_cached_index
 from realsynth.data.formats.relcoco_rules import (
     REQUIRED_KEYS,
     RelCocoIndex,
     image_location,
     index_relcoco,
 )
-from realsynth.data.image_files import ImageEntry, check_image_files
+from realsynth.data.formats.relcoco_trust import InstanceTrust
+from realsynth.data.image_files import ImageEntry, check_image_files, list_files
 from realsynth.data.images import RelationDataset, SkippedSample
 from realsynth.data.problems import DatasetProblems, raise_or_skip
 from realsynth.data.transforms import Transform
@@ -68,6 +70,8 @@ class RelCocoDataset(RelationDataset):
         skip_bad_samples: leave out images with problems (and return a ``SkippedSample`` for an
             image that turns out unreadable when loaded) instead of raising.
         check_files: check at construction that every image file exists (one directory scan).
+        index_cache: a folder for the binary cache of a large file's index (see
+            :mod:`~realsynth.data.formats.relcoco_cache`); None parses the JSON every time.
 
     Attributes:
         classes: category names by 0-based index; ``category_ids`` the file ids.
@@ -90,6 +94,7 @@ class RelCocoDataset(RelationDataset):
         seed: int = 0,
         skip_bad_samples: bool = False,
         check_files: bool = True,
+        index_cache: str | Path | None = None,
     ) -> None:
         ann_file = Path(ann_file)
         super().__init__(
@@ -100,6 +105,14 @@ class RelCocoDataset(RelationDataset):
         )
         self.ann_file = ann_file
         self.image_root = Path(image_root)
+        cache = Path(index_cache) if index_cache is not None else None
+        cached = load_cached_index(cache, ann_file) if cache is not None else None
+        if cached is None or not self._from_cache(cached, check_files):
+            self._build(check_files, skip_bad_samples, cache)
+
+    def _build(self, check_files: bool, skip_bad_samples: bool, cache: Path | None) -> None:
+        """Parse the file, apply every rule, keep the valid images (and cache a clean index)."""
+        ann_file = self.ann_file
         with gc_paused():
             index, findings = index_relcoco(load_relcoco_json(ann_file), ann_file)
         what = f"{ann_file} (source '{self.source}')"
@@ -122,11 +135,40 @@ class RelCocoDataset(RelationDataset):
             for k, p in sorted(bad.items())
         ]
         self._keep(index, np.array([k for k in range(len(index.images)) if k not in bad], np.int64))
+        if cache is not None and not findings.errors:
+            save_cached_index(cache, ann_file, self._arrays())
+
+    def _arrays(self) -> dict[str, Any]:
+        """Everything the items are read from (what the index cache holds)."""
+        out: dict[str, Any] = {k: getattr(self, f"_{k}") for k in _ARRAYS}
+        out.update({k: getattr(self, k) for k in _LABELS})
+        if self._trust is not None:
+            out.update({f"trust_{k}": getattr(self._trust, k) for k in _TRUST})
+        return out
+
+    def _from_cache(self, cached: dict[str, Any], check_files: bool) -> bool:
+        """Take the cached index; False (nothing taken) when an image file has gone since."""
+        if check_files:
+            names = [
+                _packed_name(cached["names"], cached["name_starts"], k)
+                for k in range(len(cached["name_starts"]) - 1)
+            ]
+            if len(list_files(self.image_root, names)) < len(set(names)):
+                return False  # the full build names what is missing
+        for key in _ARRAYS:
+            setattr(self, f"_{key}", cached[key])
+        for key in _LABELS:
+            setattr(self, key, list(cached[key]))
+        trust = {k: cached.get(f"trust_{k}") for k in _TRUST}
+        self._trust = InstanceTrust(**trust) if trust["box_weights"] is not None else None
+        return True
 
     def _keep(self, index: RelCocoIndex, keep: np.ndarray) -> None:
         """Pack the kept images' boxes and relations contiguously, image after image."""
         images = index.images
-        self._file_names = [str(images[k]["file_name"]) for k in keep.tolist()]
+        self._names, self._name_starts = _pack_names(
+            str(images[k]["file_name"]) for k in keep.tolist()
+        )
         self._image_ids = np.array([images[k]["id"] for k in keep.tolist()], dtype=np.int64)
         self._sizes = np.array(
             [(images[k]["height"], images[k]["width"]) for k in keep.tolist()], dtype=np.int64
@@ -141,7 +183,7 @@ class RelCocoDataset(RelationDataset):
         self._trust = index.trust.take(boxes, relations) if index.trust is not None else None
 
     def __len__(self) -> int:
-        return len(self._file_names)
+        return len(self._image_ids)
 
     def label_counts(self) -> tuple[np.ndarray, np.ndarray]:
         objects = np.bincount(self._labels, minlength=len(self.classes))
@@ -149,7 +191,11 @@ class RelCocoDataset(RelationDataset):
         return objects.astype(np.int64), relations.astype(np.int64)
 
     def image_path(self, index: int) -> Path:
-        return self.image_root / self._file_names[index]
+        return self.image_root / self.file_name(index)
+
+    def file_name(self, index: int) -> str:
+        """Item ``index``'s image file, relative to ``image_root``."""
+        return _packed_name(self._names, self._name_starts, index)
 
     def annotation(self, index: int) -> dict[str, Any]:
         b0, b1 = self._box_starts[index], self._box_starts[index + 1]
@@ -160,7 +206,7 @@ class RelCocoDataset(RelationDataset):
             "relations": torch.from_numpy(self._relations[r0:r1].copy()),
             "image_id": int(self._image_ids[index]),
             "orig_size": torch.from_numpy(self._sizes[index].copy()),
-            "file_name": self._file_names[index],
+            "file_name": self.file_name(index),
             "source": self.source,
         }
         if self._trust is not None:  # only files that carry trust fields: otherwise as before
@@ -170,6 +216,35 @@ class RelCocoDataset(RelationDataset):
             out["relation_weights"] = torch.from_numpy(trust.relation_weights[r0:r1].copy())
             out["relation_ignore"] = torch.from_numpy(trust.relation_ignore[r0:r1].copy())
         return out
+
+
+#: The index's arrays (attribute ``_NAME``) and label lists, as the index cache holds them.
+_ARRAYS = (
+    "names",
+    "name_starts",
+    "image_ids",
+    "sizes",
+    "boxes",
+    "labels",
+    "box_starts",
+    "relations",
+    "relation_starts",
+)
+_LABELS = ("classes", "category_ids", "predicates", "predicate_ids")
+_TRUST = ("box_weights", "box_ignore", "relation_weights", "relation_ignore")
+
+
+def _pack_names(names: Any) -> tuple[np.ndarray, np.ndarray]:
+    """File names as one uint8 buffer [total bytes] and int64 starts [I + 1]: no Python object
+    per image for DataLoader workers to touch (and copy, page by page)."""
+    encoded = [name.encode("utf-8", "surrogatepass") for name in names]
+    starts = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum([len(e) for e in encoded], out=starts[1:])
+    return np.frombuffer(b"".join(encoded), dtype=np.uint8).copy(), starts
+
+
+def _packed_name(buffer: np.ndarray, starts: np.ndarray, index: int) -> str:
+    return buffer[starts[index] : starts[index + 1]].tobytes().decode("utf-8", "surrogatepass")
 
 
 def _file_name(image: Any, position: int) -> str:

@@ -254,3 +254,20 @@ def test_training_from_a_url_equals_training_from_the_local_copy(
     assert len(runs["local"]) == 4
     assert_same_records(runs["url"], runs["local"])
     assert list((tmp_path / "cache").iterdir())  # the URL run read downloaded shards
+
+
+def test_a_pass_in_shard_windows_opens_each_shard_once(shards):
+    from realsynth.mixing.permutation import KeyedStream
+    from realsynth.mixing.shard_windows import ShardWindowStream
+
+    def misses(order) -> int:
+        dataset = ShardedDataset(shards, open_shards=2)  # a window of 2 shards stays open
+        for index in order.tolist():
+            dataset.annotation(int(index))
+        assert dataset.accesses == 48
+        return dataset.misses
+
+    windows = ShardWindowStream(ShardedDataset(shards).shard_sizes, window=2, seed=0, stream_id=1)
+    assert misses(windows.take(0, 48)) == 5  # hit rate 1 - 5/48
+    uniform = KeyedStream(48, seed=0, stream_id=1, replacement=False)
+    assert misses(uniform.take(0, 48)) > 20  # the same cache thrashes under a uniform shuffle

@@ -11,7 +11,7 @@ from common import RESULTS_DIR
 from realsynth.utils.atomic import atomic_write_text
 
 HERE = Path(__file__).resolve().parent
-ORDER = ("sampler", "criterion", "data", "train", "sweep", "gpu")
+ORDER = ("sampler", "criterion", "data", "scale", "train", "sweep", "gpu")
 HEADER = """# Benchmarks
 
 Measured with `make bench` (each script also runs alone: `python benchmarks/bench_<name>.py`,

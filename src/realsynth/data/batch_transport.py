@@ -45,6 +45,19 @@ def batch_images(batch: dict[str, Any], device: torch.device | str) -> torch.Ten
     return pixels.masked_fill_(mask[:, None], 0.0)
 
 
+def new_batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A zeroed tensor for a batch: in shared memory when made in a loader worker, so that
+    sending it to the training process moves a file descriptor instead of copying the pixels
+    once more (what ``default_collate`` does for the tensors it stacks)."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.zeros(shape, dtype=dtype)
+    numel = 1
+    for size in shape:
+        numel *= size
+    storage = torch.empty(0, dtype=dtype)._typed_storage()._new_shared(numel)
+    return torch.empty(0, dtype=dtype).set_(storage).view(shape).zero_()
+
+
 class TargetList(list):
     """A batch's target dicts that pickle as a few packed tensors.
 
@@ -78,7 +91,8 @@ def _pack(targets: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str,
             packed[key] = (torch.stack(values), None)
         else:
             lengths = [int(v.shape[0]) for v in values]
-            packed[key] = (torch.cat(values), lengths)
+            out = new_batch_tensor((sum(lengths), *first.shape[1:]), first.dtype)
+            packed[key] = (torch.cat(values, out=out), lengths)
     rest = [{k: v for k, v in t.items() if k not in packed} for t in targets]
     return packed, rest, len(targets)
 

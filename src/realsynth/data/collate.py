@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from realsynth.data.batch_transport import TargetList
+from realsynth.data.batch_transport import TargetList, new_batch_tensor
 from realsynth.data.images import SkippedSample
 
 
@@ -108,7 +108,7 @@ def _pad_images(images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]
     padding), padded at the bottom/right to the largest height and width."""
     height = max(int(image.shape[1]) for image in images)
     width = max(int(image.shape[2]) for image in images)
-    batch = torch.zeros(len(images), 3, height, width, dtype=images[0].dtype)
+    batch = new_batch_tensor((len(images), 3, height, width), images[0].dtype)
     pixel_mask = torch.ones(len(images), height, width, dtype=torch.bool)
     for i, image in enumerate(images):
         h, w = image.shape[1:]

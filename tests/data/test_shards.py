@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from realsynth.cli import main
 from realsynth.data.formats.relcoco import RelCocoDataset
@@ -271,3 +272,22 @@ def test_a_pass_in_shard_windows_opens_each_shard_once(shards):
     assert misses(windows.take(0, 48)) == 5  # hit rate 1 - 5/48
     uniform = KeyedStream(48, seed=0, stream_id=1, replacement=False)
     assert misses(uniform.take(0, 48)) > 20  # the same cache thrashes under a uniform shuffle
+
+
+def test_a_vg150_split_in_shards_reads_as_the_vg150_reader(tmp_path):
+    from test_vg150 import build_vg_folder
+
+    from realsynth.data.formats.vg150 import vg150_from_folder
+
+    vg = build_vg_folder(tmp_path / "vg")
+    # A file of another size than annotated: both readers rescale the boxes (VG150's rule).
+    Image.new("RGB", (320, 240)).save(vg / "VG_100K" / "10.jpg")
+    source = vg150_from_folder(vg, split="train", num_val_images=0, source="vg")
+    convert_to_shards(source, tmp_path / "shards", samples_per_shard=2)
+    sharded = ShardedDataset(tmp_path / "shards", source="vg")
+    assert sharded.one_predicate_per_pair and sharded.rescale_on_size_mismatch
+    for epoch in range(6):  # the duplicate filter's draw is the same per item and epoch
+        for dataset in (source, sharded):
+            dataset.set_epoch(epoch)
+        for index in range(len(source)):
+            _same_item(sharded[index], source[index])

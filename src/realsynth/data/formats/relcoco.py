@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from realsynth.data.formats.relcoco_cache import load_cached_index, save_cached_index
+from realsynth.data.formats.relcoco_fast import CleanRelCoco, read_clean_relcoco
 from realsynth.data.formats.relcoco_rules import (
     REQUIRED_KEYS,
     RelCocoIndex,
@@ -111,7 +112,28 @@ class RelCocoDataset(RelationDataset):
             self._build(check_files, skip_bad_samples, cache)
 
     def _build(self, check_files: bool, skip_bad_samples: bool, cache: Path | None) -> None:
-        """Parse the file, apply every rule, keep the valid images (and cache a clean index)."""
+        """Index the file (a clean one streamed, any other judged entry by entry), keep the valid
+        images, and cache a clean index."""
+        with gc_paused():
+            clean = read_clean_relcoco(self.ann_file)
+        if clean is not None and check_files:
+            names = clean.names
+            if len(list_files(self.image_root, names)) < len(set(names)):
+                clean = None  # the full rules name what is missing
+        if clean is None:
+            self._build_judged(check_files, skip_bad_samples, cache)
+            return
+        self.classes, self.category_ids = clean.classes, clean.category_ids
+        self.predicates, self.predicate_ids = clean.predicates, clean.predicate_ids
+        self._names, self._name_starts = _pack_names(clean.names)
+        self._image_ids, self._sizes = clean.image_ids, clean.sizes
+        self._pack_rows(clean, np.arange(len(clean.image_ids)), len(clean.image_ids))
+        if cache is not None:
+            save_cached_index(cache, self.ann_file, self._arrays())
+
+    def _build_judged(self, check_files: bool, skip_bad_samples: bool, cache: Path | None) -> None:
+        """Parse the file, apply every rule entry by entry, keep the valid images (and cache a
+        clean index)."""
         ann_file = self.ann_file
         with gc_paused():
             index, findings = index_relcoco(load_relcoco_json(ann_file), ann_file)
@@ -173,7 +195,11 @@ class RelCocoDataset(RelationDataset):
         self._sizes = np.array(
             [(images[k]["height"], images[k]["width"]) for k in keep.tolist()], dtype=np.int64
         ).reshape(-1, 2)
-        kept = np.zeros(len(images), dtype=bool)
+        self._pack_rows(index, keep, len(images))
+
+    def _pack_rows(self, index: RelCocoIndex | CleanRelCoco, keep: np.ndarray, num: int) -> None:
+        """The kept images' boxes and relations, contiguous image after image."""
+        kept = np.zeros(num, dtype=bool)
         kept[keep] = True
         boxes, self._box_starts = _packed(index.box_image, kept, keep)
         self._boxes = index.boxes[boxes].astype(np.float32)

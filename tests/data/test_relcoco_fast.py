@@ -1,0 +1,135 @@
+"""The fast path of a clean relcoco file answers exactly what the full rules answer, and leaves
+every file with a problem (or with trust fields) to them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from realsynth.data.formats import relcoco
+from realsynth.data.formats.relcoco import RelCocoDataset
+from realsynth.data.formats.relcoco_fast import read_clean_relcoco
+from realsynth.data.formats.relcoco_rules import index_relcoco
+
+
+@st.composite
+def relcoco_files(draw: st.DrawFn) -> dict:
+    num_images = draw(st.integers(1, 5))
+    image_ids = draw(
+        st.lists(st.integers(1, 50), min_size=num_images, max_size=num_images, unique=True)
+    )
+    images = [
+        {
+            "id": i,
+            "file_name": f"{i}.jpg",
+            "width": draw(st.integers(8, 40)),
+            "height": draw(st.integers(8, 40)),
+        }
+        for i in image_ids
+    ]
+    anns, rels = [], []
+    for image in draw(st.lists(st.sampled_from(images), max_size=12)):
+        w, h = image["width"], image["height"]
+        x, y = draw(st.integers(0, w - 2)), draw(st.integers(0, h - 2))
+        bbox = [x, y, draw(st.integers(1, w - x)), draw(st.floats(0.5, h - y))]
+        anns.append(
+            {
+                "id": 100 + len(anns),
+                "image_id": image["id"],
+                "category_id": draw(st.sampled_from([3, 7])),
+                "bbox": bbox,
+            }
+        )
+    by_image: dict[int, list[int]] = {}
+    for ann in anns:
+        by_image.setdefault(ann["image_id"], []).append(ann["id"])
+    for members in by_image.values():
+        for _ in range(draw(st.integers(0, 3))):
+            rel = {
+                "subject_id": draw(st.sampled_from(members)),
+                "object_id": draw(st.sampled_from(members)),
+                "predicate_id": draw(st.sampled_from([2, 5])),
+            }
+            if draw(st.booleans()):
+                rel["image_id"] = next(a["image_id"] for a in anns if a["id"] == rel["subject_id"])
+            rels.append(rel)
+    draw(st.randoms()).shuffle(rels)
+    return {
+        "images": images,
+        "annotations": anns,
+        "categories": [{"id": 7, "name": "dog"}, {"id": 3, "name": "cat"}],
+        "predicates": [{"id": 5, "name": "near"}, {"id": 2, "name": "on"}],
+        "relationships": rels,
+    }
+
+
+def _corrupt(data: dict, how: int) -> None:
+    """One kind of damage the full rules report (or, for trust fields, handle)."""
+    anns, rels, images = data["annotations"], data["relationships"], data["images"]
+    if how == 0 and anns:
+        anns[-1]["id"] = anns[0]["id"]  # duplicate annotation id (or the same one: harmless)
+    elif how == 1 and anns:
+        anns[0]["bbox"][2] = 1000  # outside its image
+    elif how == 2 and anns:
+        anns[0]["category_id"] = 99
+    elif how == 3 and rels:
+        rels[0]["object_id"] = 12345
+    elif how == 4:
+        images[0]["width"] = True  # a bool is no size
+    elif how == 5 and anns:
+        anns[0]["loss_weight"] = 0.5  # trust fields take the full path
+    elif how == 6 and rels:
+        rels[0]["image_id"] = 999
+    elif how == 7:
+        images.append(dict(images[0]))  # duplicate image id
+    elif how == 8 and anns:
+        anns[0]["bbox"] = [1, 2, 3]
+
+
+def _assert_same(fast, index) -> None:
+    assert fast.classes == index.classes and fast.predicates == index.predicates
+    assert fast.category_ids == index.category_ids and fast.predicate_ids == index.predicate_ids
+    assert fast.names == [img["file_name"] for img in index.images]
+    assert fast.image_ids.tolist() == [img["id"] for img in index.images]
+    for name in ("boxes", "labels", "box_image", "relations", "relation_image"):
+        ours, theirs = getattr(fast, name), getattr(index, name)
+        assert ours.shape == theirs.shape and np.array_equal(ours, theirs), name
+
+
+@settings(max_examples=120, deadline=None)
+@given(data=relcoco_files(), how=st.integers(-1, 8), chunk=st.integers(3, 200))
+def test_the_fast_path_agrees_with_the_rules_or_leaves_the_file_to_them(
+    tmp_path_factory, data, how, chunk
+):
+    _corrupt(data, how)
+    path = tmp_path_factory.mktemp("r") / "a.json"
+    path.write_text(json.dumps(data))
+    fast = read_clean_relcoco(path, chunk_bytes=chunk)  # tiny chunks: every boundary case
+    index, findings = index_relcoco(json.loads(path.read_text()), path)
+    trust = any("loss_weight" in a for a in data["annotations"])
+    # The fast path answers exactly for the files without errors or trust fields.
+    assert (fast is None) == bool(findings.errors or trust)
+    if fast is not None:
+        _assert_same(fast, index)
+
+
+def test_the_demo_sources_read_the_same_either_way(demo_root, monkeypatch):
+    for folder in (demo_root / "real" / "train", demo_root / "synthetic" / "train"):
+        fast = RelCocoDataset(folder / "annotations.json", folder / "images")
+        monkeypatch.setattr(relcoco, "read_clean_relcoco", lambda path: None)
+        judged = RelCocoDataset(folder / "annotations.json", folder / "images")
+        monkeypatch.undo()
+        assert len(fast) == len(judged) and fast.classes == judged.classes
+        for index in range(len(fast)):
+            a, b = fast.annotation(index), judged.annotation(index)
+            for key in a:
+                same = (
+                    torch.equal(a[key], b[key])
+                    if isinstance(a[key], torch.Tensor)
+                    else a[key] == b[key]
+                )
+                assert same, (index, key)

@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[dev,postgres,hf,shards]"
+	$(PY) -m pip install --quiet -e ".[dev,postgres,hf,shards,json]"
 	touch $(STAMP)
 
 # The demo is meant to be run again: it replaces its own earlier run in runs/demo.

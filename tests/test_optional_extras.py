@@ -1,12 +1,13 @@
 """``import realsynth`` and its commands work without the optional extras (transformers,
-safetensors, psycopg, wids): a fresh interpreter that cannot import them loads every module."""
+safetensors, psycopg, wids, orjson): a fresh interpreter that cannot import them loads every
+module."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
-BLOCKED = ("transformers", "safetensors", "psycopg", "psycopg2", "wids", "webdataset")
+BLOCKED = ("transformers", "safetensors", "psycopg", "psycopg2", "wids", "webdataset", "orjson")
 
 SCRIPT = f"""
 import importlib, pkgutil, sys

@@ -189,3 +189,29 @@ def vg_folder(folder: Path, num_images: int) -> Path:
     dataset = RelCocoDataset(ann, folder / "images")
     convert_to_shards(dataset, folder / "shards", samples_per_shard=max(1, num_images // 8))
     return folder
+
+
+def private_dirty_mb() -> float:
+    """This process's private dirty memory (pages it wrote, its own after a fork), in MB."""
+    for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
+        if line.startswith("Private_Dirty:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class NameTouch(torch.utils.data.Dataset):
+    """Reads every item's annotation and file name, and returns the worker's private dirty MB:
+    how much of the parent's memory a forked worker copies by touching it. ``as_list`` keeps
+    the names as a Python list (how RelCocoDataset held them before they were packed)."""
+
+    def __init__(self, dataset: RelCocoDataset, as_list: bool) -> None:
+        self.dataset = dataset
+        self.names = [dataset.file_name(i) for i in range(len(dataset))] if as_list else None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> float:
+        name = self.names[index] if self.names is not None else self.dataset.file_name(index)
+        self.dataset.annotation(index)
+        return private_dirty_mb() if name else 0.0

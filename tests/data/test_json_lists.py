@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 from realsynth.data.formats.json_lists import iter_list_batches
 
 TEXT = st.text(alphabet='ab[]{},:"\\ \n\u00e9', max_size=6)
-SCALARS = st.one_of(st.integers(-5, 5), st.floats(allow_nan=False, width=32), TEXT, st.none())
+SCALARS = st.one_of(
+    st.integers(-5, 5), st.floats(allow_nan=False, allow_infinity=False, width=32), TEXT, st.none()
+)
 VALUES = st.recursive(
     SCALARS,
     lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(TEXT, inner, max_size=3)),

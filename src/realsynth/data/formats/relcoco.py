@@ -171,10 +171,7 @@ class RelCocoDataset(RelationDataset):
     def _from_cache(self, cached: dict[str, Any], check_files: bool) -> bool:
         """Take the cached index; False (nothing taken) when an image file has gone since."""
         if check_files:
-            names = [
-                _packed_name(cached["names"], cached["name_starts"], k)
-                for k in range(len(cached["name_starts"]) - 1)
-            ]
+            names = _unpacked_names(cached["names"], cached["name_starts"])
             if len(list_files(self.image_root, names)) < len(set(names)):
                 return False  # the full build names what is missing
         for key in _ARRAYS:
@@ -267,6 +264,16 @@ def _pack_names(names: Any) -> tuple[np.ndarray, np.ndarray]:
     starts = np.zeros(len(encoded) + 1, dtype=np.int64)
     np.cumsum([len(e) for e in encoded], out=starts[1:])
     return np.frombuffer(b"".join(encoded), dtype=np.uint8).copy(), starts
+
+
+def _unpacked_names(buffer: np.ndarray, starts: np.ndarray) -> list[str]:
+    """Every packed name, decoded at once (an ASCII buffer's byte offsets are its character
+    offsets: one decode and slices, instead of a decode per name)."""
+    text = buffer.tobytes().decode("utf-8", "surrogatepass")
+    bounds = starts.tolist()
+    if len(text) != len(buffer):
+        return [_packed_name(buffer, starts, k) for k in range(len(bounds) - 1)]
+    return [text[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def _packed_name(buffer: np.ndarray, starts: np.ndarray, index: int) -> str:

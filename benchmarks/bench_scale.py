@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from common import machine, write_result
 from scale_data import (
+    GROWTH_BATCH,
     PER_SHARD,
     NameTouch,
     loader_dataset,
@@ -162,7 +163,7 @@ def child_growth(ann_file: str, as_list: str) -> dict[str, Any]:
     dataset = RelCocoDataset(ann_file, Path(ann_file).parent / "images")
     loader = torch.utils.data.DataLoader(
         NameTouch(dataset, as_list == "list"),
-        batch_size=2000,
+        batch_size=GROWTH_BATCH,
         num_workers=2,
         collate_fn=lambda values: (values[0], values[-1]),
     )

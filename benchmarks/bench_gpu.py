@@ -25,6 +25,7 @@ from hf_models import save_detr_r50
 from vg_sized import write_vg_sized_relcoco
 
 from realsynth.config import load_config
+from realsynth.data.batch_transport import batch_images
 from realsynth.data.collate import target_to_device
 from realsynth.training.build import build_optimizer, build_train_loader
 from realsynth.training.build_model import build_model_and_criterion
@@ -85,7 +86,7 @@ def train_speed(cfg, steps: int, warmup: int) -> dict[str, float]:
         before = time.perf_counter()
         batch = next(batches)
         waiting += time.perf_counter() - before
-        images = batch["images"].to(device, non_blocking=True)
+        images = batch_images(batch, device)
         mask = batch["pixel_mask"].to(device, non_blocking=True)
         targets = [target_to_device(t, device) for t in batch["targets"]]
         with torch.autocast("cuda", dtype=torch.bfloat16):

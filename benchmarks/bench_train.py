@@ -24,6 +24,7 @@ import torch
 from common import machine, write_result
 
 from realsynth.config import load_config
+from realsynth.data.batch_transport import batch_images
 from realsynth.training.build import (
     build_optimizer,
     build_train_loader,
@@ -70,7 +71,7 @@ def measure(overrides: list[str], steps: int, warmup: int) -> dict[str, float]:
         with timed(totals, "data"):
             batch = next(batches)
         with timed(totals, "forward"):
-            outputs = model(batch["images"].to(device), batch["pixel_mask"].to(device))
+            outputs = model(batch_images(batch, device), batch["pixel_mask"].to(device))
         with timed(totals, "criterion (rest)"):
             targets = [{k: _to(v, device) for k, v in t.items()} for t in batch["targets"]]
             total = criterion.total_loss(criterion(outputs, targets))

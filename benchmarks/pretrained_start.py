@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from realsynth.config import load_config
+from realsynth.data.batch_transport import batch_images
 from realsynth.data.collate import target_to_device
 from realsynth.modeling.heads import AUX_OUTPUTS, ENTITY_BOXES, ENTITY_LOGITS
 from realsynth.modeling.hf_detr import HfDetrRelationModel
@@ -88,7 +89,7 @@ def pretrain_detector(steps: int, out: Path) -> float:
         loader.batch_sampler.set_epoch(epoch)
         for batch in loader:
             targets = [target_to_device(t, torch.device("cpu")) for t in batch["targets"]]
-            outputs = detector(batch["images"], batch["pixel_mask"])
+            outputs = detector(batch_images(batch, "cpu"), batch["pixel_mask"])
             losses = criterion(
                 outputs,
                 targets,

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from realsynth.config import load_config
+from realsynth.data.batch_transport import batch_images
 from realsynth.data.collate import collate_relations
 from realsynth.evaluation.evaluate import evaluate_sources, summaries
 from realsynth.training.build import (
@@ -51,7 +52,7 @@ def one_step(config_yaml: str, rank: int, world: int) -> dict[str, torch.Tensor]
     data, model, criterion, batch = rank_setup(config_yaml, rank, world)
     ddp = wrap_distributed(model, CPU)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    losses = criterion(ddp(batch["images"], batch["pixel_mask"]), batch["targets"])
+    losses = criterion(ddp(batch_images(batch, CPU), batch["pixel_mask"]), batch["targets"])
     criterion.total_loss(losses).backward()
     optimizer.step()
     return {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -114,7 +114,9 @@ def evaluate_fixed_model(config_yaml: str, rank: int = 0, world: int = 1) -> dic
         for index in range(len(dataset)):
             item = dataset[index]
             seed = index + 1000 * data.names.index(name)
-            table[image_key(item["image"])] = noisy_outputs(
+            # Keyed by the image as the model receives it (normalized from the uint8 item).
+            image = batch_images(collate_relations([item]), CPU)[0]
+            table[image_key(image)] = noisy_outputs(
                 item, len(data.classes), len(data.predicates), seed
             )
     return summaries(

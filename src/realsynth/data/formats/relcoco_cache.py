@@ -52,7 +52,8 @@ def cache_key(ann_file: Path) -> str:
 
 def cache_path(folder: Path, ann_file: Path) -> Path:
     """The cache file of ``ann_file`` in ``folder``."""
-    name = hashlib.blake2b(str(ann_file.resolve()).encode(), digest_size=12).hexdigest()
+    # fsencode: a path that is not UTF-8 (surrogate-escaped) hashes by its bytes.
+    name = hashlib.blake2b(os.fsencode(ann_file.resolve()), digest_size=12).hexdigest()
     return folder / f"relcoco-{name}.npz"
 
 

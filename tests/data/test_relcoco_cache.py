@@ -79,3 +79,20 @@ def test_a_missing_image_is_reported_even_with_a_cached_index(
     with pytest.raises(DatasetProblems, match="missing_image") as error:
         RelCocoDataset(ann, images, index_cache=tmp_path / "cache")
     assert gone in str(error.value)
+
+
+def test_trust_fields_survive_the_cache(demo_root, tmp_path, small_files_cached):
+    import json
+
+    source = demo_root / "real" / "train"
+    data = json.loads((source / "annotations.json").read_text())
+    for k, ann in enumerate(data["annotations"]):
+        ann["loss_weight"] = 0.25 * (k % 4)
+        ann["ignore"] = k % 5 == 0
+    ann = tmp_path / "trusted.json"
+    ann.write_text(json.dumps(data))
+    first = RelCocoDataset(ann, source / "images", index_cache=tmp_path / "cache")
+    again = RelCocoDataset(ann, source / "images", index_cache=tmp_path / "cache")
+    assert first._trust is not None and again._trust is not None
+    _items_equal(again, first)
+    assert again.annotation(0)["box_ignore"].dtype == torch.bool

@@ -224,7 +224,8 @@ class RelCocoDataset(RelationDataset):
         b0, b1 = self._box_starts[index], self._box_starts[index + 1]
         r0, r1 = self._relation_starts[index], self._relation_starts[index + 1]
         out = {
-            "boxes": box_xywh_to_xyxy(torch.from_numpy(self._boxes[b0:b1])),
+            # Copies: the index may be a read-only memory map (the index cache).
+            "boxes": box_xywh_to_xyxy(torch.from_numpy(self._boxes[b0:b1].copy())),
             "labels": torch.from_numpy(self._labels[b0:b1].copy()),
             "relations": torch.from_numpy(self._relations[r0:r1].copy()),
             "image_id": int(self._image_ids[index]),

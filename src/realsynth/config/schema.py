@@ -278,7 +278,7 @@ class SweepConfig:
     SOURCE: str = ""  # "" = the first real validation source
     # A database storage's heartbeat: a trial silent for 3x this long is failed and tried again.
     HEARTBEAT_SECONDS: float = 60.0
-    CONFIRM_SEEDS: int = 3  # fresh seeds of the chosen mix, the note's mix and real only (test)
+    CONFIRM_SEEDS: int = 3  # fresh seeds of the chosen mix, the config's mix and real only (test)
 
 
 @dataclass

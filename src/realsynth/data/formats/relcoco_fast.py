@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from realsynth.data.formats.json_lists import CHUNK_BYTES, iter_list_batches
-from realsynth.data.formats.relcoco_rules import OUTSIDE_TOLERANCE_PX, REQUIRED_KEYS
+from realsynth.data.formats.relcoco_rules import REQUIRED_KEYS, suspect_boxes
 from realsynth.data.formats.relcoco_trust import TRUST_KEYS
 
 #: A relationship without ``image_id`` (its endpoints alone say where it is).
@@ -219,15 +219,7 @@ def _judged(columns: dict[str, list]) -> CleanRelCoco:
 
 def _check_boxes(boxes: np.ndarray, sizes_wh: np.ndarray) -> None:
     """The box rules of :func:`~realsynth.data.formats.relcoco_rules.box_problem`, on arrays."""
-    tol = OUTSIDE_TOLERANCE_PX
-    bad = (
-        ~np.isfinite(boxes).all(axis=1)
-        | (boxes[:, 2] <= 0)
-        | (boxes[:, 3] <= 0)
-        | (boxes[:, :2] < -tol).any(axis=1)
-        | (boxes[:, :2] + boxes[:, 2:] > sizes_wh + tol).any(axis=1)
-    )
-    if bad.any():
+    if suspect_boxes(boxes, sizes_wh).any():
         raise _Doubt
 
 

@@ -147,6 +147,23 @@ def box_problem(bbox: Any, size: tuple[int, int] | None) -> tuple[str, str] | No
     return None
 
 
+def suspect_boxes(boxes: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """bool [B]: the boxes :func:`box_problem` could reject, judged on arrays.
+
+    Args:
+        boxes: float64 [B, 4] ``[x, y, w, h]`` pixels (NaN rows where malformed).
+        sizes: float64 [B, 2] (width, height) of each box's image (inf: no valid size).
+    """
+    tol = OUTSIDE_TOLERANCE_PX
+    return (
+        ~np.isfinite(boxes).all(axis=1)
+        | (boxes[:, 2] <= 0)
+        | (boxes[:, 3] <= 0)
+        | (boxes[:, :2] < -tol).any(axis=1)
+        | (boxes[:, :2] + boxes[:, 2:] > sizes + tol).any(axis=1)
+    )
+
+
 def _annotation_where(k: int, ann: dict) -> str:
     return f"annotations[{k}]" + (f" (id {ann['id']})" if "id" in ann else "")
 
@@ -229,15 +246,7 @@ def _box_array(findings: Findings, anns: list, index: RelCocoIndex, boxes: _Boxe
     if not well_formed:
         bboxes = [b if box_problem(b, None) is None else [math.nan] * 4 for b in bboxes]
     array = np.array(bboxes, dtype=np.float64).reshape(-1, 4)
-    tol = OUTSIDE_TOLERANCE_PX
-    suspect = (
-        ~np.isfinite(array).all(axis=1)
-        | (array[:, 2] <= 0)
-        | (array[:, 3] <= 0)
-        | (array[:, :2] < -tol).any(axis=1)
-        | (array[:, :2] + array[:, 2:] > sizes + tol).any(axis=1)
-    )
-    for i in np.flatnonzero(suspect).tolist():
+    for i in np.flatnonzero(suspect_boxes(array, sizes)).tolist():
         size = tuple(int(v) for v in sizes[i]) if np.isfinite(sizes[i][0]) else None
         problem = box_problem(boxes.bboxes[i], size)
         if problem is not None:

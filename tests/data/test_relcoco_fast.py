@@ -133,3 +133,28 @@ def test_the_demo_sources_read_the_same_either_way(demo_root, monkeypatch):
                     else a[key] == b[key]
                 )
                 assert same, (index, key)
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=relcoco_files(), how=st.integers(-1, 8), with_images=st.booleans())
+def test_data_check_reports_the_same_on_either_path(tmp_path_factory, data, how, with_images):
+    from PIL import Image
+
+    from realsynth.data import check
+
+    _corrupt(data, how)
+    folder = tmp_path_factory.mktemp("c")
+    (folder / "a.json").write_text(json.dumps(data))
+    (folder / "images").mkdir()
+    for image in data["images"][: len(data["images"]) // 2 if not with_images else None]:
+        if isinstance(image["width"], int) and not isinstance(image["width"], bool):
+            size = (image["width"], image["height"] + (1 if image["id"] % 3 == 0 else 0))
+            Image.new("RGB", size).save(folder / "images" / image["file_name"])
+    fast = check.check_relcoco(folder / "a.json", folder / "images", check_image_content=True)
+    original = check.read_clean_relcoco
+    check.read_clean_relcoco = lambda path: None
+    try:
+        full = check.check_relcoco(folder / "a.json", folder / "images", check_image_content=True)
+    finally:
+        check.read_clean_relcoco = original
+    assert fast.to_dict() == full.to_dict()

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from realsynth.data.formats.relcoco import load_relcoco_json
+from realsynth.data.formats.relcoco_fast import CleanRelCoco, clean_warnings, read_clean_relcoco
 from realsynth.data.formats.relcoco_rules import image_location, index_relcoco
 from realsynth.data.formats.vg150_files import (
     find_vg150_files,
@@ -126,7 +127,12 @@ def detect_format(path: Path) -> str:
 
 
 def check_relcoco(ann_file: Path, image_root: Path, *, check_image_content: bool) -> CheckReport:
-    """Check a relcoco file and its images under ``image_root``."""
+    """Check a relcoco file and its images under ``image_root`` (a clean file on the fast path:
+    the same report, from columns)."""
+    with gc_paused():
+        clean = read_clean_relcoco(ann_file)
+    if clean is not None:
+        return _check_clean_relcoco(ann_file, image_root, clean, check_image_content)
     report = CheckReport(path=str(ann_file), format="relcoco")
     try:
         with gc_paused():
@@ -153,6 +159,30 @@ def check_relcoco(ann_file: Path, image_root: Path, *, check_image_content: bool
         entries,
         lambda k: image_location(k, index.images[k]),
         check_content=check_image_content,
+    )
+    return report
+
+
+def _check_clean_relcoco(
+    ann_file: Path, image_root: Path, clean: CleanRelCoco, check_image_content: bool
+) -> CheckReport:
+    """The report of a file the fast path found clean: its warnings, counts and image files."""
+    report = CheckReport(path=str(ann_file), format="relcoco", findings=clean_warnings(clean))
+    report.num_images, report.num_objects = len(clean.image_ids), len(clean.labels)
+    report.num_relations = len(clean.relations)
+    counts = np.bincount(clean.labels, minlength=len(clean.classes))
+    report.class_counts = count_names(dict(enumerate(counts.tolist())), clean.classes)
+    counts = np.bincount(clean.relations[:, 2], minlength=len(clean.predicates))
+    report.predicate_counts = count_names(dict(enumerate(counts.tolist())), clean.predicates)
+    heights, widths = clean.sizes[:, 0].tolist(), clean.sizes[:, 1].tolist()
+    entries = [
+        ImageEntry(name, (w, h), k)
+        for k, (name, w, h) in enumerate(zip(clean.names, widths, heights))
+    ]
+    ids = clean.image_ids.tolist()
+    locate = lambda k: f"images[{k}] (id {ids[k]}, {clean.names[k]})"  # noqa: E731
+    check_image_files(
+        report.findings, image_root, entries, locate, check_content=check_image_content
     )
     return report
 

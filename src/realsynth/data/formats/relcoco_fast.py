@@ -22,6 +22,7 @@ import numpy as np
 from realsynth.data.formats.json_lists import CHUNK_BYTES, iter_list_batches
 from realsynth.data.formats.relcoco_rules import REQUIRED_KEYS, suspect_boxes
 from realsynth.data.formats.relcoco_trust import TRUST_KEYS
+from realsynth.data.problems import Findings
 
 #: A relationship without ``image_id`` (its endpoints alone say where it is).
 _ABSENT = -(2**62)
@@ -41,7 +42,8 @@ class CleanRelCoco:
         image_ids: int64 [I]; ``sizes`` int64 [I, 2] (height, width).
         boxes: float64 [B, 4] ``[x, y, w, h]``; ``labels`` int64 [B]; ``box_image`` int64 [B].
         relations: int64 [M, 3] (subject box within its image, object box, predicate);
-            ``relation_image`` int64 [M].
+            ``relation_image`` int64 [M]; ``relation_ids`` int64 [M, 3] the file's (subject id,
+            object id, predicate id) of each, for the warnings ``data check`` lists.
     """
 
     classes: list[str]
@@ -56,6 +58,7 @@ class CleanRelCoco:
     box_image: np.ndarray
     relations: np.ndarray
     relation_image: np.ndarray
+    relation_ids: np.ndarray
     trust: None = None  # a file with trust fields takes the full path
 
 
@@ -196,9 +199,11 @@ def _judged(columns: dict[str, list]) -> CleanRelCoco:
     boxes = np.concatenate([b["bbox"] for b in anns]).reshape(-1, 4)
     _check_boxes(boxes, sizes[box_image][:, ::-1].astype(np.float64))
     within = _rank_within_image(box_image, len(image_ids))
-    relations, relation_image = _judged_relations(
-        columns["relationships"], ann_ids, box_image, image_ids
+    rels = columns["relationships"]
+    relation_ids = np.stack(
+        [_joined(rels, "subject"), _joined(rels, "object"), _joined(rels, "predicate")], axis=1
     )
+    relations, relation_image = _judged_relations(rels, ann_ids, box_image, image_ids)
     relations[:, 0], relations[:, 1] = within[relations[:, 0]], within[relations[:, 1]]
     relations[:, 2] = _positions(np.asarray(predicate_ids), relations[:, 2])
     return CleanRelCoco(
@@ -214,6 +219,7 @@ def _judged(columns: dict[str, list]) -> CleanRelCoco:
         box_image=box_image,
         relations=relations,
         relation_image=relation_image,
+        relation_ids=relation_ids,
     )
 
 
@@ -245,3 +251,28 @@ def _judged_relations(
     if (image != box_image[target]).any() or (image_ids[image[given]] != named[given]).any():
         raise _Doubt
     return np.stack([subject, target, _joined(batches, "predicate")], axis=1), image
+
+
+def clean_warnings(clean: CleanRelCoco) -> Findings:
+    """The warnings :func:`~realsynth.data.formats.relcoco_rules.index_relcoco` gives a clean
+    file, in its order: per relationship (file order) a relation of an annotation with itself,
+    then one listed again; then every image without a relation."""
+    findings = Findings()
+    ids, image = clean.relation_ids, clean.relation_image
+    self_rows = np.flatnonzero(ids[:, 0] == ids[:, 1])
+    _, first = np.unique(ids, axis=0, return_index=True)
+    repeated = np.setdiff1d(np.arange(len(ids)), first)
+    events = sorted([(k, 0) for k in self_rows.tolist()] + [(k, 1) for k in repeated.tolist()])
+    for k, kind in events:
+        sub, obj, pred = (int(v) for v in ids[k])
+        if kind == 0:
+            message, code = f"subject and object are the same annotation {sub}", "self_relation"
+        else:
+            message, code = f"{(sub, obj, pred)} listed more than once", "duplicate_relation"
+        findings.warn(code, f"relationships[{k}]", message, int(image[k]))
+    has_relation = np.zeros(len(clean.image_ids), dtype=bool)
+    has_relation[image] = True
+    for k in np.flatnonzero(~has_relation).tolist():
+        where = f"images[{k}] (id {int(clean.image_ids[k])}, {clean.names[k]})"
+        findings.warn("no_relations", where, "image has no valid relation", k)
+    return findings

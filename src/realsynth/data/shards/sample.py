@@ -78,10 +78,9 @@ def decode_annotation(data: bytes, *, source: str, where: str) -> dict[str, Any]
 def image_entry(sample: dict[str, Any]) -> tuple[str, bytes] | None:
     """(extension, bytes) of the image in a sample read by wids, or None."""
     for ext in IMAGE_EXTENSIONS:
-        for key in (ext, f".{ext}"):
-            if key in sample:
-                data = sample[key]
-                return ext, data.getvalue() if hasattr(data, "getvalue") else bytes(data)
+        data = sample_bytes(sample, ext)
+        if data is not None:
+            return ext, data
     return None
 
 

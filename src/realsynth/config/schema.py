@@ -1,7 +1,7 @@
-"""The run configuration's schema: typed dataclasses with the design note's keys and defaults.
+"""The run configuration's schema: typed dataclasses with every key and its default.
 
-The schema keeps the keys of the original design note (``DATASETS.MULTI_DATASET.*``) and
-detectron2's solver names (``SOLVER.BASE_LR``, ``SOLVER.MAX_ITER``, ...), so existing YAML files
+The mixing keys live under ``DATASETS.MULTI_DATASET.*``, and the solver keeps detectron2's
+names (``SOLVER.BASE_LR``, ``SOLVER.MAX_ITER``, ...), so existing YAML files
 work unchanged. Loading and overrides are in :mod:`realsynth.config`, value checks in
 :mod:`realsynth.config.checks`. A key with a fixed set of values is a ``Choice`` enum
 (:mod:`realsynth.config.choices`), so OmegaConf refuses any other value while merging

@@ -108,7 +108,7 @@ def test_flip_map_keeps_labels_true(demo: dict[str, Path]) -> None:
 
 
 def test_rejects_bad_settings(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="label_noise"):
+    with pytest.raises(ValueError, match="class_noise"):
         generate_demo(tmp_path, label_noise=1.5)
     with pytest.raises(ValueError, match="real_train"):
         generate_demo(tmp_path, real_train=-1)

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from realsynth.data.demo_settings import DEMO_LABEL_NOISE, DEMO_SIZES
+from realsynth.data.demo_settings import DEMO_DAMAGE_DEFAULTS, DEMO_PRESET_CHANGES, DEMO_SIZES
 
 
 def add_data_commands(commands: Any) -> None:
@@ -86,7 +86,19 @@ def _add_data_demo(data_cmds: Any) -> None:
             default=default,
             help=f"images (default {default}{'; 0: no test split' if name == 'real_test' else ''})",
         )
-    demo.add_argument("--label-noise", type=float, default=DEMO_LABEL_NOISE)
+    demo.add_argument(
+        "--preset",
+        choices=tuple(DEMO_PRESET_CHANGES),
+        default="mild",
+        help="the synthetic domain's damage (default mild: 10%% wrong classes and predicates)",
+    )
+    demo.add_argument(
+        "--label-noise", type=float, default=None, help="--class-noise and --predicate-noise"
+    )
+    for name in DEMO_DAMAGE_DEFAULTS:
+        demo.add_argument(
+            f"--{name.replace('_', '-')}", type=float, default=None, help="default: the preset's"
+        )
     demo.set_defaults(handler=_data_demo)
 
 
@@ -141,11 +153,20 @@ def _data_filter(args: argparse.Namespace) -> int:
 
 def _data_demo(args: argparse.Namespace) -> int:
     from realsynth.data.demo import generate_demo
+    from realsynth.data.demo_damage import demo_damage
     from realsynth.data.paths import shown
 
-    settings = (*DEMO_SIZES, "label_noise")  # every size, the real test split's included
+    damage = demo_damage(  # a knob out of range: one line naming it (ValueError, exit 2)
+        args.preset,
+        label_noise=args.label_noise,
+        overrides={k: getattr(args, k) for k in DEMO_DAMAGE_DEFAULTS},
+    )
     paths = generate_demo(
-        args.out, seed=args.seed, force=args.force, **{k: getattr(args, k) for k in settings}
+        args.out,
+        seed=args.seed,
+        force=args.force,
+        damage=damage,
+        **{k: getattr(args, k) for k in DEMO_SIZES},  # the real test split's included
     )
     for name, path in paths.items():
         print(f"{name}: {shown(path)}")

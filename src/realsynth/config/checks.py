@@ -12,6 +12,7 @@ from realsynth.config.model_checks import validate_architecture, validate_speaq
 from realsynth.config.schedules import REAL_RATIO_SCHEDULE, schedule_or_constant
 from realsynth.config.schema import ConfigError
 from realsynth.config.value_checks import check_metric, check_positive, check_ratio, check_weight
+from realsynth.data.demo_settings import DEMO_DAMAGE_DEFAULTS, DEMO_PRESET_CHANGES
 
 MD = "DATASETS.MULTI_DATASET"
 ADAPTIVE = f"{MD}.ADAPTIVE"
@@ -36,7 +37,7 @@ def validate(cfg: DictConfig) -> None:
     _validate_model(cfg)
     check_ratio(cfg.INPUT.FLIP_PROB, "INPUT.FLIP_PROB")
     _validate_studies(cfg)
-    check_ratio(cfg.DATASETS.DEMO.LABEL_NOISE, "DATASETS.DEMO.LABEL_NOISE")
+    _validate_demo(cfg.DATASETS.DEMO)
     _validate_sources(cfg)
     _validate_schedules(cfg)
     _validate_adaptive(cfg)
@@ -329,3 +330,21 @@ def _validate_sources(cfg: DictConfig) -> None:
             f"({', '.join(f'{s.NAME}={s.RATIO}' for s in cfg.DATASETS.SOURCES)})",
             tuple(f"DATASETS.SOURCES[{i}].RATIO" for i in range(len(cfg.DATASETS.SOURCES))),
         )
+
+
+def _validate_demo(demo: DictConfig) -> None:
+    """DATASETS.DEMO's preset is known and its knobs are in range."""
+    if demo.PRESET not in DEMO_PRESET_CHANGES:
+        raise ConfigError(
+            f"DATASETS.DEMO.PRESET must be one of {', '.join(DEMO_PRESET_CHANGES)}, got "
+            f"{demo.PRESET!r}",
+            "DATASETS.DEMO.PRESET",
+        )
+    for knob in ("LABEL_NOISE", *(name.upper() for name in DEMO_DAMAGE_DEFAULTS)):
+        value, key = demo[knob], f"DATASETS.DEMO.{knob}"
+        if value is None:
+            continue
+        if knob == "HUE_SHIFT" and not 0.0 <= value < 360.0:
+            raise ConfigError(f"{key} must be in [0, 360) degrees, got {value}", key)
+        if knob != "HUE_SHIFT":
+            check_ratio(value, key)

@@ -22,7 +22,7 @@ from realsynth.config.choices import (
     Sampler,
 )
 from realsynth.config.model_schema import ModelConfig
-from realsynth.data.demo_settings import DEMO_LABEL_NOISE, DEMO_SIZES
+from realsynth.data.demo_settings import DEMO_SIZES
 
 
 class ConfigError(ValueError):
@@ -156,7 +156,21 @@ class DemoConfig:
     SYNTHETIC_TRAIN: int = DEMO_SIZES["synthetic_train"]
     SYNTHETIC_VAL: int = DEMO_SIZES["synthetic_val"]
     REAL_TEST: int = DEMO_SIZES["real_test"]
-    LABEL_NOISE: float = DEMO_LABEL_NOISE
+    # The synthetic domain's damage: a named preset (mild: 10% wrong classes and predicates,
+    # the flat rendering; noisy: many wrong, missing and misplaced labels; shifted: other label
+    # frequencies and a strong appearance gap), and any of its knobs set here (unset: the
+    # preset's). LABEL_NOISE sets CLASS_NOISE and PREDICATE_NOISE both.
+    PRESET: str = "mild"  # mild | noisy | shifted
+    LABEL_NOISE: float | None = None
+    CLASS_NOISE: float | None = None
+    PREDICATE_NOISE: float | None = None
+    MISSING_OBJECTS: float | None = None
+    MISSING_RELATIONS: float | None = None
+    BOX_NOISE: float | None = None
+    CLASS_SHIFT: float | None = None
+    PREDICATE_SHIFT: float | None = None
+    APPEARANCE_GAP: float | None = None  # 1: the flat rendering; 0: rendered like real images
+    HUE_SHIFT: float | None = None  # degrees, [0, 360)
 
 
 @dataclass

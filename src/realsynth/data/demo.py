@@ -9,8 +9,9 @@ clearly dominates the displacement (|d_major| >= 1.5 |d_minor|), otherwise none;
 ``MAX_RELATIONS`` per image, and every image has at least one. "left of" means the subject's
 center is left of the object's.
 
-The synthetic domain carries label noise: each object class and each predicate is replaced by a
-different, uniformly drawn one with probability ``label_noise``.
+The synthetic domain is damaged as :mod:`realsynth.data.demo_damage` says (by default the ``mild``
+preset: each object class and each predicate replaced by a different, uniformly drawn one with
+probability 0.1), and ``corruption.json`` beside its annotations records exactly how.
 """
 
 from __future__ import annotations
@@ -18,13 +19,31 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from realsynth.data.demo_render import PALETTE, SHAPES, DemoObject, render_real, render_synthetic
-from realsynth.data.demo_settings import DEMO_LABEL_NOISE, DEMO_SIZES
+from realsynth.data.demo_damage import (
+    SyntheticDamage,
+    damaged_annotation,
+    knob_rng,
+    preset_name,
+    resolve_damage,
+    shifted_kinds,
+    write_damage_record,
+)
+from realsynth.data.demo_render import (
+    PALETTE,
+    SHAPES,
+    DemoObject,
+    blend_toward,
+    render_real,
+    render_synthetic,
+    rotate_hue,
+)
+from realsynth.data.demo_settings import DEMO_SIZES
 from realsynth.data.formats.relcoco import write_relcoco
 from realsynth.utils.atomic import atomic_write_text
 
@@ -110,74 +129,89 @@ def _corrupt(
     return np.where(flip, (values + shift) % num_values, values), flip
 
 
-def make_scene(
-    domain: str, image_size: int, label_noise: float, rng: np.random.Generator
-) -> tuple[Any, dict[str, Any]]:
-    """Renders one scene. Returns (PIL image, annotation with xyxy pixel boxes, 0-based labels
-    and relations) ready for :func:`write_relcoco`."""
+def _scene_objects(
+    domain: str,
+    image_size: int,
+    damage: SyntheticDamage,
+    rng: np.random.Generator,
+    scene_key: tuple[int, ...],
+) -> tuple[list[DemoObject], np.ndarray]:
+    """The scene's objects and its relations int64 [M, 3] (M >= 1), shifted kinds included."""
+    shift = domain == "synthetic" and (damage.class_shift > 0 or damage.predicate_shift > 0)
+    shift_rng = knob_rng(scene_key, "shift") if shift else None
     # Resample until the scene has a relation: images without one teach nothing and the
     # evaluation ignores them.
     objects, relations = [], np.zeros((0, 3), dtype=np.int64)
     while len(objects) < 2 or len(relations) == 0:
         objects = sample_objects(image_size, rng)
+        if shift_rng is not None:
+            shapes, colors = shifted_kinds(
+                np.array([o.shape for o in objects], dtype=np.int64),
+                np.array([o.color for o in objects], dtype=np.int64),
+                len(SHAPES),
+                len(PALETTE),
+                damage,
+                shift_rng,
+            )
+            objects = [
+                replace(o, shape=int(s), color=int(c)) for o, s, c in zip(objects, shapes, colors)
+            ]
         relations = scene_relations(objects, rng)
+    return objects, relations
+
+
+def _synthetic_image(
+    objects: list[DemoObject], image_size: int, damage: SyntheticDamage, scene_key: tuple
+) -> Any:
+    """The synthetic rendering, moved toward the real one and hue-turned as ``damage`` says."""
+    image = render_synthetic(objects, image_size)
+    if damage.appearance_gap < 1.0:
+        real = render_real(objects, image_size, knob_rng(scene_key, "appearance_gap"))
+        image = blend_toward(image, real, damage.appearance_gap)
+    if damage.hue_shift > 0:
+        image = rotate_hue(image, damage.hue_shift)
+    return image
+
+
+def make_scene(
+    domain: str,
+    image_size: int,
+    damage: SyntheticDamage,
+    rng: np.random.Generator,
+    scene_key: tuple[int, ...] = (),
+) -> tuple[Any, dict[str, Any], dict[str, list] | None]:
+    """Renders one scene.
+
+    Args:
+        domain: ``real`` or ``synthetic`` (only the synthetic one is damaged).
+        image_size: the square image's side in pixels.
+        damage: what to do to the synthetic domain.
+        rng: the scene's stream (geometry, real rendering, wrong labels).
+        scene_key: the scene's seed sequence, for the knobs' own streams.
+
+    Returns:
+        (PIL image, annotation with xyxy pixel boxes, 0-based labels and relations ready for
+        :func:`write_relcoco`, the synthetic scene's record of what differs from the truth
+        (None for a real scene; see :func:`damaged_annotation`)).
+    """
+    objects, relations = _scene_objects(domain, image_size, damage, rng, scene_key)
     labels = np.array([o.shape for o in objects], dtype=np.int64)
-    truth = {"labels": labels.copy(), "predicates": relations[:, 2].copy()}
-    corrupted = {
-        "labels": np.zeros(len(labels), bool),
-        "predicates": np.zeros(len(relations), bool),
-    }
+    boxes = np.array([o.box for o in objects], dtype=np.int64)
+    frame = {"width": image_size, "height": image_size}
     if domain == "real":
         image = render_real(objects, image_size, rng)
-    else:
-        image = render_synthetic(objects, image_size)
-        labels, corrupted["labels"] = _corrupt(labels, len(DEMO_CLASSES), label_noise, rng)
-        relations[:, 2], corrupted["predicates"] = _corrupt(
-            relations[:, 2], len(DEMO_PREDICATES), label_noise, rng
-        )
-    ann = {
-        "width": image_size,
-        "height": image_size,
-        "boxes": np.array([o.box for o in objects], dtype=np.int64),
-        "labels": labels,
-        "relations": relations,
-        # What the generator changed: never written into annotations.json (see _write_split).
-        "corrupted": corrupted,
-        "truth": truth,
-    }
-    return image, ann
-
-
-def _write_corruption(path: Path, records: list[dict], corruption: list[tuple]) -> None:
-    """The ground truth of the label noise, by the ids ``write_relcoco`` assigns (annotations
-    1, 2, ... and relationships in file order): which were changed, from what to what."""
-    boxes, relations = [], []
-    box_id, rel_position = 1, 0
-    for ann, (changed, truth) in zip(records, corruption):
-        for j in range(len(ann["labels"])):
-            if changed["labels"][j]:
-                true, written = int(truth["labels"][j]), int(ann["labels"][j])
-                boxes.append({"annotation_id": box_id + j, "true": true, "written": written})
-        for j in range(len(ann["relations"])):
-            if changed["predicates"][j]:
-                true, written = int(truth["predicates"][j]), int(ann["relations"][j, 2])
-                relations.append(
-                    {"relationship": rel_position + j, "true": true, "written": written}
-                )
-        box_id += len(ann["labels"])
-        rel_position += len(ann["relations"])
-    atomic_write_text(
-        path,
-        json.dumps(
-            {
-                "about": "labels the demo generator replaced (0-based class / predicate "
-                "indices); a filter must never read this file",
-                "boxes": boxes,
-                "relationships": relations,
-            }
-        )
-        + "\n",
+        return image, {**frame, "boxes": boxes, "labels": labels, "relations": relations}, None
+    image = _synthetic_image(objects, image_size, damage, scene_key)
+    scene = {"boxes": boxes, "true_labels": labels, "true_predicates": relations[:, 2].copy()}
+    scene["labels"], scene["changed_labels"] = _corrupt(
+        labels, len(DEMO_CLASSES), damage.class_noise, rng
     )
+    predicates, scene["changed_predicates"] = _corrupt(
+        relations[:, 2], len(DEMO_PREDICATES), damage.predicate_noise, rng
+    )
+    scene["relations"] = np.column_stack([relations[:, :2], predicates])
+    annotation, record = damaged_annotation(scene, damage, image_size, scene_key)
+    return image, {**frame, **annotation}, record
 
 
 def _claim_folder(out: Path, settings: dict[str, Any], *, force: bool) -> None:
@@ -202,14 +236,17 @@ def demo_settings(
     synthetic_train: int = DEMO_SIZES["synthetic_train"],
     synthetic_val: int = DEMO_SIZES["synthetic_val"],
     real_test: int = DEMO_SIZES["real_test"],
-    label_noise: float = DEMO_LABEL_NOISE,
+    damage: SyntheticDamage | str = "mild",
+    label_noise: float | None = None,
     image_size: int = 64,
 ) -> dict[str, Any]:
     """The settings :func:`generate_demo` records in its marker for these arguments (compare
     them with :func:`recorded_demo_settings` to tell whether a folder holds this demo)."""
     counts = _split_counts(real_train, real_val, synthetic_train, synthetic_val, real_test)
     settings: dict[str, Any] = {f"{d}_{s}": int(n) for (d, s), n in counts.items()}
-    settings.update(seed=seed, label_noise=label_noise, image_size=image_size)
+    damage = resolve_damage(damage, label_noise)
+    settings.update(seed=seed, image_size=image_size, preset=preset_name(damage))
+    settings.update(damage.as_dict())
     return settings
 
 
@@ -261,20 +298,21 @@ def _write_split(
     *,
     seed: int,
     image_size: int,
-    label_noise: float,
+    damage: SyntheticDamage,
 ) -> Path:
     """Writes one split into a temporary sibling folder, then moves it into place."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         (tmp / "images").mkdir()
-        records, corruption = [], []
+        records, per_image = [], []
         for k in range(count):
-            rng = np.random.default_rng([seed, DOMAINS.index(domain), SPLITS.index(split), k])
-            image, ann = make_scene(domain, image_size, label_noise, rng)
+            scene_key = (seed, DOMAINS.index(domain), SPLITS.index(split), k)
+            rng = np.random.default_rng(list(scene_key))
+            image, ann, record = make_scene(domain, image_size, damage, rng, scene_key)
             ann["file_name"] = f"{k:06d}.png"
             image.save(tmp / "images" / ann["file_name"], format="PNG", compress_level=6)
-            corruption.append((ann.pop("corrupted"), ann.pop("truth")))
+            per_image.append(record)
             records.append(ann)
         write_relcoco(
             tmp / "annotations.json",
@@ -283,7 +321,7 @@ def _write_split(
             images=records,
         )
         if domain == "synthetic":
-            _write_corruption(tmp / CORRUPTION_FILE, records, corruption)
+            write_damage_record(tmp / CORRUPTION_FILE, records, per_image, damage)
         if folder.exists():
             shutil.rmtree(folder)
         tmp.replace(folder)
@@ -302,7 +340,8 @@ def generate_demo(
     synthetic_train: int = DEMO_SIZES["synthetic_train"],
     synthetic_val: int = DEMO_SIZES["synthetic_val"],
     real_test: int = DEMO_SIZES["real_test"],
-    label_noise: float = DEMO_LABEL_NOISE,
+    damage: SyntheticDamage | str = "mild",
+    label_noise: float | None = None,
     image_size: int = 64,
     force: bool = False,
 ) -> dict[str, Path]:
@@ -316,7 +355,10 @@ def generate_demo(
         real_train, real_val, synthetic_train, synthetic_val, real_test: image counts (>= 0);
             the real test split is for reports that model selection never saw (0: none, and
             the test split of an earlier call is removed).
-        label_noise: synthetic class/predicate noise rate in [0, 1].
+        damage: what to do to the synthetic domain: a preset's name (``mild``, ``noisy``,
+            ``shifted``) or :class:`SyntheticDamage` knobs.
+        label_noise: sets both ``class_noise`` and ``predicate_noise`` of ``damage`` (None:
+            keep them).
         image_size: square image side in pixels (>= 24).
         force: replace ``real/`` and ``synthetic/`` in a folder this function did not make.
 
@@ -328,8 +370,7 @@ def generate_demo(
     for (domain, split), n in counts.items():
         if int(n) < 0:
             raise ValueError(f"{domain}_{split} must be >= 0, got {n}")
-    if not 0.0 <= label_noise <= 1.0:
-        raise ValueError(f"label_noise must be in [0, 1], got {label_noise}")
+    damage = resolve_damage(damage, label_noise)
     if image_size < 24:
         raise ValueError(f"image_size must be >= 24 pixels, got {image_size}")
     out = Path(out_dir)
@@ -340,7 +381,7 @@ def generate_demo(
         synthetic_train=synthetic_train,
         synthetic_val=synthetic_val,
         real_test=real_test,
-        label_noise=label_noise,
+        damage=damage,
         image_size=image_size,
     )
     _claim_folder(out, settings, force=force)
@@ -354,7 +395,7 @@ def generate_demo(
             int(n),
             seed=seed,
             image_size=image_size,
-            label_noise=label_noise,
+            damage=damage,
         )
         for (domain, split), n in counts.items()
     }

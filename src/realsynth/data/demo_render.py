@@ -100,3 +100,16 @@ def render_real(
     pixels = np.asarray(image, dtype=np.float32) * _lighting(image_size, rng)
     pixels += rng.normal(0.0, 6.0, size=pixels.shape).astype(np.float32)
     return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "RGB")
+
+
+def blend_toward(flat: Image.Image, real: Image.Image, gap: float) -> Image.Image:
+    """``gap * flat + (1 - gap) * real``, rounded: 1 is the flat rendering, 0 the real one."""
+    mixed = gap * np.asarray(flat, np.float32) + (1.0 - gap) * np.asarray(real, np.float32)
+    return Image.fromarray(np.clip(np.rint(mixed), 0, 255).astype(np.uint8), "RGB")
+
+
+def rotate_hue(image: Image.Image, degrees: float) -> Image.Image:
+    """The image with every hue turned by ``degrees`` (grays stay gray; PIL's 8-bit HSV)."""
+    hsv = np.array(image.convert("HSV"), dtype=np.int64)
+    hsv[:, :, 0] = (hsv[:, :, 0] + round(degrees / 360.0 * 256)) % 256
+    return Image.fromarray(hsv.astype(np.uint8), "HSV").convert("RGB")

@@ -3,6 +3,8 @@ generated again when its recorded settings differ, and the demo's two sources.""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,8 @@ from realsynth.data.demo import (
     is_demo_folder,
     recorded_demo_settings,
 )
+from realsynth.data.demo_damage import SyntheticDamage, demo_damage, preset_name
+from realsynth.data.demo_settings import DEMO_DAMAGE_DEFAULTS, DEMO_SIZES
 from realsynth.data.paths import shown
 from realsynth.utils.distributed import barrier, get_rank
 
@@ -29,11 +33,22 @@ def demo_root(cfg: DictConfig) -> Path:
     if demo.ROOT:
         return Path(demo.ROOT)
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "realsynth"
+    damage = demo_damage_of(cfg)
+    name = preset_name(damage)
+    if name == "custom":  # knobs set one by one: a folder per setting of all of them
+        name = hashlib.sha256(json.dumps(damage.as_dict()).encode()).hexdigest()[:10]
     tag = (
         f"seed{demo.SEED}-r{demo.REAL_TRAIN}-{demo.REAL_VAL}-{demo.REAL_TEST}-"
-        f"s{demo.SYNTHETIC_TRAIN}-{demo.SYNTHETIC_VAL}-n{demo.LABEL_NOISE:g}"
+        f"s{demo.SYNTHETIC_TRAIN}-{demo.SYNTHETIC_VAL}-{name}"
     )
     return cache / "demo" / tag
+
+
+def demo_damage_of(cfg: DictConfig) -> SyntheticDamage:
+    """The synthetic damage ``DATASETS.DEMO`` asks for: its preset with the knobs it sets."""
+    demo = cfg.DATASETS.DEMO
+    knobs = {name: demo[name.upper()] for name in DEMO_DAMAGE_DEFAULTS}
+    return demo_damage(demo.PRESET, label_noise=demo.LABEL_NOISE, overrides=knobs)
 
 
 #: DATASETS.DEMO keys by the name ``generate_demo`` records their setting under.
@@ -44,8 +59,10 @@ _DEMO_KEYS = {
     "synthetic_train": "SYNTHETIC_TRAIN",
     "synthetic_val": "SYNTHETIC_VAL",
     "real_test": "REAL_TEST",
-    "label_noise": "LABEL_NOISE",
+    "preset": "PRESET",
+    **{name: name.upper() for name in DEMO_DAMAGE_DEFAULTS},
 }
+_SIZE_KEYS = ("seed", *DEMO_SIZES)
 
 
 def ensure_demo_data(cfg: DictConfig) -> Path:
@@ -59,7 +76,8 @@ def ensure_demo_data(cfg: DictConfig) -> Path:
         ConfigError: ``DATASETS.DEMO.ROOT`` is a non-empty folder that realsynth did not make.
     """
     root, demo = demo_root(cfg), cfg.DATASETS.DEMO
-    options = {key.lower(): demo[key] for key in _DEMO_KEYS.values()}
+    options = {key: demo[_DEMO_KEYS[key]] for key in _SIZE_KEYS}
+    options["damage"] = demo_damage_of(cfg)
     if get_rank() == 0:
         wanted = demo_settings(**options)
         recorded = recorded_demo_settings(root)
@@ -88,9 +106,9 @@ def _demo_difference(root: Path, recorded: dict | None, wanted: dict) -> str:
         )
     named = {**{k: k for k in wanted}, **_DEMO_KEYS}
     changed = [
-        f"{named[k]}={recorded.get(k, 0)}, not {wanted.get(k, 0)}"
+        f"{named[k]}={recorded.get(k, 'unrecorded')}, not {wanted.get(k, 0)}"
         for k in named
-        if recorded.get(k, 0) != wanted.get(k, 0)
+        if recorded.get(k, 0) != wanted.get(k, 0) or k not in recorded
     ]
     return (
         f"the demo data in {shown(root)} was made with {'; '.join(changed)}: generating it again "

@@ -9,13 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from realsynth.data.demo import (
-    DEMO_PREDICATES,
-    demo_predicate_flip_map,
-    generate_demo,
-    pair_predicate,
-)
+from realsynth.data.demo import DEMO_PREDICATES, demo_predicate_flip_map, generate_demo
 from realsynth.data.demo_render import DemoObject
+from realsynth.data.demo_scene import pair_predicate
 from realsynth.data.formats.relcoco import RelCocoDataset
 from realsynth.data.transforms import RandomHorizontalFlip, predicate_flip_indices
 

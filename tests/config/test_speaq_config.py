@@ -20,7 +20,8 @@ TINY_MODEL = ("MODEL.NUM_QUERIES=12", "MODEL.D_MODEL=32", "MODEL.BACKBONE.CHANNE
 
 def _speaq_demo(tmp_path, demo_root, *overrides):
     base = tiny_config(tmp_path, demo_root=demo_root)
-    sizes = [f"DATASETS.DEMO.{k}={base.DATASETS.DEMO[k]}" for k in base.DATASETS.DEMO]
+    demo = base.DATASETS.DEMO
+    sizes = [f"DATASETS.DEMO.{k}={demo[k]}" for k in demo if demo[k] is not None]
     return load_config(SPEAQ_DEMO, [*sizes, *TINY_MODEL, f"OUTPUT_DIR={tmp_path}/run", *overrides])
 
 

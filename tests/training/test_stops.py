@@ -309,6 +309,24 @@ def test_resume_refuses_a_changed_source_path(tmp_path, demo_root, capsys):
     assert not (run / "checkpoints").exists()
 
 
+def test_a_run_of_an_older_version_resumes_when_new_keys_keep_their_defaults(
+    tmp_path, two_steps, capsys
+):
+    # An older realsynth wrote config.yaml without the keys added since (here the adaptive
+    # score and a source key): at their defaults they change nothing, set otherwise they do.
+    run = _copy(two_steps, tmp_path)
+    saved = (run / "config.yaml").read_text()
+    older = "\n".join(line for line in saved.splitlines() if "SCORE:" not in line) + "\n"
+    assert older != saved
+    (run / "config.yaml").write_text(older)
+    score = "DATASETS.MULTI_DATASET.ADAPTIVE.SCORE"
+    assert main(["train", "--resume", str(run), f"{score}=projection"]) == 2
+    line = _line(capsys.readouterr().err, "realsynth: error:")
+    assert f"this command changes {score} (cosine -> projection)" in line
+    assert main(["train", "--resume", str(run), "SOLVER.MAX_ITER=3"]) == 0
+    assert [r["step"] for r in train_records(run)] == [1, 2, 3]
+
+
 def test_eval_of_a_checkpoint_of_another_model_is_one_line(two_steps, capsys):
     assert main(["eval", str(two_steps), "MODEL.D_MODEL=16"]) == 2
     line = _line(capsys.readouterr().err, "realsynth: error:")

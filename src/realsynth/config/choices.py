@@ -35,6 +35,11 @@ class AdaptiveMethod(Choice):
     gradient_alignment = "gradient_alignment"
 
 
+class AdaptiveScore(Choice):
+    cosine = "cosine"
+    projection = "projection"
+
+
 class CeScope(Choice):
     all = "all"
     matched = "matched"

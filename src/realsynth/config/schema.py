@@ -15,6 +15,7 @@ from typing import Any
 
 from realsynth.config.choices import (
     AdaptiveMethod,
+    AdaptiveScore,
     CompareSplit,
     EvalProtocol,
     LrSchedule,
@@ -74,6 +75,9 @@ class AdaptiveConfig:
     METHOD: AdaptiveMethod = (
         AdaptiveMethod.gradient_alignment
     )  # gradient_alignment (DoGE-style; docs/adaptive.md)
+    # How a source's gradient is scored against the holdout's: cosine (shrinks with the
+    # source's item count) or projection (noise-corrected; docs/adaptive.md).
+    SCORE: AdaptiveScore = AdaptiveScore.cosine
     INTERVAL: int = 50  # steps between decisions; a decision rules the interval after the next
     # The holdout: HOLDOUT_IMAGES images carved from the first real source's training set, or
     # HOLDOUT_SOURCE, a source whose whole training file is the holdout (not trained on).

@@ -12,9 +12,14 @@ holdout's does:
                  {MIN_k <= share_k <= MAX_k, sum share_k = 1} along the same ray (a common factor
                  and clipping, found by bisection).
 
-DoGE uses the raw inner product scaled by the learning rate; realsynth uses the cosine, so that
-``STEP_SIZE`` means the same at any loss scale and learning rate (a step of 1.0 multiplies the
-share of a perfectly aligned source by e relative to an orthogonal one). With ``ADAPT_WEIGHTS``
+DoGE uses the raw inner product scaled by the learning rate; realsynth uses a score in [-1, 1],
+so that ``STEP_SIZE`` means the same at any loss scale and learning rate (a step of 1.0
+multiplies the share of a perfectly aligned source by e relative to an orthogonal one). Score
+``cosine`` is the formula above, which shrinks with a source's item count (a smaller share
+scores lower whatever the data); score ``projection`` is the inner product of per-item mean
+gradients over noise-free gradient lengths common to all sources, whose expectation does not
+depend on the count: each of its parts is smoothed, then their ratio taken
+(:func:`projection_score`). With ``ADAPT_WEIGHTS``
 the loss weight of every synthetic source takes the same multiplicative step, clipped to
 ``[MIN_WEIGHT, MAX_WEIGHT]``. A source without items in the measured batch keeps its alignment.
 
@@ -34,9 +39,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["AdaptiveMixer", "Decision", "project_shares"]
+__all__ = ["SCORE_RULES", "AdaptiveMixer", "Decision", "project_shares", "projection_score"]
 
 _BISECTION_STEPS = 200
+SCORE_RULES = ("cosine", "projection")
+#: ``projection``: a half product ``g_A . g_B`` counts as at least this fraction of
+#: ``|g_A| |g_B|`` (at or below zero, noise hides the mean gradient).
+PROJECTION_FLOOR = 1e-3
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,8 @@ class AdaptiveMixer:
         min_ratios / max_ratios: per-source share bounds.
         adapt_weights: also move the synthetic sources' weights.
         min_weight / max_weight: bounds of the adapted weights.
+        score: ``cosine`` (the EMA of the measured cosines) or ``projection`` (the EMA of
+            each part of the projection score, then their ratio: :func:`projection_score`).
 
     Raises:
         ValueError: bounds that no shares summing to one can meet, or a bad setting.
@@ -84,7 +95,10 @@ class AdaptiveMixer:
         adapt_weights: bool = False,
         min_weight: float = 0.0,
         max_weight: float = 1.0,
+        score: str = "cosine",
     ) -> None:
+        if score not in SCORE_RULES:
+            raise ValueError(f"unknown score {score!r}; one of {', '.join(SCORE_RULES)}")
         if interval < 1 or not step_size > 0 or not 0 <= smoothing < 1:
             raise ValueError(
                 f"adaptive mixing needs interval >= 1, step_size > 0 and smoothing in [0, 1), "
@@ -113,7 +127,9 @@ class AdaptiveMixer:
             )
         self.ratios = np.array(ratios, dtype=np.float64)
         self.weights = np.array(weights, dtype=np.float64)
+        self.score = score
         self.smoothed: list[float | None] = [None] * len(self.names)
+        self.parts: list[list[float] | None] = [None] * len(self.names)
         self.decisions = 0
 
     @property
@@ -131,16 +147,21 @@ class AdaptiveMixer:
         (a batch skipped at the due step moves the decision to the next trained batch)."""
         return step >= self.next_decision
 
-    def decide(self, step: int, alignment: Sequence[float | None]) -> Decision:
+    def decide(
+        self,
+        step: int,
+        alignment: Sequence[float | None],
+        parts: Sequence[Sequence[float] | None] | None = None,
+    ) -> Decision:
         """The shares and weights from step ``step + interval`` on, given the alignment
-        measured after step ``step`` (None for a source absent from the batch)."""
-        for k, value in enumerate(alignment):
-            if value is None or not math.isfinite(value):
-                continue
-            old = self.smoothed[k]
-            self.smoothed[k] = (
-                value if old is None else self.smoothing * old + (1 - self.smoothing) * value
-            )
+        measured after step ``step`` (None for a source absent from the batch) and, with
+        ``projection``, the parts of each source's score (``alignment.projection_parts``)."""
+        if self.score == "projection":
+            if parts is None:
+                raise ValueError("the projection score needs the measured parts")
+            self._smooth_parts(parts)
+        else:
+            self._smooth_values(alignment)
         push = np.array([0.0 if a is None else a for a in self.smoothed])
         self.ratios = project_shares(
             self.ratios * np.exp(self.step_size * push), self.low, self.high
@@ -155,12 +176,36 @@ class AdaptiveMixer:
             start, self.ratios.tolist(), self.weights.tolist(), list(alignment), list(self.smoothed)
         )
 
+    def _smooth_values(self, alignment: Sequence[float | None]) -> None:
+        for k, value in enumerate(alignment):
+            if value is None or not math.isfinite(value):
+                continue
+            old = self.smoothed[k]
+            self.smoothed[k] = (
+                value if old is None else self.smoothing * old + (1 - self.smoothing) * value
+            )
+
+    def _smooth_parts(self, parts: Sequence[Sequence[float] | None]) -> None:
+        """The EMA of every part, then the score of the averages: a ratio of averages, stable
+        where the ratio of one measurement's noisy parts is not."""
+        for k, measured in enumerate(parts):
+            if measured is None or not all(math.isfinite(x) for x in measured):
+                continue
+            old = self.parts[k]
+            self.parts[k] = (
+                list(measured)
+                if old is None
+                else [self.smoothing * a + (1 - self.smoothing) * b for a, b in zip(old, measured)]
+            )
+            self.smoothed[k] = projection_score(self.parts[k])
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "interval": self.interval,
             "ratios": self.ratios.tolist(),
             "weights": self.weights.tolist(),
             "smoothed": list(self.smoothed),
+            "parts": list(self.parts),
             "decisions": self.decisions,
         }
 
@@ -179,6 +224,7 @@ class AdaptiveMixer:
         self.ratios = np.array(state["ratios"], dtype=np.float64)
         self.weights = np.array(state["weights"], dtype=np.float64)
         self.smoothed = list(state["smoothed"])
+        self.parts = list(state.get("parts", [None] * len(self.names)))
         self.decisions = int(state["decisions"])
 
 
@@ -207,3 +253,24 @@ def project_shares(shares: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.
             hi = mid
     out = scaled(0.5 * (lo + hi))
     return out / out.sum()
+
+
+def projection_score(parts: Sequence[float]) -> float:
+    """The projection score ``(g_k . g_h) / sqrt((g_BA . g_BB) (g_hA . g_hB))``
+    (:mod:`realsynth.mixing.alignment`).
+
+    Args:
+        parts: ``[g_k . g_h, g_BA . g_BB, |g_BA| |g_BB|, g_hA . g_hB, |g_hA| |g_hB|]`` (one
+            measurement's or their averages); each half product counts as at least
+            ``PROJECTION_FLOOR`` times its norms.
+
+    Returns:
+        the ratio clipped to [-1, 1] (0.0 where the norms are zero).
+    """
+    cross, half_b, norms_b, half_h, norms_h = (float(x) for x in parts)
+    denominator = math.sqrt(
+        max(half_b, PROJECTION_FLOOR * norms_b) * max(half_h, PROJECTION_FLOOR * norms_h)
+    )
+    if not denominator > 0:
+        return 0.0
+    return min(1.0, max(-1.0, cross / denominator))

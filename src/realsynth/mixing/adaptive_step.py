@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from realsynth.data.collate import collate_relations
 from realsynth.mixing.adaptive import AdaptiveMixer
-from realsynth.mixing.alignment import source_alignment
+from realsynth.mixing.alignment import measure_sources
 from realsynth.mixing.holdout import holdout_items
 from realsynth.modeling.criterion import RelationCriterion
 from realsynth.utils.distributed import get_rank, get_world_size
@@ -34,9 +34,9 @@ def adapt_after_step(
     holdout_batch: int,
     device: torch.device,
 ) -> dict[str, Any]:
-    """Measures the alignment after completed step ``step`` on its batch and a holdout batch,
-    decides, and puts the new shares (and, with ``adapt_weights``, loss weights) in force in the
-    sampler from ``step + interval``.
+    """Measures the alignment (``mixer.score``) after completed step ``step`` on its batch and
+    a holdout batch, decides, and puts the new shares (and, with ``adapt_weights``, loss
+    weights) in force in the sampler from ``step + interval``.
 
     Returns:
         the ``adaptive`` record for ``metrics.jsonl``: the measured and smoothed alignment, and
@@ -46,10 +46,16 @@ def adapt_after_step(
         len(holdout), mixer.decisions, holdout_batch, get_rank(), get_world_size()
     )
     held = collate_relations([holdout[i] for i in items])
-    alignment = source_alignment(
-        getattr(model, "module", model), criterion, batch, held, len(mixer.names), device
+    measured = measure_sources(
+        getattr(model, "module", model),
+        criterion,
+        batch,
+        held,
+        len(mixer.names),
+        device,
+        score=mixer.score,
     )
-    decision = mixer.decide(step, alignment)
+    decision = mixer.decide(step, measured.values, measured.parts)
     sampler.change_mix(
         decision.step,
         horizon=decision.step + mixer.interval,

@@ -172,6 +172,7 @@ def build_adaptive(cfg: DictConfig, data: RunData) -> AdaptiveMixer | None:
             adapt_weights=adaptive.ADAPT_WEIGHTS,
             min_weight=adaptive.MIN_WEIGHT,
             max_weight=adaptive.MAX_WEIGHT,
+            score=adaptive.SCORE.value,
         )
     except ValueError as exc:
         raise ConfigError(f"{key}: {exc}", key) from None

@@ -18,7 +18,8 @@ DESCRIPTIONS = {
     "mix_filtered": "the fixed mix, synthetic labels filtered (`data filter`, ignore mode)",
     "mix_no_background": "the fixed mix, synthetic background weight 0",
     "pretrain_finetune": "`pretrain_finetune` (synthetic only for the first 30% of steps)",
-    "adaptive": "adaptive mixing (the default rule)",
+    "adaptive": "adaptive mixing, `SCORE: cosine` (the default)",
+    "adaptive_projection": "adaptive mixing, `SCORE: projection`",
 }
 PRESETS = ("mild", "noisy", "shifted")
 
@@ -71,6 +72,25 @@ def choices_line(folder: Path) -> str:
     )
 
 
+def adaptive_shares(folder: Path, variants: list[str]) -> list[str]:
+    """The synthetic share each adaptive variant ended with, per seed, and its lowest."""
+    lines = []
+    for name in variants:
+        finals, lowest = [], []
+        for run in sorted((folder / "compare" / name).glob("seed*")):
+            records = [json.loads(line) for line in (run / "metrics.jsonl").open()]
+            shares = [r["decided_share/synthetic"] for r in records if r.get("kind") == "adaptive"]
+            if shares:
+                finals.append(f"{shares[-1]:.2f}")
+                lowest.append(f"{min(shares):.2f}")
+        if finals:
+            lines.append(
+                f"{DESCRIPTIONS.get(name, name)}: synthetic share at the end "
+                f"{' / '.join(finals)} (seeds), lowest {' / '.join(lowest)}; it started at 0.30."
+            )
+    return lines
+
+
 def write_report(out: Path, machine: Callable[[], str]) -> Path:
     """Collect every preset's ``study.json`` under ``out`` into the results section."""
     lines = [
@@ -96,6 +116,10 @@ def write_report(out: Path, machine: Callable[[], str]) -> Path:
             *preset_table(study),
             "",
             choices_line(out / preset),
+            "",
+            *adaptive_shares(
+                out / preset, [n for n in study["R@50"]["variants"] if n.startswith("adaptive")]
+            ),
             "",
         ]
     return write_result("tool_study", "\n".join(lines))

@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint format clean
+.PHONY: demo test bench study lint format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,16 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[dev,bench]"
 	$(PY) benchmarks/run_all.py
+
+# Which tool helps on which synthetic data: every tool, 3 seeds, on the demo's three presets
+# (hours on 2 cores; finished runs are reused when it runs again); tables in
+# benchmarks/results/tool_study.md.
+STUDY_ADAPTIVE := adaptive_projection:DATASETS.MULTI_DATASET.ADAPTIVE.SCORE=projection
+study: $(STAMP)
+	for preset in mild noisy shifted; do \
+	  $(PY) benchmarks/tool_study.py --preset $$preset --adaptive $(STUDY_ADAPTIVE) || exit 1; \
+	done
+	$(PY) benchmarks/tool_study.py --report
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -12,6 +12,8 @@ from realsynth.utils.atomic import atomic_write_text
 
 HERE = Path(__file__).resolve().parent
 ORDER = ("sampler", "criterion", "data", "scale", "train", "sweep", "gpu")
+#: Sections that `make bench` does not run (hours): `make study` writes tool_study.
+STUDIES = ("tool_study",)
 HEADER = """# Benchmarks
 
 Measured with `make bench` (each script also runs alone: `python benchmarks/bench_<name>.py`,
@@ -21,7 +23,7 @@ same process or the same session; absolute times depend on the machine and its l
 """
 
 
-def assemble(names: tuple[str, ...] = ORDER) -> str:
+def assemble(names: tuple[str, ...] = ORDER + STUDIES) -> str:
     """BENCHMARKS.md text from ``benchmarks/results/<name>.md`` (missing sections are named)."""
     parts = [HEADER]
     for name in names:

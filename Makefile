@@ -31,12 +31,15 @@ bench: $(STAMP)
 # Which tool helps on which synthetic data: every tool, 3 seeds, on the demo's three presets
 # (hours on 2 cores; finished runs are reused when it runs again); tables in
 # benchmarks/results/tool_study.md.
+# STUDY_STEPS: steps of 16 per run (the README's tables: 300; the demo's budget: 2000).
+STUDY_STEPS ?= 300
 STUDY_ADAPTIVE := adaptive_projection:DATASETS.MULTI_DATASET.ADAPTIVE.SCORE=projection
 study: $(STAMP)
 	for preset in mild noisy shifted; do \
-	  $(PY) benchmarks/tool_study.py --preset $$preset --adaptive $(STUDY_ADAPTIVE) || exit 1; \
+	  $(PY) benchmarks/tool_study.py --preset $$preset --steps $(STUDY_STEPS) \
+	    --out runs/tool_study_$(STUDY_STEPS) --adaptive $(STUDY_ADAPTIVE) || exit 1; \
 	done
-	$(PY) benchmarks/tool_study.py --report
+	$(PY) benchmarks/tool_study.py --report --out runs/tool_study_$(STUDY_STEPS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -344,3 +344,13 @@ def test_cli_demo_presets_knobs_and_a_bad_knob(tmp_path: Path, capsys) -> None:
     assert main(["data", "demo", str(tmp_path / "b"), "--missing-objects", "1.5", *sizes]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["realsynth: error: demo damage missing_objects must be in [0, 1], got 1.5"]
+
+
+def test_every_knob_has_a_cli_option_with_its_meaning(capsys) -> None:
+    from realsynth.cli.data_commands import _KNOB_HELP
+
+    assert list(_KNOB_HELP) == list(DEMO_DAMAGE_DEFAULTS)
+    with pytest.raises(SystemExit):
+        main(["data", "demo", "--help"])
+    out = capsys.readouterr().out
+    assert all(f"--{name.replace('_', '-')}" in out for name in DEMO_DAMAGE_DEFAULTS)

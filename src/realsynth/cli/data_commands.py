@@ -70,6 +70,20 @@ def _add_data_convert(data_cmds: Any) -> None:
     convert.set_defaults(handler=_data_convert)
 
 
+#: What each damage knob of the synthetic domain does, for --help (keys: DEMO_DAMAGE_DEFAULTS).
+_KNOB_HELP = {
+    "class_noise": "share of object classes replaced by a wrong one",
+    "predicate_noise": "share of predicates replaced by a wrong one",
+    "missing_objects": "share of objects drawn but not annotated",
+    "missing_relations": "share of relations that hold but are not listed",
+    "box_noise": "box corners moved by up to this share of the object's side",
+    "class_shift": "weight of one class in the class frequencies",
+    "predicate_shift": "weight of one color (more 'same color as')",
+    "appearance_gap": "1: flat rendering, 0: rendered like the real images",
+    "hue_shift": "degrees the image hues are turned, [0, 360)",
+}
+
+
 def _add_data_demo(data_cmds: Any) -> None:
     demo = data_cmds.add_parser("demo", help="write the procedural demo dataset")
     demo.add_argument("out", type=Path)
@@ -95,9 +109,12 @@ def _add_data_demo(data_cmds: Any) -> None:
     demo.add_argument(
         "--label-noise", type=float, default=None, help="--class-noise and --predicate-noise"
     )
-    for name in DEMO_DAMAGE_DEFAULTS:
+    for name, meaning in _KNOB_HELP.items():
         demo.add_argument(
-            f"--{name.replace('_', '-')}", type=float, default=None, help="default: the preset's"
+            f"--{name.replace('_', '-')}",
+            type=float,
+            default=None,
+            help=f"{meaning} (default: the preset's)",
         )
     demo.set_defaults(handler=_data_demo)
 

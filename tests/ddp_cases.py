@@ -135,13 +135,13 @@ def adaptive_alignment(config_yaml: str, rank: int, world: int) -> list[list[flo
     holdout batch (4 images), gathered so that rank 0 returns all of them."""
     import torch.distributed as dist
 
-    from realsynth.mixing.alignment import source_alignment
+    from realsynth.mixing.alignment import measure_sources
     from realsynth.mixing.holdout import holdout_items
 
     data, model, criterion, batch = rank_setup(config_yaml, rank, world)
     holdout = data.holdout.dataset
     held = collate_relations([holdout[i] for i in holdout_items(len(holdout), 0, 4, rank, world)])
-    ours = source_alignment(model, criterion, batch, held, len(data.names), CPU)
+    ours = measure_sources(model, criterion, batch, held, len(data.names), CPU).values
     if world == 1:
         return [ours]
     gathered: list = [None] * world

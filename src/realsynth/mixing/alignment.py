@@ -48,7 +48,6 @@ __all__ = [
     "cosine_scores",
     "measure_sources",
     "projection_parts",
-    "source_alignment",
     "source_gradients",
 ]
 
@@ -62,19 +61,6 @@ class Measurement:
 
     values: list[float | None]
     parts: list[list[float] | None] | None = None
-
-
-def source_alignment(
-    model: nn.Module,
-    criterion: RelationCriterion,
-    batch: dict[str, Any],
-    holdout: dict[str, Any],
-    num_sources: int,
-    device: torch.device,
-) -> list[float | None]:
-    """Cosine between each source's training-loss gradient and the holdout-loss gradient
-    (:func:`measure_sources` with score ``cosine``: K values, None for an absent source)."""
-    return measure_sources(model, criterion, batch, holdout, num_sources, device).values
 
 
 def measure_sources(

@@ -267,11 +267,13 @@ def damaged_annotation(
     )
     kept, listed = np.flatnonzero(~missing), np.flatnonzero(listable & ~unlisted)
     position = np.cumsum(~missing) - 1  # object index -> annotated position
-    written = _moved_boxes(
-        boxes[kept], damage.box_noise, image_size, knob_rng(scene_key, "box_noise")
-    )
+    written = boxes[kept]
+    if damage.box_noise > 0:  # its own stream: drawn only when boxes move
+        written = _moved_boxes(
+            written, damage.box_noise, image_size, knob_rng(scene_key, "box_noise")
+        )
     annotation = {
-        "boxes": written if damage.box_noise > 0 else boxes[kept],
+        "boxes": written,
         "labels": scene["labels"][kept],
         "relations": np.column_stack(
             [position[relations[listed, 0]], position[relations[listed, 1]], relations[listed, 2]]

@@ -37,18 +37,23 @@ from scale_data import (
     write_synthetic_relcoco,
 )
 
+from realsynth.data.batch_slots import SlotCollate
 from realsynth.data.formats.relcoco import RelCocoDataset
 from realsynth.data.formats.relcoco_cache import cache_path
 from realsynth.data.shards.dataset import ShardedDataset
+from realsynth.data.slot_loader import SlotDataLoader, SlotReceiver
 from realsynth.mixing.sampler import MixedBatchSampler
 
 WORKERS, BATCH, SHARD_SIZES = (0, 2, 4), 8, (10**5, 10**6, 10**7, 10**8)
 VARIANTS = {
-    "uint8": "realsynth relcoco, uint8 + packed targets",
-    "float": "realsynth relcoco, float32 + per-image targets",
-    "shards": "realsynth shards (wids), uint8 + packed targets",
-    "webdataset": "webdataset.WebDataset (peer), uint8 + packed targets",
+    "slots": "realsynth relcoco, uint8, kept slots (`train`)",
+    "uint8": "realsynth relcoco, uint8 + packed targets, fresh shared memory",
+    "float": "realsynth relcoco, float32 + per-image targets, fresh shared memory",
+    "shards": "realsynth shards (wids), uint8, kept slots (`train`)",
+    "webdataset": "webdataset.WebDataset (peer), uint8 + packed targets, fresh shared memory",
 }
+#: The variants whose batches cross through kept slots (SlotDataLoader), as `train`'s do.
+SLOTTED = ("slots", "shards")
 
 
 def child_imports() -> dict[str, Any]:
@@ -99,7 +104,8 @@ def child_shards(folder: str, with_sampler: str) -> dict[str, Any]:
 def child_loader(variant: str, folder: str, workers: str) -> dict[str, Any]:
     """Images/s through a DataLoader (batch 8), second pass (the first starts the workers)."""
     dataset, collate = loader_dataset(variant, Path(folder))
-    loader = torch.utils.data.DataLoader(
+    loader_class = SlotDataLoader if variant in SLOTTED else torch.utils.data.DataLoader
+    loader = loader_class(
         dataset,
         batch_size=BATCH,
         shuffle=False,
@@ -119,9 +125,11 @@ def child_loader(variant: str, folder: str, workers: str) -> dict[str, Any]:
 def child_transport(variant: str, folder: str, batches: str) -> dict[str, Any]:
     """Per image: decode + transforms in this process, and what a batch costs to cross from a
     worker: collate as a worker runs it (marked as one, so batch tensors go to shared memory
-    where realsynth allocates them there) + ForkingPickler dumps, minus the same collate in a
-    single process, plus loads. torch's cache of received blocks is cleared before each loads,
-    so every block is mapped as a receiver would."""
+    where realsynth allocates them there, or into the worker's slot) + ForkingPickler dumps,
+    minus the same collate in a single process, plus loads (and, for slots, the copies out of
+    the slot). torch's cache of received blocks is cleared before each loads, so every block is
+    mapped as a receiver would. Slots are measured over a second pass, their buffers grown to
+    the largest batch in the first, as a loader's are after its first batches."""
     from multiprocessing.reduction import ForkingPickler
 
     from torch.multiprocessing import reductions  # torch.multiprocessing registers its reductions
@@ -132,28 +140,33 @@ def child_transport(variant: str, folder: str, batches: str) -> dict[str, Any]:
     start = time.perf_counter()
     items = [dataset[i % len(dataset)] for i in range(count)]
     decode = (time.perf_counter() - start) / count
-    pickle.loads(ForkingPickler.dumps(collate(items[:BATCH])))  # warm-up: fd sharer thread
+    chunks = [items[k * BATCH : (k + 1) * BATCH] for k in range(int(batches))]
+    send, receive = collate, pickle.loads
+    if variant == "slots":
+        send, receiver = SlotCollate(collate, num_slots=3), SlotReceiver()
+        receive = lambda data: receiver.open(pickle.loads(data))  # noqa: E731
+    info = worker.WorkerInfo(id=0, num_workers=1, seed=0, dataset=dataset)
     local, sent, loads, pixels = [], [], [], 0
-    for k in range(int(batches)):
-        chunk = items[k * BATCH : (k + 1) * BATCH]
+    for chunk in chunks * 2 if variant == "slots" else [chunks[0], *chunks]:
         start = time.perf_counter()
         batch = collate(chunk)
         local.append(time.perf_counter() - start)
         pixels = batch["images"].nbytes // BATCH
-        worker._worker_info = worker.WorkerInfo(id=0, num_workers=1, seed=0, dataset=dataset)
+        worker._worker_info = info
         start = time.perf_counter()
-        data = ForkingPickler.dumps(collate(chunk))  # a fresh batch, as a worker makes and sends
+        data = ForkingPickler.dumps(send(chunk))  # a fresh batch, as a worker makes and sends
         sent.append(time.perf_counter() - start)
         worker._worker_info = None
         reductions.shared_cache.clear()
         start = time.perf_counter()
-        pickle.loads(data)
+        receive(data)
         loads.append(time.perf_counter() - start)
+    measured = -int(batches)  # the first pass (slots) or batch (warm-up: fd sharer) is not
     return {
         "seconds": decode * count,
         "decode": decode,
-        "dumps": (statistics.median(sent) - statistics.median(local)) / BATCH,
-        "loads": statistics.median(loads) / BATCH,
+        "dumps": (statistics.median(sent[measured:]) - statistics.median(local[measured:])) / BATCH,
+        "loads": statistics.median(loads[measured:]) / BATCH,
         "pixels": pixels,
     }
 
@@ -361,7 +374,7 @@ def transport_section(folder: Path, batches: int) -> list[str]:
         "| unpickle (training process) | pickle + unpickle / decode |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for variant in ("uint8", "float"):
+    for variant in ("slots", "uint8", "float"):
         r = run_child("transport", variant, str(folder), str(batches))
         lines.append(
             f"| {VARIANTS[variant]} | {r['pixels'] / 1e6:.2f} MB | {r['decode'] * 1e3:.2f} ms "

@@ -165,13 +165,13 @@ class WebDatasetItem:
 
 def loader_dataset(variant: str, folder: Path) -> tuple[Any, Callable[..., dict[str, Any]]]:
     """(dataset, collate_fn) of a loader variant over ``folder`` (annotations.json, shards/)."""
-    if variant in ("uint8", "float"):
+    if variant in ("slots", "uint8", "float"):
         dataset = RelCocoDataset(
             folder / "annotations.json",
             folder / "images",
-            transforms=_train_transforms(uint8=variant == "uint8"),
+            transforms=_train_transforms(uint8=variant != "float"),
         )
-        return dataset, collate_relations if variant == "uint8" else collate_per_image
+        return dataset, collate_per_image if variant == "float" else collate_relations
     if variant == "shards":
         return ShardedDataset(
             folder / "shards", transforms=_train_transforms(True)

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from realsynth.data.batch_transport import TargetList, _pack, batch_images
+from realsynth.data.batch_transport import TargetList, batch_images, pack_targets
 from realsynth.data.collate import collate_relations
 from realsynth.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
 
@@ -82,7 +82,7 @@ def _targets(count: int) -> TargetList:
 
 def test_targets_pickle_packed_and_unpickle_equal():
     targets = _targets(5)
-    packed, rest, count = _pack(list(targets))
+    packed, rest, count = pack_targets(list(targets))
     assert set(packed) == {"boxes", "labels", "relations", "orig_size", "step"}
     assert count == 5 and all("boxes" not in r for r in rest) and "box_weights" in rest[1]
     buffer = io.BytesIO()

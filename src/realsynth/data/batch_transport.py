@@ -14,7 +14,7 @@ Two measures fix that, invisibly to the code that reads batches:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -69,11 +69,19 @@ class TargetList(list):
     """
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        return _unpack, _pack(list(self))
+        return unpack_targets, pack_targets(list(self))
 
 
-def _pack(targets: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
-    """(packed fields {key: (tensor, lengths or None)}, per-target rest, count)."""
+#: ``(shape, dtype) -> zeroed tensor``: where a batch's tensors are made.
+Allocate = Callable[[tuple[int, ...], torch.dtype], torch.Tensor]
+
+
+def pack_targets(
+    targets: list[dict[str, Any]], allocate: Allocate | None = None
+) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
+    """(packed fields {key: (tensor, lengths or None)}, per-target rest, count); the packed
+    tensors are made by ``allocate`` (default :func:`new_batch_tensor`)."""
+    allocate = new_batch_tensor if allocate is None else allocate
     packed: dict[str, Any] = {}
     keys = set(targets[0]) if targets else set()
     for target in targets[1:]:
@@ -91,13 +99,13 @@ def _pack(targets: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str,
             packed[key] = (torch.stack(values), None)
         else:
             lengths = [int(v.shape[0]) for v in values]
-            out = new_batch_tensor((sum(lengths), *first.shape[1:]), first.dtype)
+            out = allocate((sum(lengths), *first.shape[1:]), first.dtype)
             packed[key] = (torch.cat(values, out=out), lengths)
     rest = [{k: v for k, v in t.items() if k not in packed} for t in targets]
     return packed, rest, len(targets)
 
 
-def _unpack(packed: dict[str, Any], rest: list[dict[str, Any]], count: int) -> TargetList:
+def unpack_targets(packed: dict[str, Any], rest: list[dict[str, Any]], count: int) -> TargetList:
     targets = [dict(r) for r in rest]
     for key, (tensor, lengths) in packed.items():
         for target, view in zip(targets, _views(tensor, lengths, count)):

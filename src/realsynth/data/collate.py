@@ -6,11 +6,13 @@ from typing import Any
 
 import torch
 
-from realsynth.data.batch_transport import TargetList, new_batch_tensor
+from realsynth.data.batch_transport import Allocate, TargetList, new_batch_tensor
 from realsynth.data.images import SkippedSample
 
 
-def collate_relations(items: list[dict[str, Any] | SkippedSample | None]) -> dict[str, Any]:
+def collate_relations(
+    items: list[dict[str, Any] | SkippedSample | None], allocate: Allocate | None = None
+) -> dict[str, Any]:
     """Collates dataset items into a batch (use as a DataLoader's ``collate_fn``).
 
     :class:`SkippedSample` items (bad images skipped by a dataset with ``skip_bad_samples=True``)
@@ -22,6 +24,9 @@ def collate_relations(items: list[dict[str, Any] | SkippedSample | None]) -> dic
             normalized, ``labels``, ``relations``, ``image_id``, ``orig_size``, ...); optional
             ``loss_weight`` (default 1.0), ``source_id`` (default 0), ``dataset_type`` (default
             "real") and ``source`` (default "").
+        allocate: makes the zeroed ``images`` and ``pixel_mask`` tensors, ``(shape, dtype) ->
+            tensor`` (a loader worker's slot: :class:`~realsynth.data.slot_loader.SlotDataLoader`);
+            default :func:`~realsynth.data.batch_transport.new_batch_tensor`.
 
     Returns:
         ``images`` [B, 3, H, W] of the items' dtype, zero-padded at the bottom/right to the
@@ -39,7 +44,7 @@ def collate_relations(items: list[dict[str, Any] | SkippedSample | None]) -> dic
     if not kept:
         return _empty_batch(num_skipped, skipped)
     _check_images(kept)
-    images, pixel_mask = _pad_images([item["image"] for item in kept])
+    images, pixel_mask = _pad_images([item["image"] for item in kept], allocate or new_batch_tensor)
     pixel_stats = _pixel_stats(kept)
     targets = TargetList()
     for item in kept:
@@ -103,13 +108,15 @@ def _check_images(items: list[dict[str, Any]]) -> None:
             )
 
 
-def _pad_images(images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def _pad_images(
+    images: list[torch.Tensor], allocate: Allocate
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Images [3, H_i, W_i] -> (zero-padded [B, 3, H, W], pixel_mask bool [B, H, W], True on
     padding), padded at the bottom/right to the largest height and width."""
     height = max(int(image.shape[1]) for image in images)
     width = max(int(image.shape[2]) for image in images)
-    batch = new_batch_tensor((len(images), 3, height, width), images[0].dtype)
-    pixel_mask = torch.ones(len(images), height, width, dtype=torch.bool)
+    batch = allocate((len(images), 3, height, width), images[0].dtype)
+    pixel_mask = allocate((len(images), height, width), torch.bool).fill_(True)
     for i, image in enumerate(images):
         h, w = image.shape[1:]
         batch[i, :, :h, :w] = image

@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from realsynth.data.images import SkippedSample
+from realsynth.data.slot_loader import SlotDataLoader
 from realsynth.data.transforms import item_rng
 from realsynth.mixing.sampler import MixedBatchSampler
 from realsynth.mixing.step_schedule import StepSchedule
@@ -296,7 +297,7 @@ def build_mixed_loader(
         shard_sizes=[getattr(s.dataset, "shard_sizes", None) for s in sources],
         shard_window=shard_window,
     )
-    return DataLoader(
+    return SlotDataLoader(
         dataset,
         batch_sampler=sampler,
         num_workers=num_workers,

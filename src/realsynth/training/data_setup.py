@@ -21,6 +21,7 @@ from realsynth.data.formats.relcoco import RelCocoDataset
 from realsynth.data.formats.relcoco_cache import default_index_cache
 from realsynth.data.formats.vg150 import vg150_from_folder
 from realsynth.data.shards.dataset import ShardedDataset
+from realsynth.data.slot_loader import SlotDataLoader
 from realsynth.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -84,7 +85,7 @@ def evaluation_loaders(cfg: DictConfig, datasets: dict[str, Dataset]) -> dict[st
     loaders = {}
     for name, dataset in datasets.items():
         shard = _Shard(dataset, range(rank, len(dataset), world))
-        loaders[name] = DataLoader(
+        loaders[name] = SlotDataLoader(
             shard,
             batch_size=cfg.TEST.IMS_PER_BATCH,
             shuffle=False,

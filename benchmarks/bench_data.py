@@ -22,20 +22,23 @@ from realsynth.data.collate import collate_relations
 from realsynth.data.demo import demo_predicate_flip_map, generate_demo
 from realsynth.data.demo_settings import DEMO_SIZES
 from realsynth.data.formats.relcoco import RelCocoDataset
+from realsynth.data.slot_loader import SlotDataLoader
 from realsynth.data.transforms import build_transforms, predicate_flip_indices
 from realsynth.utils.atomic import atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results" / "data.md"
 
 
-def loader_throughput(ann_file: Path, workers: int, epochs: int) -> float:
-    """Images per second through DataLoader + train transforms + collate_relations."""
+def loader_throughput(
+    ann_file: Path, workers: int, epochs: int, loader_class: type = SlotDataLoader
+) -> float:
+    """Images per second through ``loader_class`` + train transforms + collate_relations."""
     ds = RelCocoDataset(ann_file, ann_file.parent / "images", seed=0)
     flip = predicate_flip_indices(demo_predicate_flip_map(), ds.predicates)
     ds.transforms = build_transforms(
         train=True, min_sizes=[64], max_size=64, flip_prob=0.5, predicate_flip_map=flip
     )
-    loader = torch.utils.data.DataLoader(
+    loader = loader_class(
         ds,
         batch_size=32,
         shuffle=False,
@@ -43,8 +46,8 @@ def loader_throughput(ann_file: Path, workers: int, epochs: int) -> float:
         collate_fn=collate_relations,
         persistent_workers=workers > 0,
     )
-    for _ in loader:  # warm-up pass: worker start-up and file cache
-        break
+    for _ in loader:  # warm-up pass: worker start-up, file cache, slot buffers
+        pass
     start, count = time.perf_counter(), 0
     for epoch in range(epochs):
         ds.set_epoch(epoch)
@@ -106,13 +109,18 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(
             (f"generate_demo ({total} PNGs, 64x64)", f"{time.perf_counter() - start:.2f} s")
         )
-        for workers in (0, 2):
+        loaders = [
+            ("SlotDataLoader (`train`'s)", SlotDataLoader, 0),
+            ("SlotDataLoader (`train`'s)", SlotDataLoader, 2),
+            ("torch DataLoader", torch.utils.data.DataLoader, 2),
+        ]
+        for name, loader_class, workers in loaders:
             rate = loader_throughput(
-                paths["synthetic/train"], workers, epochs=1 if args.quick else 2
+                paths["synthetic/train"], workers, 1 if args.quick else 2, loader_class
             )
             rows.append(
                 (
-                    f"DataLoader, synthetic/train, batch 32, {workers} workers",
+                    f"{name}, synthetic/train, batch 32, {workers} workers",
                     f"{rate:,.0f} images/s",
                 )
             )

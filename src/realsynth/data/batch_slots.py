@@ -12,9 +12,11 @@ tensors out (into pinned memory when the loader pins) and marks the slot free. A
 worker's slot states cross once each, when they are made or grow, until the training process
 says it holds them.
 
-The worker never waits: a slot the training process has not freed (only after an iteration was
-abandoned: its last batches are never read) makes that batch travel the ordinary way, and every
-new iteration frees all slots before the loader starts its workers' next tasks.
+The worker never waits: a slot the training process has not freed makes that batch travel the
+ordinary way. Each slot records the number of the batch in it. A worker's batches reach the
+training process in the order it made them, so opening batch n also frees the slots of the
+worker's earlier batches that were never read (an iteration abandoned with persistent workers
+leaves some; the loader throws them away).
 """
 
 from __future__ import annotations
@@ -29,11 +31,12 @@ from typing import Any
 
 import torch
 from torch.utils.data import get_worker_info
+from torch.utils.data._utils.pin_memory import pin_memory
 
 from realsynth.data.batch_transport import TargetList, pack_targets, unpack_targets
 
 _ALIGN = 64
-SLOT_FREE, SLOT_FILLED = 0, 1
+SLOT_FREE = 0
 #: (byte offset in the slot, dtype, shape) of each tensor of a :class:`SlotBatch`.
 Placement = tuple[int, torch.dtype, tuple[int, ...]]
 
@@ -44,6 +47,7 @@ class SlotBatch:
 
     Attributes:
         pid: the worker's process id (the training process keeps its buffers by it).
+        number: the batch's number among the worker's batches (1, 2, ...).
         slot: the slot holding the tensors, or None when the batch travels the ordinary way
             (then ``batch`` is it).
         version: the slot's buffer version (a grown buffer is a new version).
@@ -56,6 +60,7 @@ class SlotBatch:
     """
 
     pid: int
+    number: int
     slot: int | None
     version: int = 0
     payload: bytes = b""
@@ -65,8 +70,11 @@ class SlotBatch:
     pinned: bool = False
 
     def pin_memory(self) -> SlotBatch:
-        """Called by the DataLoader's pinning thread: the copies out will be pinned."""
+        """Called by the DataLoader's pinning thread: the copies out will be pinned (a batch
+        that travels the ordinary way is pinned here)."""
         self.pinned = True
+        if self.slot is None:
+            self.batch = pin_memory(self.batch)
         return self
 
 
@@ -108,8 +116,8 @@ def _takes_allocate(collate_fn: Callable[..., Any]) -> bool:
 
 class _WorkerSlots:
     """One worker's slots: ``states`` int64 [1 + 2 S] shared: [0] 1 once the training process
-    holds ``states``; [1 + s] slot s free (0) or filled (1); [1 + S + s] the buffer version of
-    slot s the training process holds."""
+    holds ``states``; [1 + s] 0 when slot s is free, else the number of the batch in it;
+    [1 + S + s] the buffer version of slot s the training process holds."""
 
     def __init__(self, num_slots: int) -> None:
         self.num_slots = num_slots
@@ -121,10 +129,10 @@ class _WorkerSlots:
     def collate(self, collate_fn: Callable[..., Any], items: list[Any], allocate: bool) -> Any:
         slot = self.count % self.num_slots
         self.count += 1
+        number, pid = self.count, os.getpid()
         attached = {} if int(self.states[0]) else {"states": self.states}
         if int(self.states[1 + slot]) != SLOT_FREE:
-            return SlotBatch(os.getpid(), None, attached=attached, batch=collate_fn(items))
-        self.states[1 + slot] = SLOT_FILLED
+            return SlotBatch(pid, number, None, attached=attached, batch=collate_fn(items))
         arena = _Arena(self.buffers[slot])
         batch = collate_fn(items, allocate=arena.tensor) if allocate else collate_fn(items)
         payload, tensors = _dumps(batch, arena)
@@ -135,7 +143,8 @@ class _WorkerSlots:
         version = self.versions[slot]
         if int(self.states[1 + self.num_slots + slot]) != version:
             attached["buffer"] = buffer
-        return SlotBatch(os.getpid(), slot, version, payload, placements, attached)
+        self.states[1 + slot] = number  # filled: this worker writes it again once it is freed
+        return SlotBatch(pid, number, slot, version, payload, placements, attached)
 
 
 class _Arena:
@@ -158,17 +167,15 @@ class _Arena:
         """Where each tensor lies in the slot (copying in those outside it), and the buffer:
         a new, larger shared one when they do not fit the current one."""
         inside = [self._offset(t) for t in tensors]
-        end = self.used
+        need = self.used
         for t, offset in zip(tensors, inside):
             if offset is None:
-                end = _aligned(end) + t.nbytes
-        buffer = self.buffer
-        if buffer is None or end > len(buffer):
-            buffer = torch.zeros(_aligned(end + end // 4) + _ALIGN, dtype=torch.uint8)
-            buffer.share_memory_()
-            inside, end = [None] * len(tensors), 0  # everything is copied into the new one
-        else:
-            end = self.used
+                need = _aligned(need) + t.nbytes
+        buffer, end = self.buffer, self.used
+        if buffer is None or need > len(buffer):
+            total = sum(_aligned(t.nbytes) for t in tensors)  # everything is copied in
+            buffer = torch.zeros(total + total // 4 + _ALIGN, dtype=torch.uint8).share_memory_()
+            inside, end = [None] * len(tensors), 0
         placements = []
         for t, offset in zip(tensors, inside):
             if offset is None:
@@ -219,12 +226,17 @@ class _SlotPickler(pickle.Pickler):
     def __init__(self, file: io.BytesIO, arena: _Arena) -> None:
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
         self.arena, self.tensors = arena, []
+        self.indices: dict[int, int] = {}
 
     def persistent_id(self, obj: Any) -> int | None:
         if not _plain(obj):
             return None
-        self.tensors.append(obj)
-        return len(self.tensors) - 1
+        # One placement per tensor object (pickle asks before its own memo): a tensor the batch
+        # holds twice arrives as one tensor held twice.
+        index = self.indices.setdefault(id(obj), len(self.tensors))
+        if index == len(self.tensors):
+            self.tensors.append(obj)
+        return index
 
     def reducer_override(self, obj: Any) -> Any:
         if type(obj) is TargetList:
@@ -245,8 +257,11 @@ class SlotUnpickler(pickle.Unpickler):
     def __init__(self, sent: SlotBatch, buffer: torch.Tensor) -> None:
         super().__init__(io.BytesIO(sent.payload))
         self.sent, self.buffer = sent, buffer
+        self.copies: dict[int, torch.Tensor] = {}
 
     def persistent_load(self, index: int) -> torch.Tensor:
-        offset, dtype, shape = self.sent.placements[index]
-        out = torch.empty(shape, dtype=dtype, pin_memory=self.sent.pinned)
-        return out.copy_(_view(self.buffer, offset, dtype, shape))
+        if index not in self.copies:
+            offset, dtype, shape = self.sent.placements[index]
+            out = torch.empty(shape, dtype=dtype, pin_memory=self.sent.pinned)
+            self.copies[index] = out.copy_(_view(self.buffer, offset, dtype, shape))
+        return self.copies[index]

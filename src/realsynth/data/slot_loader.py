@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,20 +18,24 @@ class SlotDataLoader(DataLoader):
     It takes DataLoader's arguments and yields the same batches; with ``num_workers > 0`` the
     ``collate_fn`` runs as a :class:`~realsynth.data.batch_slots.SlotCollate` with
     ``prefetch_factor + 1`` slots per worker, and each batch's tensors are copied out of the
-    worker's slot (into pinned memory with ``pin_memory=True``). With no workers it is a plain
-    DataLoader.
+    worker's slot (into pinned memory with ``pin_memory=True``). With no workers, or
+    ``collate_fn=None``, it is a plain DataLoader.
+
+    ``slot_receiver`` is the latest iteration's :class:`SlotReceiver` (one per iteration, since
+    each has its own workers; with ``persistent_workers=True`` one for the loader's life): its
+    ``through_slots`` and ``ordinary`` count the batches.
     """
 
     def __init__(
         self,
         dataset: Any,
         *,
-        collate_fn: Callable[[list[Any]], Any],
+        collate_fn: Callable[[list[Any]], Any] | None = None,
         num_workers: int = 0,
         prefetch_factor: int | None = None,
         **kwargs: Any,
     ) -> None:
-        if num_workers > 0:
+        if num_workers > 0 and collate_fn is not None:
             slots = (2 if prefetch_factor is None else prefetch_factor) + 1
             collate_fn = SlotCollate(collate_fn, num_slots=slots)
         super().__init__(
@@ -45,11 +48,10 @@ class SlotDataLoader(DataLoader):
         self.slot_receiver = SlotReceiver()
 
     def __iter__(self) -> Iterator[Any]:
-        if self.num_workers == 0:
+        if not isinstance(self.collate_fn, SlotCollate):
             return super().__iter__()
-        # Before the loader's workers take this iteration's first tasks: what an abandoned
-        # iteration left in a slot is never read.
-        self.slot_receiver.free_all()
+        if not self.persistent_workers:  # new workers: nothing of the last ones is needed
+            self.slot_receiver = SlotReceiver()
         return _Received(super().__iter__(), self.slot_receiver)
 
 
@@ -80,7 +82,8 @@ class _Held:
 
 
 class SlotReceiver:
-    """The training process's side: workers' buffers by process id, batches copied out of them.
+    """The training process's side of one set of workers: their buffers by process id, batches
+    copied out of them.
 
     Attributes:
         workers: what is held of each worker, by process id.
@@ -100,6 +103,7 @@ class SlotReceiver:
             held.states[0] = 1
         if sent.slot is None:
             self.ordinary += 1
+            _free_read(held.states, sent.number)
             return sent.batch
         self.through_slots += 1
         num_slots = (len(held.states) - 1) // 2
@@ -115,26 +119,16 @@ class SlotReceiver:
         batch = SlotUnpickler(sent, buffer).load()
         # Each copy's source view was released (an acquire-release reference count) before
         # this store, so the copies have read the slot before the worker may see it free.
-        held.states[1 + sent.slot] = SLOT_FREE
+        _free_read(held.states, sent.number)
         return batch
 
-    def free_all(self) -> None:
-        """Frees every slot of the live workers and forgets the exited ones."""
-        for pid in list(self.workers):
-            if not _alive(pid):
-                del self.workers[pid]
-                continue
-            states = self.workers[pid].states
-            if states is not None:
-                num_slots = (len(states) - 1) // 2
-                states[1 : 1 + num_slots] = SLOT_FREE
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _free_read(states: torch.Tensor | None, number: int) -> None:
+    """Frees the slots of batch ``number`` and of the worker's earlier batches: a worker's
+    batches arrive in the order it made them, so an earlier one still in a slot was thrown away
+    by the loader (an abandoned iteration) and will never be read. The worker writes only free
+    slots, so none of these changes while they are freed."""
+    if states is None:
+        return
+    filled = states[1 : 1 + (len(states) - 1) // 2]
+    filled[(filled > 0) & (filled <= number)] = SLOT_FREE

@@ -175,14 +175,13 @@ def test_a_tensor_held_twice_arrives_once_through_a_growing_slot():
     assert loader.slot_receiver.through_slots == 6
 
 
-@pytest.mark.parametrize("context", ["spawn"])
-def test_spawned_workers_make_their_own_slots(context):
+def test_spawned_workers_make_their_own_slots():
     loader = SlotDataLoader(
         _Growing(),
         batch_size=6,
         num_workers=1,
         collate_fn=collate_relations,
-        multiprocessing_context=context,
+        multiprocessing_context="spawn",
     )
     _assert_same(list(loader), _plain_batches(_Growing(), collate_relations, batch_size=6))
     assert loader.slot_receiver.through_slots == 4

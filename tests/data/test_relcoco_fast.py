@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from realsynth.data.formats import relcoco
+from realsynth.data.formats import relcoco, relcoco_fast
 from realsynth.data.formats.relcoco import RelCocoDataset
 from realsynth.data.formats.relcoco_fast import read_clean_relcoco
 from realsynth.data.formats.relcoco_rules import index_relcoco
@@ -158,3 +159,86 @@ def test_data_check_reports_the_same_on_either_path(tmp_path_factory, data, how,
     finally:
         check.read_clean_relcoco = original
     assert fast.to_dict() == full.to_dict()
+
+
+needs_compiled = pytest.mark.skipif(
+    relcoco_fast.relcoco_columns is None, reason="the compiled reader was not built"
+)
+
+
+def _python_columns(path):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(relcoco_fast, "relcoco_columns", None)
+        return read_clean_relcoco(path, chunk_bytes=64)
+
+
+def _assert_same_clean(ours, theirs) -> None:
+    assert (ours is None) == (theirs is None)
+    if ours is None:
+        return
+    for name in ours.__dataclass_fields__:
+        a, b = getattr(ours, name), getattr(theirs, name)
+        assert (
+            (np.array_equal(a, b) and a.dtype == b.dtype) if isinstance(a, np.ndarray) else a == b
+        )
+
+
+_layouts = st.sampled_from(
+    [{}, {"separators": (",", ":")}, {"indent": 2}, {"indent": "\t", "separators": (" ,", " : ")}]
+)
+
+
+@needs_compiled
+@settings(max_examples=120, deadline=None)
+@given(data=relcoco_files(), how=st.integers(-1, 8), layout=_layouts, extra=st.booleans())
+def test_the_compiled_reader_reads_what_the_python_reader_reads(
+    tmp_path_factory, data, how, layout, extra
+):
+    _corrupt(data, how)
+    if extra:  # keys the readers skip, at the top and inside entries
+        data["info"] = {"year": 2026, "tags": [1, 2.5, None, True, {"a": []}]}
+        for entry in data["images"] + data["annotations"]:
+            entry["area"], entry["segmentation"] = 1e3, [[1, 2, 3.5]]
+    path = tmp_path_factory.mktemp("n") / "a.json"
+    path.write_text(json.dumps(data, **layout))
+    compiled = relcoco_fast._compiled_columns(path)
+    trust = any("loss_weight" in a for a in data["annotations"])
+    if not trust and how in (-1, 1, 2, 3, 6):  # JSON of the expected types and keys
+        assert compiled is not None  # the compiled reader vouched for the columns
+    _assert_same_clean(read_clean_relcoco(path), _python_columns(path))
+
+
+@needs_compiled
+@settings(max_examples=150, deadline=None)
+@given(
+    data=relcoco_files(), at=st.floats(0, 1), byte=st.sampled_from(list(b'{}[]",:0.-e \\tx\xc3'))
+)
+def test_the_compiled_reader_vouches_only_for_valid_json(tmp_path_factory, data, at, byte):
+    text = bytearray(json.dumps(data).encode())
+    text[min(int(at * len(text)), len(text) - 1)] = byte
+    path = tmp_path_factory.mktemp("m") / "a.json"
+    path.write_bytes(bytes(text))
+    try:
+        json.loads(bytes(text))
+    except ValueError:  # not JSON: never vouched for
+        assert relcoco_fast._compiled_columns(path) is None
+        return
+    _assert_same_clean(read_clean_relcoco(path), _python_columns(path))
+
+
+@needs_compiled
+def test_non_ascii_names_and_escapes_are_left_to_the_python_reader(tmp_path):
+    data = {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 8, "height": 8}],
+        "annotations": [{"id": 2, "image_id": 1, "category_id": 3, "bbox": [0, 0, 4, 4]}],
+        "categories": [{"id": 3, "name": "cat"}],
+        "predicates": [{"id": 5, "name": "near"}],
+        "relationships": [],
+    }
+    data["images"][0]["file_name"] = 'caf\u00e9 "1".jpg'
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps(data, ensure_ascii=False))
+    assert relcoco_fast._compiled_columns(path) is None
+    python = _python_columns(path)
+    assert python is not None and python.names[0] == 'caf\u00e9 "1".jpg'
+    _assert_same_clean(read_clean_relcoco(path), python)

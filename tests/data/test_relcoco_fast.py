@@ -176,11 +176,14 @@ def _assert_same_clean(ours, theirs) -> None:
     assert (ours is None) == (theirs is None)
     if ours is None:
         return
-    for name in ours.__dataclass_fields__:
+    for name in [*ours.__dataclass_fields__, "relation_ids"]:
         a, b = getattr(ours, name), getattr(theirs, name)
-        assert (
-            (np.array_equal(a, b) and a.dtype == b.dtype) if isinstance(a, np.ndarray) else a == b
-        )
+        if isinstance(a, tuple):
+            assert all(np.array_equal(x, y) and x.dtype == y.dtype for x, y in zip(a, b)), name
+        elif isinstance(a, np.ndarray):
+            assert np.array_equal(a, b) and a.dtype == b.dtype, name
+        else:
+            assert a == b, name
 
 
 _layouts = st.sampled_from(

@@ -62,9 +62,11 @@ static PyObject *column_finish(Column *c) {
     return out;
 }
 
+/* The hot loops read through a local pointer: the compiler keeps it in a register. */
 static void skip_space(Scanner *s) {
-    while (s->p < s->end && (*s->p == ' ' || *s->p == '\n' || *s->p == '\r' || *s->p == '\t'))
-        s->p++;
+    const char *p = s->p, *end = s->end;
+    while (p < end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t')) p++;
+    s->p = p;
 }
 
 /* Gives the pages of the file read so far back to the system: the resident memory of a
@@ -81,14 +83,14 @@ static void release_read(Scanner *s) {
 /* A string of ASCII text without escapes: [*text, *text + *len). */
 static int scan_string(Scanner *s, const char **text, Py_ssize_t *len) {
     if (s->p >= s->end || *s->p != '"') return DOUBT;
-    const char *q = ++s->p;
-    while (q < s->end) {
+    const char *q = ++s->p, *end = s->end;
+    while (q < end) {
         unsigned char c = (unsigned char)*q;
         if (c == '"') break;
         if (c == '\\' || c < 0x20 || c >= 0x80) return DOUBT;
         q++;
     }
-    if (q >= s->end) return DOUBT;
+    if (q >= end) return DOUBT;
     *text = s->p;
     *len = q - s->p;
     s->p = q + 1;
@@ -96,20 +98,35 @@ static int scan_string(Scanner *s, const char **text, Py_ssize_t *len) {
 }
 
 static int digits(Scanner *s) {
-    const char *from = s->p;
-    while (s->p < s->end && *s->p >= '0' && *s->p <= '9') s->p++;
-    return s->p > from ? 0 : DOUBT;
+    const char *from = s->p, *p = s->p, *end = s->end;
+    while (p < end && *p >= '0' && *p <= '9') p++;
+    s->p = p;
+    return p > from ? 0 : DOUBT;
 }
 
-/* A JSON number; *is_int when it has no fraction and no exponent. Integers outside int64 and
- * tokens over 63 characters are doubted. */
+/* A JSON number; *is_int when it has no fraction and no exponent (its digits are read once,
+ * as they are scanned). Integers outside int64 and other tokens over 63 characters are
+ * doubted. */
 static int scan_number(Scanner *s, int *is_int, int64_t *ival, double *dval) {
     const char *from = s->p;
-    if (s->p < s->end && *s->p == '-') s->p++;
+    int negative = s->p < s->end && *s->p == '-';
+    s->p += negative;
     if (s->p >= s->end) return DOUBT;
-    if (*s->p == '0') s->p++;
-    else if (*s->p >= '1' && *s->p <= '9') digits(s);
-    else return DOUBT;
+    uint64_t value = 0, limit = negative ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX;
+    int overflow = 0;
+    if (*s->p == '0') {
+        s->p++;
+    } else if (*s->p >= '1' && *s->p <= '9') {
+        const char *p = s->p, *end = s->end;
+        while (p < end && *p >= '0' && *p <= '9') {
+            uint64_t digit = (uint64_t)(*p++ - '0');
+            if (value > (limit - digit) / 10) overflow = 1;
+            else value = value * 10 + digit;
+        }
+        s->p = p;
+    } else {
+        return DOUBT;
+    }
     *is_int = 1;
     if (s->p < s->end && *s->p == '.') {
         s->p++;
@@ -122,24 +139,18 @@ static int scan_number(Scanner *s, int *is_int, int64_t *ival, double *dval) {
         if (digits(s)) return DOUBT;
         *is_int = 0;
     }
+    if (*is_int) {
+        if (overflow) return DOUBT;
+        *ival = negative ? (int64_t)(0 - value) : (int64_t)value;
+        *dval = (double)*ival;
+        return 0;
+    }
     Py_ssize_t n = s->p - from;
     if (n > 63) return DOUBT;
     char token[64];
     memcpy(token, from, (size_t)n);
     token[n] = '\0';
-    if (*is_int) {
-        int negative = token[0] == '-';
-        uint64_t value = 0, limit = negative ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX;
-        for (const char *d = token + negative; *d; d++) {
-            uint64_t digit = (uint64_t)(*d - '0');
-            if (value > (limit - digit) / 10) return DOUBT;
-            value = value * 10 + digit;
-        }
-        *ival = negative ? (int64_t)(0 - value) : (int64_t)value;
-        *dval = (double)*ival;
-    } else {
-        *dval = strtod(token, NULL); /* correctly rounded, as Python's float() */
-    }
+    *dval = strtod(token, NULL); /* correctly rounded, as Python's float() */
     return 0;
 }
 
@@ -213,6 +224,7 @@ typedef struct {
     const char *column;
     enum Kind kind;
     int required;
+    size_t key_len; /* set when a scan starts */
 } Field;
 
 #define MAX_FIELDS 4
@@ -302,10 +314,21 @@ static int append_row(List *list, const Value *values, const int *seen, int64_t 
     return 0;
 }
 
+/* The position of `key` among the list's fields (trying `from` first), or list->count. */
+static int find_field(const List *list, const char *key, Py_ssize_t len, int from) {
+    for (int i = 0; i < list->count; i++) {
+        int k = (from + i) % list->count;
+        const Field *f = &list->fields[k];
+        if (f->key_len == (size_t)len && memcmp(f->key, key, (size_t)len) == 0) return k;
+    }
+    return list->count;
+}
+
 /* One element of a list: an object with the list's fields (others checked and skipped). */
 static int scan_row(Scanner *s, List *list, int64_t absent) {
     Value values[MAX_FIELDS];
     int seen[MAX_FIELDS] = {0};
+    int next = 0; /* the field expected next: files list an entry's keys in one order */
     if (s->p >= s->end || *s->p != '{') return DOUBT;
     s->p++;
     skip_space(s);
@@ -324,10 +347,8 @@ static int scan_row(Scanner *s, List *list, int64_t absent) {
         if (s->p >= s->end || *s->p != ':') return DOUBT;
         s->p++;
         skip_space(s);
-        int k = 0;
-        while (k < list->count && !(strlen(list->fields[k].key) == (size_t)len &&
-                                    memcmp(list->fields[k].key, key, (size_t)len) == 0))
-            k++;
+        int k = find_field(list, key, len, next);
+        next = k + 1 < list->count ? k + 1 : 0;
         int rc;
         if (k < list->count) {
             if (seen[k]) return DOUBT; /* a repeated key: the last would win in Python */
@@ -486,6 +507,9 @@ static PyObject *relcoco_columns(PyObject *Py_UNUSED(module), PyObject *args) {
     List lists[NUM_LISTS];
     memcpy(lists, TEMPLATES, sizeof lists);
     int rc = 0;
+    for (int k = 0; k < NUM_LISTS; k++)
+        for (int f = 0; f < lists[k].count; f++)
+            lists[k].fields[f].key_len = strlen(lists[k].fields[f].key);
     for (int k = 0; k < NUM_LISTS && !rc; k++)
         if ((lists[k].names = PyList_New(0)) == NULL) rc = FAILED;
     Scanner s = {.start = view.buf,

@@ -287,13 +287,17 @@ def _file_name(image: Any, position: int) -> str:
 
 def _packed(
     image_of: np.ndarray, kept: np.ndarray, keep: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray | slice, np.ndarray]:
     """Rows of the kept images, grouped image by image in ``keep`` order (file order within an
-    image), and where each image's rows start (int64 [len(keep) + 1])."""
-    order, _ = grouped(image_of, len(kept))
-    rows = order[kept[image_of[order]]]
+    image), and where each image's rows start (int64 [len(keep) + 1]). The rows are a slice
+    when they are all of them in file order already (every image kept, rows image by image)."""
     counts = np.bincount(image_of, minlength=len(kept))[keep]
-    return rows, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    in_file_order = len(keep) == len(kept) and bool((np.diff(image_of) >= 0).all())
+    if in_file_order and bool((keep == np.arange(len(kept))).all()):
+        return slice(None), starts
+    order, _ = grouped(image_of, len(kept))
+    return order[kept[image_of[order]]], starts
 
 
 def _image_entries(

@@ -49,8 +49,9 @@ class CleanRelCoco:
         image_ids: int64 [I]; ``sizes`` int64 [I, 2] (height, width).
         boxes: float64 [B, 4] ``[x, y, w, h]``; ``labels`` int64 [B]; ``box_image`` int64 [B].
         relations: int64 [M, 3] (subject box within its image, object box, predicate);
-            ``relation_image`` int64 [M]; ``relation_ids`` int64 [M, 3] the file's (subject id,
-            object id, predicate id) of each, for the warnings ``data check`` lists.
+            ``relation_image`` int64 [M]; ``relation_id_columns`` the file's subject ids, object
+            ids and predicate ids (int64 [M] each) of the relations, for the warnings ``data
+            check`` lists (``relation_ids`` stacks them [M, 3]).
     """
 
     classes: list[str]
@@ -65,8 +66,13 @@ class CleanRelCoco:
     box_image: np.ndarray
     relations: np.ndarray
     relation_image: np.ndarray
-    relation_ids: np.ndarray
+    relation_id_columns: tuple[np.ndarray, np.ndarray, np.ndarray]
     trust: None = None  # a file with trust fields takes the full path
+
+    @property
+    def relation_ids(self) -> np.ndarray:
+        """int64 [M, 3]: (subject id, object id, predicate id) of each relation, as in the file."""
+        return np.stack(self.relation_id_columns, axis=1)
 
 
 def read_clean_relcoco(path: str | Path, chunk_bytes: int = CHUNK_BYTES) -> CleanRelCoco | None:
@@ -192,8 +198,11 @@ _COLUMNS = {
 
 
 def _joined(batches: list[dict[str, Any]], key: str) -> Any:
+    """One column of a list's batches (a batch alone as it is: no copy; it may be read-only)."""
     parts = [b[key] for b in batches]
-    if isinstance(parts[0], list):
+    if len(parts) == 1:
+        return parts[0]
+    if parts and isinstance(parts[0], list):
         return [x for part in parts for x in part]
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
@@ -247,8 +256,10 @@ def _judged(columns: dict[str, list]) -> CleanRelCoco:
     _check_boxes(boxes, sizes[box_image][:, ::-1].astype(np.float64))
     within = _rank_within_image(box_image, len(image_ids))
     rels = columns["relationships"]
-    relation_ids = np.stack(
-        [_joined(rels, "subject"), _joined(rels, "object"), _joined(rels, "predicate")], axis=1
+    relation_id_columns = (
+        _joined(rels, "subject"),
+        _joined(rels, "object"),
+        _joined(rels, "predicate"),
     )
     relations, relation_image = _judged_relations(rels, ann_ids, box_image, image_ids)
     relations[:, 0], relations[:, 1] = within[relations[:, 0]], within[relations[:, 1]]
@@ -266,7 +277,7 @@ def _judged(columns: dict[str, list]) -> CleanRelCoco:
         box_image=box_image,
         relations=relations,
         relation_image=relation_image,
-        relation_ids=relation_ids,
+        relation_id_columns=relation_id_columns,
     )
 
 

@@ -35,7 +35,7 @@ class InstanceTrust:
     relation_weights: np.ndarray
     relation_ignore: np.ndarray
 
-    def take(self, boxes: np.ndarray, relations: np.ndarray) -> InstanceTrust:
+    def take(self, boxes: np.ndarray | slice, relations: np.ndarray | slice) -> InstanceTrust:
         """The trust of the given box and relation positions."""
         return InstanceTrust(
             self.box_weights[boxes],

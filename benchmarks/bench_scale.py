@@ -61,18 +61,82 @@ def child_imports() -> dict[str, Any]:
     return {"seconds": 0.0}
 
 
-def child_relcoco(ann_file: str, cache: str, path: str = "fast") -> dict[str, Any]:
-    """Builds a RelCocoDataset (``cache`` ``-``: no index cache; ``path`` ``judged``: the full
-    rules entry by entry, as every file was read before the fast path)."""
-    if path == "judged":
-        from realsynth.data.formats import relcoco
+def _choose_reader(path: str) -> None:
+    """``judged``: the full rules entry by entry, as every file was read before the fast path;
+    ``python``: the fast path's Python reader (the compiled one left out); ``fast``: as built."""
+    from realsynth.data.formats import relcoco, relcoco_fast
 
+    if path == "judged":
         relcoco.read_clean_relcoco = lambda *args, **kwargs: None
+    elif path == "python":
+        relcoco_fast.relcoco_columns = None
+    elif path == "fast" and relcoco_fast.relcoco_columns is None:
+        raise RuntimeError("the compiled relcoco reader is not built (pip install -e .)")
+
+
+def child_relcoco(ann_file: str, cache: str, path: str = "fast") -> dict[str, Any]:
+    """Builds a RelCocoDataset (``cache`` ``-``: no index cache; ``path``: see _choose_reader)."""
+    _choose_reader(path)
     start = time.perf_counter()
     dataset = RelCocoDataset(
         ann_file, Path(ann_file).parent / "images", index_cache=None if cache == "-" else cache
     )
     return {"seconds": time.perf_counter() - start, "images": len(dataset)}
+
+
+def _process_age() -> float:
+    """Seconds since this process started (the kernel's clock ticks, 10 ms)."""
+    ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+    uptime = float(Path("/proc/uptime").read_text().split()[0])
+    return uptime - ticks / os.sysconf("SC_CLK_TCK")
+
+
+class _FirstBatch:
+    """The training loader, reporting the first batch it delivers and ending the process."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loader, name)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Any:
+        batch = next(iter(self.loader))
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        images = len(batch["targets"])
+        print(json.dumps({"seconds": _process_age(), "images": images, "peak_gb": peak}))
+        sys.stdout.flush()
+        os._exit(0)
+
+
+def child_train_start(ann_file: str, cache: str, path: str) -> dict[str, Any]:
+    """`realsynth train` on one relcoco source, from the start of this process (interpreter
+    and imports included) to its first training batch; cold (``cache`` ``-``) or with the
+    index cache folder ``cache``."""
+    from realsynth.cli import main as realsynth_main
+    from realsynth.training import build
+
+    os.environ["REALSYNTH_INDEX_CACHE"] = "off" if cache == "-" else cache
+    _choose_reader(path)
+    make_loader = build.build_train_loader
+    build.build_train_loader = lambda *args, **kwargs: _FirstBatch(make_loader(*args, **kwargs))
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+        config = Path(tmp) / "config.yaml"
+        config.write_text(
+            json.dumps(
+                {
+                    "OUTPUT_DIR": str(Path(tmp) / "run"),
+                    "DATASETS": {"SOURCES": [{"NAME": "big", "TYPE": "real", "PATH": ann_file}]},
+                    "MODEL": {"PRESET": "tiny", "DEVICE": "cpu"},
+                    "SOLVER": {"IMS_PER_BATCH": 4, "MAX_ITER": 1},
+                }
+            )
+        )
+        realsynth_main(["train", "--config-file", str(config)])
+    raise RuntimeError("training ended before its first batch")
 
 
 def child_pycocotools(ann_file: str) -> dict[str, Any]:
@@ -214,6 +278,7 @@ def growth_section(n: int) -> list[str]:
 CHILDREN: dict[str, Callable[..., dict[str, Any]]] = {
     "imports": child_imports,
     "relcoco": child_relcoco,
+    "train_start": child_train_start,
     "pycocotools": child_pycocotools,
     "shards": child_shards,
     "loader": child_loader,

@@ -1,7 +1,8 @@
 """The data of the scale benchmark and the loaders it compares.
 
 A relcoco file of N images, written as text 10^4 images at a time (about 5 s and 150 MB per
-10^5 images), whose image files are hard links to one tiny JPEG; a shard ``index.json`` of N
+10^5 images), whose image files are hard links to one 640x480 JPEG (the size the annotations
+give, so that `train` can read them); a shard ``index.json`` of N
 images with no tar files behind it; VG150-sized JPEGs and their shards; and the loader variants:
 realsynth's relcoco (uint8 or float32 items), its shards, and WebDataset's own pipeline.
 """
@@ -70,7 +71,7 @@ def _write_rows(f: io.TextIOBase, n: int, template: str, rows_of: Callable[..., 
 
 def write_synthetic_relcoco(folder: Path, n: int) -> Path:
     """``folder/annotations.json`` (8 boxes in 640x480, 12 relationships per image, 150
-    classes, 50 predicates) and ``folder/images/*.jpg``: hard links to one tiny real JPEG."""
+    classes, 50 predicates) and ``folder/images/*.jpg``: hard links to one 640x480 JPEG."""
     rng = np.random.default_rng(0)
     path = folder / "annotations.json"
     with open(path, "w", encoding="utf-8") as f:
@@ -88,7 +89,7 @@ def write_synthetic_relcoco(folder: Path, n: int) -> Path:
     images = folder / "images"
     images.mkdir()
     buffer = io.BytesIO()
-    Image.new("RGB", (16, 12), (120, 80, 40)).save(buffer, format="JPEG")
+    Image.new("RGB", (640, 480), (120, 80, 40)).save(buffer, format="JPEG")
     for i in range(n):
         if i % LINKS_PER_INODE == 0:
             original = folder / f"tiny-{i // LINKS_PER_INODE}.jpg"

@@ -176,7 +176,14 @@ def _assert_same_clean(ours, theirs) -> None:
     assert (ours is None) == (theirs is None)
     if ours is None:
         return
+    for clean in (ours, theirs):  # packed by the compiled reader: the same names
+        if clean.packed_names is not None:
+            buffer, starts = clean.packed_names
+            text = buffer.tobytes().decode("ascii")
+            assert [text[a:b] for a, b in zip(starts[:-1], starts[1:])] == clean.names
     for name in [*ours.__dataclass_fields__, "relation_ids"]:
+        if name == "packed_names":
+            continue
         a, b = getattr(ours, name), getattr(theirs, name)
         if isinstance(a, tuple):
             assert all(np.array_equal(x, y) and x.dtype == y.dtype for x, y in zip(a, b)), name

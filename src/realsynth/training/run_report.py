@@ -8,7 +8,6 @@ from typing import Any
 from realsynth.training.run_log import read_metrics
 from realsynth.training.run_state import RunState
 from realsynth.utils.atomic import atomic_write_json
-from realsynth.utils.plots import plot_mix_schedule, plot_recall, plot_source_losses
 from realsynth.utils.tables import format_table
 
 SKIPPED_FILE = "skipped_samples.json"
@@ -58,6 +57,9 @@ def write_final_outputs(
     run_dir: Path, results: dict[str, dict[str, float]], state: RunState
 ) -> None:
     """``eval.json``, the PNG plots and the printed summary table at the end of a run."""
+    # matplotlib takes most of a second to import: only the end of a run pays for it.
+    from realsynth.utils.plots import plot_mix_schedule, plot_recall, plot_source_losses
+
     run_dir = Path(run_dir)
     atomic_write_json(run_dir / "eval.json", results)
     records = read_metrics(run_dir)

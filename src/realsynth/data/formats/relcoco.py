@@ -125,7 +125,7 @@ class RelCocoDataset(RelationDataset):
             return
         self.classes, self.category_ids = clean.classes, clean.category_ids
         self.predicates, self.predicate_ids = clean.predicates, clean.predicate_ids
-        self._names, self._name_starts = _pack_names(clean.names)
+        self._names, self._name_starts = clean.packed_names or _pack_names(clean.names)
         self._image_ids, self._sizes = clean.image_ids, clean.sizes
         self._pack_rows(clean, np.arange(len(clean.image_ids)), len(clean.image_ids))
         if cache is not None:

@@ -68,6 +68,8 @@ class CleanRelCoco:
     relation_image: np.ndarray
     relation_id_columns: tuple[np.ndarray, np.ndarray, np.ndarray]
     trust: None = None  # a file with trust fields takes the full path
+    #: ``names`` already packed (uint8 [bytes], int64 starts [I + 1]) by the compiled reader.
+    packed_names: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def relation_ids(self) -> np.ndarray:
@@ -128,8 +130,12 @@ def _compiled_columns(path: Path) -> dict[str, list] | None:
         return None
     columns = {key: _arrays(found[key]) for key in REQUIRED_KEYS}
     images = columns["images"]
-    text, ends = images.pop("names").decode("ascii"), images.pop("name_ends").tolist()
-    images["file_name"] = [text[a:b] for a, b in zip([0, *ends[:-1]], ends)]
+    buffer, ends = images.pop("names"), images.pop("name_ends")
+    bounds = [0, *ends.tolist()]
+    text = buffer.decode("ascii")
+    images["file_name"] = [text[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    starts = np.concatenate([[0], ends]).astype(np.int64)
+    images["packed_names"] = (np.frombuffer(buffer, dtype=np.uint8), starts)
     return {key: [values] for key, values in columns.items()}
 
 
@@ -252,7 +258,7 @@ def _judged(columns: dict[str, list]) -> CleanRelCoco:
     _unique(ann_ids)
     box_image = _positions(image_ids, _joined(anns, "image_id"))
     labels = _positions(np.asarray(category_ids), _joined(anns, "category_id"))
-    boxes = np.concatenate([b["bbox"] for b in anns]).reshape(-1, 4)
+    boxes = _joined(anns, "bbox").reshape(-1, 4)
     _check_boxes(boxes, sizes[box_image][:, ::-1].astype(np.float64))
     within = _rank_within_image(box_image, len(image_ids))
     rels = columns["relationships"]
@@ -278,6 +284,7 @@ def _judged(columns: dict[str, list]) -> CleanRelCoco:
         relations=relations,
         relation_image=relation_image,
         relation_id_columns=relation_id_columns,
+        packed_names=images[0].get("packed_names") if len(images) == 1 else None,
     )
 
 
@@ -289,6 +296,8 @@ def _check_boxes(boxes: np.ndarray, sizes_wh: np.ndarray) -> None:
 
 def _rank_within_image(image_of: np.ndarray, num_images: int) -> np.ndarray:
     """int64 [N]: each row's position among its image's rows, in file order."""
+    if bool((np.diff(image_of) >= 0).all()):  # rows image by image already: no sort
+        return np.arange(len(image_of)) - np.searchsorted(image_of, image_of)
     order = np.argsort(image_of, kind="stable")
     starts = np.searchsorted(image_of[order], np.arange(num_images))
     rank = np.empty(len(image_of), dtype=np.int64)

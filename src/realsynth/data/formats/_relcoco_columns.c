@@ -76,8 +76,10 @@ static void release_read(Scanner *s) {
     long page = sysconf(_SC_PAGESIZE);
     uintptr_t from = ((uintptr_t)s->released + page - 1) / page * page;
     uintptr_t to = (uintptr_t)s->p / page * page;
-    if (to > from && from >= (uintptr_t)s->start) madvise((void *)from, to - from, MADV_DONTNEED);
-    s->released = s->p;
+    if (to > from && from >= (uintptr_t)s->start) {
+        madvise((void *)from, to - from, MADV_DONTNEED);
+        s->released = (const char *)to; /* the page holding p is given back next time */
+    }
 }
 
 /* A string of ASCII text without escapes: [*text, *text + *len). */
@@ -150,7 +152,12 @@ static int scan_number(Scanner *s, int *is_int, int64_t *ival, double *dval) {
     char token[64];
     memcpy(token, from, (size_t)n);
     token[n] = '\0';
-    *dval = strtod(token, NULL); /* correctly rounded, as Python's float() */
+    /* Python's own conversion: correctly rounded, whatever the C locale's decimal point. */
+    *dval = PyOS_string_to_double(token, NULL, NULL);
+    if (*dval == -1.0 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return DOUBT;
+    }
     return 0;
 }
 
@@ -504,6 +511,13 @@ static PyObject *relcoco_columns(PyObject *Py_UNUSED(module), PyObject *args) {
     int release;
     if (!PyArg_ParseTuple(args, "y*O!Lp", &view, &PyTuple_Type, &trust_keys, &absent, &release))
         return NULL;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(trust_keys); i++) {
+        if (!PyBytes_Check(PyTuple_GET_ITEM(trust_keys, i))) {
+            PyBuffer_Release(&view);
+            PyErr_SetString(PyExc_TypeError, "relcoco_columns: trust_keys must be bytes");
+            return NULL;
+        }
+    }
     List lists[NUM_LISTS];
     memcpy(lists, TEMPLATES, sizeof lists);
     int rc = 0;

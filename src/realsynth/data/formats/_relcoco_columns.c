@@ -163,28 +163,54 @@ static int scan_number(Scanner *s, int *is_int, int64_t *ival, double *dval) {
 
 static int skip_value(Scanner *s, int depth);
 
-static int skip_container(Scanner *s, int depth, char close, int keyed) {
+#define CLOSED 3 /* next_member: the object's '}' was read */
+
+/* Steps to the next member of an object whose '{' was read: past the ',' (but before the
+ * first), its key and the ':' after it. Returns 0 with the key, CLOSED past the '}', or DOUBT. */
+static int next_member(Scanner *s, int *first, const char **key, Py_ssize_t *len) {
+    skip_space(s);
+    if (s->p >= s->end) return DOUBT;
+    if (*s->p == '}') {
+        s->p++;
+        return CLOSED;
+    }
+    if (!*first) {
+        if (*s->p != ',') return DOUBT;
+        s->p++;
+        skip_space(s);
+    }
+    *first = 0;
+    if (scan_string(s, key, len)) return DOUBT;
+    skip_space(s);
+    if (s->p >= s->end || *s->p != ':') return DOUBT;
     s->p++;
     skip_space(s);
-    if (s->p < s->end && *s->p == close) {
+    return 0;
+}
+
+static int skip_object(Scanner *s, int depth) {
+    s->p++;
+    int first = 1, rc;
+    const char *key;
+    Py_ssize_t len;
+    while ((rc = next_member(s, &first, &key, &len)) == 0)
+        if ((rc = skip_value(s, depth + 1))) return rc;
+    return rc == CLOSED ? 0 : rc;
+}
+
+static int skip_array(Scanner *s, int depth) {
+    s->p++;
+    skip_space(s);
+    if (s->p < s->end && *s->p == ']') {
         s->p++;
         return 0;
     }
     for (;;) {
-        if (keyed) {
-            const char *key;
-            Py_ssize_t len;
-            if (scan_string(s, &key, &len)) return DOUBT;
-            skip_space(s);
-            if (s->p >= s->end || *s->p != ':') return DOUBT;
-            s->p++;
-            skip_space(s);
-        }
         int rc = skip_value(s, depth + 1);
         if (rc) return rc;
         skip_space(s);
         if (s->p >= s->end) return DOUBT;
-        if (*s->p == close) {
+        if (*s->p == ']') {
             s->p++;
             return 0;
         }
@@ -205,8 +231,8 @@ static int literal(Scanner *s, const char *word) {
 static int skip_value(Scanner *s, int depth) {
     if (depth > MAX_DEPTH || s->p >= s->end) return DOUBT;
     switch (*s->p) {
-    case '{': return skip_container(s, depth, '}', 1);
-    case '[': return skip_container(s, depth, ']', 0);
+    case '{': return skip_object(s, depth);
+    case '[': return skip_array(s, depth);
     case '"': {
         const char *text;
         Py_ssize_t len;
@@ -338,25 +364,12 @@ static int scan_row(Scanner *s, List *list, int64_t absent) {
     int next = 0; /* the field expected next: files list an entry's keys in one order */
     if (s->p >= s->end || *s->p != '{') return DOUBT;
     s->p++;
-    skip_space(s);
-    int first = 1;
-    while (s->p < s->end && *s->p != '}') {
-        if (!first) {
-            if (*s->p != ',') return DOUBT;
-            s->p++;
-            skip_space(s);
-        }
-        first = 0;
-        const char *key;
-        Py_ssize_t len;
-        if (scan_string(s, &key, &len)) return DOUBT;
-        skip_space(s);
-        if (s->p >= s->end || *s->p != ':') return DOUBT;
-        s->p++;
-        skip_space(s);
+    int first = 1, rc;
+    const char *key;
+    Py_ssize_t len;
+    while ((rc = next_member(s, &first, &key, &len)) == 0) {
         int k = find_field(list, key, len, next);
         next = k + 1 < list->count ? k + 1 : 0;
-        int rc;
         if (k < list->count) {
             if (seen[k]) return DOUBT; /* a repeated key: the last would win in Python */
             seen[k] = 1;
@@ -367,10 +380,8 @@ static int scan_row(Scanner *s, List *list, int64_t absent) {
             rc = skip_value(s, 2);
         }
         if (rc) return rc;
-        skip_space(s);
     }
-    if (s->p >= s->end) return DOUBT;
-    s->p++;
+    if (rc != CLOSED) return rc;
     for (int k = 0; k < list->count; k++)
         if (list->fields[k].required && !seen[k]) return DOUBT;
     return append_row(list, values, seen, absent);
@@ -435,32 +446,17 @@ static int scan_file(Scanner *s, List *lists, int64_t absent) {
     skip_space(s);
     if (s->p >= s->end || *s->p != '{') return DOUBT;
     s->p++;
-    skip_space(s);
-    int first = 1;
-    while (s->p < s->end && *s->p != '}') {
-        if (!first) {
-            if (*s->p != ',') return DOUBT;
-            s->p++;
-            skip_space(s);
-        }
-        first = 0;
-        const char *key;
-        Py_ssize_t len;
-        if (scan_string(s, &key, &len)) return DOUBT;
-        skip_space(s);
-        if (s->p >= s->end || *s->p != ':') return DOUBT;
-        s->p++;
-        skip_space(s);
+    int first = 1, rc;
+    const char *key;
+    Py_ssize_t len;
+    while ((rc = next_member(s, &first, &key, &len)) == 0) {
         int k = 0;
         while (k < NUM_LISTS && !(strlen(lists[k].name) == (size_t)len &&
                                   memcmp(lists[k].name, key, (size_t)len) == 0))
             k++;
-        int rc = k < NUM_LISTS ? scan_list(s, &lists[k], absent) : skip_value(s, 1);
-        if (rc) return rc;
-        skip_space(s);
+        if ((rc = k < NUM_LISTS ? scan_list(s, &lists[k], absent) : skip_value(s, 1))) return rc;
     }
-    if (s->p >= s->end) return DOUBT;
-    s->p++;
+    if (rc != CLOSED) return rc;
     skip_space(s);
     if (s->p != s->end) return DOUBT; /* only whitespace may follow the object */
     for (int k = 0; k < NUM_LISTS; k++)

@@ -163,7 +163,7 @@ static int scan_number(Scanner *s, int *is_int, int64_t *ival, double *dval) {
 
 static int skip_value(Scanner *s, int depth);
 
-#define CLOSED 3 /* next_member: the object's '}' was read */
+#define CLOSED 3 /* next_member / next_element: the closing bracket was read */
 
 /* Steps to the next member of an object whose '{' was read: past the ',' (but before the
  * first), its key and the ':' after it. Returns 0 with the key, CLOSED past the '}', or DOUBT. */
@@ -198,26 +198,30 @@ static int skip_object(Scanner *s, int depth) {
     return rc == CLOSED ? 0 : rc;
 }
 
-static int skip_array(Scanner *s, int depth) {
-    s->p++;
+/* Steps to the next element of an array whose '[' was read: past the ',' (but before the
+ * first). Returns 0 at the element, CLOSED past the ']', or DOUBT. */
+static int next_element(Scanner *s, int *first) {
     skip_space(s);
-    if (s->p < s->end && *s->p == ']') {
+    if (s->p >= s->end) return DOUBT;
+    if (*s->p == ']') {
         s->p++;
-        return 0;
+        return CLOSED;
     }
-    for (;;) {
-        int rc = skip_value(s, depth + 1);
-        if (rc) return rc;
-        skip_space(s);
-        if (s->p >= s->end) return DOUBT;
-        if (*s->p == ']') {
-            s->p++;
-            return 0;
-        }
+    if (!*first) {
         if (*s->p != ',') return DOUBT;
         s->p++;
         skip_space(s);
     }
+    *first = 0;
+    return 0;
+}
+
+static int skip_array(Scanner *s, int depth) {
+    s->p++;
+    int first = 1, rc;
+    while ((rc = next_element(s, &first)) == 0)
+        if ((rc = skip_value(s, depth + 1))) return rc;
+    return rc == CLOSED ? 0 : rc;
 }
 
 static int literal(Scanner *s, const char *word) {
@@ -391,25 +395,12 @@ static int scan_list(Scanner *s, List *list, int64_t absent) {
     if (list->seen || s->p >= s->end || *s->p != '[') return DOUBT;
     list->seen = 1;
     s->p++;
-    skip_space(s);
-    if (s->p < s->end && *s->p == ']') {
-        s->p++;
-        return 0;
-    }
-    for (;;) {
-        int rc = scan_row(s, list, absent);
-        if (rc) return rc;
+    int first = 1, rc;
+    while ((rc = next_element(s, &first)) == 0) {
+        if ((rc = scan_row(s, list, absent))) return rc;
         release_read(s);
-        skip_space(s);
-        if (s->p >= s->end) return DOUBT;
-        if (*s->p == ']') {
-            s->p++;
-            return 0;
-        }
-        if (*s->p != ',') return DOUBT;
-        s->p++;
-        skip_space(s);
     }
+    return rc == CLOSED ? 0 : rc;
 }
 
 static const List TEMPLATES[] = {

@@ -252,3 +252,47 @@ def test_non_ascii_names_and_escapes_are_left_to_the_python_reader(tmp_path):
     python = _python_columns(path)
     assert python is not None and python.names[0] == 'caf\u00e9 "1".jpg'
     _assert_same_clean(read_clean_relcoco(path), python)
+
+
+@needs_compiled
+def test_boxes_read_the_same_under_a_comma_decimal_locale(tmp_path):
+    """strtod follows the C locale (1.5 read as 1.0 under de_DE): the reader must not."""
+    import subprocess
+    import sys
+
+    locales = tmp_path / "locales"
+    locales.mkdir()
+    made = subprocess.run(
+        ["localedef", "-i", "de_DE", "-f", "UTF-8", str(locales / "de_DE.UTF-8")],
+        capture_output=True,
+        check=False,
+    )
+    if made.returncode not in (0, 1) or not (locales / "de_DE.UTF-8").exists():
+        pytest.skip("localedef could not build de_DE.UTF-8 here")
+    data = {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 100, "height": 100}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 3, "bbox": [1.5, 2.25, 10.75, 20.5]}
+        ],
+        "categories": [{"id": 3, "name": "cat"}],
+        "predicates": [{"id": 5, "name": "near"}],
+        "relationships": [],
+    }
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps(data))
+    script = (
+        "import locale, sys\n"
+        "from realsynth.data.formats.relcoco_fast import _compiled_columns, read_clean_relcoco\n"
+        "assert locale.setlocale(locale.LC_NUMERIC, 'de_DE.UTF-8')\n"
+        "assert locale.localeconv()['decimal_point'] == ','\n"
+        "assert _compiled_columns(__import__('pathlib').Path(sys.argv[1])) is not None\n"
+        "print(read_clean_relcoco(sys.argv[1]).boxes.tolist())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**__import__("os").environ, "LOCPATH": str(locales)},
+    )
+    assert json.loads(out.stdout) == [[1.5, 2.25, 10.75, 20.5]]

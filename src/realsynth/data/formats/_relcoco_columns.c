@@ -163,14 +163,14 @@ static int scan_number(Scanner *s, int *is_int, int64_t *ival, double *dval) {
 
 static int skip_value(Scanner *s, int depth);
 
-#define CLOSED 3 /* next_member / next_element: the closing bracket was read */
+#define CLOSED 3 /* next_item: the closing bracket was read */
 
-/* Steps to the next member of an object whose '{' was read: past the ',' (but before the
- * first), its key and the ':' after it. Returns 0 with the key, CLOSED past the '}', or DOUBT. */
-static int next_member(Scanner *s, int *first, const char **key, Py_ssize_t *len) {
+/* Steps to the next item of an object or array whose opening bracket was read: past the ','
+ * (but before the first). Returns 0 at the item, CLOSED past `close`, or DOUBT. */
+static int next_item(Scanner *s, int *first, char close) {
     skip_space(s);
     if (s->p >= s->end) return DOUBT;
-    if (*s->p == '}') {
+    if (*s->p == close) {
         s->p++;
         return CLOSED;
     }
@@ -180,6 +180,13 @@ static int next_member(Scanner *s, int *first, const char **key, Py_ssize_t *len
         skip_space(s);
     }
     *first = 0;
+    return 0;
+}
+
+/* The next member of an object: its key and the ':' after it (see next_item). */
+static int next_member(Scanner *s, int *first, const char **key, Py_ssize_t *len) {
+    int rc = next_item(s, first, '}');
+    if (rc) return rc;
     if (scan_string(s, key, len)) return DOUBT;
     skip_space(s);
     if (s->p >= s->end || *s->p != ':') return DOUBT;
@@ -198,28 +205,10 @@ static int skip_object(Scanner *s, int depth) {
     return rc == CLOSED ? 0 : rc;
 }
 
-/* Steps to the next element of an array whose '[' was read: past the ',' (but before the
- * first). Returns 0 at the element, CLOSED past the ']', or DOUBT. */
-static int next_element(Scanner *s, int *first) {
-    skip_space(s);
-    if (s->p >= s->end) return DOUBT;
-    if (*s->p == ']') {
-        s->p++;
-        return CLOSED;
-    }
-    if (!*first) {
-        if (*s->p != ',') return DOUBT;
-        s->p++;
-        skip_space(s);
-    }
-    *first = 0;
-    return 0;
-}
-
 static int skip_array(Scanner *s, int depth) {
     s->p++;
     int first = 1, rc;
-    while ((rc = next_element(s, &first)) == 0)
+    while ((rc = next_item(s, &first, ']')) == 0)
         if ((rc = skip_value(s, depth + 1))) return rc;
     return rc == CLOSED ? 0 : rc;
 }
@@ -396,7 +385,7 @@ static int scan_list(Scanner *s, List *list, int64_t absent) {
     list->seen = 1;
     s->p++;
     int first = 1, rc;
-    while ((rc = next_element(s, &first)) == 0) {
+    while ((rc = next_item(s, &first, ']')) == 0) {
         if ((rc = scan_row(s, list, absent))) return rc;
         release_read(s);
     }
